@@ -1,0 +1,1 @@
+"""Shared integrators and generators that load exported artifacts."""

@@ -1,0 +1,164 @@
+"""Generators: load an exported artifact and turn conditions + seeds into uint8 images.
+
+``LDMGenerator.sample(conditions, seeds)`` -> :class:`SampleBatch`.  Image i depends
+only on ``seeds[i]`` and ``conditions[i]``: its starting noise comes from its own
+generator and every solver is per-image, so batch size, process count and what
+was sampled before never change it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from samplers.integrators import get_sampler, model_evals
+from samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_sigmas
+from synth.codecs import PixelCodec, VAECodec
+from synth.io import to_uint8
+from synth.labels import Condition, LabelSchema
+from synth.seeds import generator_for
+
+ARTIFACT_FILE = "synth.json"
+
+
+class ArtifactError(ValueError):
+    """A model folder that is missing or is not a synth export."""
+
+
+@dataclass
+class SampleBatch:
+    """``images``: uint8 (B, 1, H, W); one condition and seed per image; the settings used."""
+
+    images: torch.Tensor
+    conditions: list[Condition]
+    seeds: list[int]
+    settings: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int) -> torch.Tensor:
+    """Prompts -> text embeddings (B, L, D) from the encoder's last hidden state."""
+    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    p = next(text_encoder.parameters())
+    return text_encoder(ids.to(p.device))[0]
+
+
+def read_artifact(path: str | Path) -> dict:
+    """The artifact's ``synth.json`` (codec, resolution, schema, ...); clear errors otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ArtifactError(f"model folder '{p}' does not exist; pass the export folder of a run (<run>/export)")
+    if not (p / ARTIFACT_FILE).is_file():
+        if (p / "export" / ARTIFACT_FILE).is_file():
+            p = p / "export"
+        else:
+            missing = [n for n in (ARTIFACT_FILE, "model_index.json", "unet") if not (p / n).exists()]
+            raise ArtifactError(f"'{p}' is not a synth export (missing {', '.join(missing)}); "
+                                f"pass <run>/export written by 'synth train ldm'")
+    meta = json.loads((p / ARTIFACT_FILE).read_text())
+    meta["path"] = str(p)
+    return meta
+
+
+class LDMGenerator:
+    """Text/label-conditioned diffusion generator (latent or pixel space)."""
+
+    def __init__(self, unet, text_encoder, tokenizer, codec, schema: LabelSchema, alphas_cumprod: torch.Tensor,
+                 prediction_type: str, resolution: int, max_length: int, model_id: str = "in-memory",
+                 spacing: str = "linspace"):
+        self.unet, self.text_encoder, self.tokenizer, self.codec = unet, text_encoder, tokenizer, codec
+        self.schema, self.alphas_cumprod = schema, alphas_cumprod
+        self.prediction_type, self.resolution, self.max_length = prediction_type, resolution, max_length
+        self.model_id, self.spacing = model_id, spacing
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    # -- loading -----------------------------------------------------------
+    @classmethod
+    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import AutoTokenizer, CLIPTextModel
+
+        meta = read_artifact(path)
+        p = Path(meta["path"])
+        unet = UNet2DConditionModel.from_pretrained(p / "unet").to(device, dtype).eval()
+        text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder").to(device, dtype).eval()
+        tokenizer = AutoTokenizer.from_pretrained(p / "tokenizer")
+        if meta["codec"] == "vae":
+            codec = VAECodec(AutoencoderKL.from_pretrained(p / "vae").to(device, dtype).eval())
+        else:
+            codec = PixelCodec()
+        sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
+        alphas = _alphas_from_scheduler_config(sched)
+        return cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
+                   meta["prediction_type"], meta["resolution"], meta["max_length"], model_id=meta.get("model_id", str(p)))
+
+    # -- conditioning ------------------------------------------------------
+    @torch.no_grad()
+    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(B, L, D) embeddings, cached per distinct prompt (labels repeat a few prompts)."""
+        missing = sorted({pr for pr in prompts if pr not in self._text_cache})
+        if missing:
+            emb = encode_prompts(self.tokenizer, self.text_encoder, missing, self.max_length)
+            for pr, e in zip(missing, emb):
+                self._text_cache[pr] = e
+        return torch.stack([self._text_cache[pr] for pr in prompts])
+
+    def clear_cache(self) -> None:
+        self._text_cache.clear()
+
+    # -- sampling ----------------------------------------------------------
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """(B, C, h, w) standard normal noise, image i from ``seeds[i]`` alone."""
+        shape = self.codec.latent_shape(self.resolution)
+        return torch.stack([torch.randn(shape, generator=generator_for(s), dtype=torch.float32) for s in seeds])
+
+    @torch.no_grad()
+    def sample(self, conditions: Sequence[Condition], seeds: Sequence[int], *, steps: int = 25,
+               guidance: float = 1.5, sampler: str = "dpmpp_2m", noise: torch.Tensor | None = None) -> SampleBatch:
+        """Generate one image per (condition, seed). Returns uint8 (B, 1, R, R) images."""
+        if len(conditions) != len(seeds):
+            raise ValueError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
+        solve = get_sampler(sampler)
+        p = next(self.unet.parameters())
+        device, dtype = p.device, p.dtype
+        prompts = [c.prompt or (self.schema.prompt_for(c.label) if c.label is not None else "") for c in conditions]
+        cond = self.text_embeddings(prompts).to(device, dtype)
+        uncond = self.text_embeddings([""] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
+        sigmas = sampling_sigmas(self.alphas_cumprod, steps, self.spacing).to(device)
+        x0 = self.initial_noise(seeds) if noise is None else noise
+        x = (x0.to(device) * init_noise_scale(sigmas)).to(dtype)
+
+        def unet_fn(x_vp, t, c):
+            return self.unet(x_vp, t, encoder_hidden_states=c).sample
+
+        predict = diffusion_denoiser(unet_fn, self.alphas_cumprod, self.prediction_type)
+        gens = [generator_for(s + 1) for s in seeds] if sampler == "euler_ancestral" else None
+        z = solve(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance, rng=gens)
+        images = to_uint8(self.codec.decode(z).float()).cpu()
+        settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "dtype": str(dtype).replace("torch.", ""),
+                    "model_evals": model_evals(sampler, steps), "model_id": self.model_id}
+        conds = [Condition(label=c.label, domain=c.domain, prompt=pr) for c, pr in zip(conditions, prompts)]
+        return SampleBatch(images, conds, list(seeds), settings)
+
+
+def _alphas_from_scheduler_config(cfg: dict) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas")
+    s = DDPMScheduler(**{k: cfg[k] for k in keys if k in cfg and cfg[k] is not None})
+    return s.alphas_cumprod.clone()
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load whichever generator an export folder holds."""
+    meta = read_artifact(path)
+    kind = meta.get("kind", "ldm")
+    if kind == "ldm":
+        return LDMGenerator.from_export(meta["path"], device, dtype)
+    raise ArtifactError(f"'{path}' holds a '{kind}' model, which this version cannot load; upgrade synth")

@@ -1,0 +1,2 @@
+"""synth: labelled synthetic medical images (core package)."""
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""Atomic file writes and small image helpers (uint8 at the edges)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def _tmp_path(path: Path) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_save_with(path: str | Path, save_fn) -> None:
+    """Call ``save_fn(tmp_path)`` then rename onto ``path`` (for library savers)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        save_fn(str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
+    """Move a fully written folder into place; an older folder is removed after."""
+    final_dir = Path(final_dir)
+    if final_dir.exists():
+        old = final_dir.with_name(final_dir.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final_dir, old)
+        os.replace(tmp_dir, final_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp_dir, final_dir)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float images in [-1, 1], shape (B, C, H, W) -> uint8 (B, C, H, W), rounded."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
+    """uint8 (B, C, H, W) -> one uint8 array (H', W') or (H', W', C) laid in rows of ``nrow``."""
+    b, c, h, w = images.shape
+    ncol = nrow
+    rows = (b + ncol - 1) // ncol
+    grid = np.full((c, rows * (h + pad) + pad, ncol * (w + pad) + pad), 255, np.uint8)
+    for i in range(b):
+        r, k = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + k * (w + pad)
+        grid[:, y:y + h, x:x + w] = images[i].cpu().numpy()
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_png(path: str | Path, array: np.ndarray) -> None:
+    """Atomically write a uint8 (H, W) or (H, W, C) array as PNG."""
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,1 @@
+"""Training loops (accelerate), checkpoint/resume and export."""

@@ -1,0 +1,307 @@
+"""Pieces every training loop shares: run folders, checkpoints, EMA, data order, logging.
+
+Resume is exact by construction: the data order, the noise and the condition
+dropout of step ``s`` are functions of (seed, s, rank) alone, and a checkpoint
+holds weights, EMA, optimizer, LR scheduler, RNG states and the step.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from synth.config import Config, ConfigError, config_to_dict, diff_configs, save_config
+from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json
+from synth.seeds import generator_for, image_seed
+
+CKPT_RE = re.compile(r"^step-(\d{8})$")
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a reason the user can fix; one line, says what was kept."""
+
+
+# ---------------------------------------------------------------------------
+# Run folder and resolved config
+
+# Changing these breaks the checkpoint (shapes, data meaning or the objective).
+RESUME_BREAKING = ("data.name", "data.resolution", "data.max_items", "data.seed", "labels", "model",
+                   "train.batch_size", "train.grad_accum", "train.prediction_type", "train.num_train_timesteps",
+                   "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
+
+
+def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str) -> Path:
+    """Create ``run_dir`` or check a resumed run's config; write ``config.yaml``.
+
+    A resume whose config changed a field in :data:`RESUME_BREAKING` is refused,
+    naming the field. ``train.steps`` may grow (the run is extended).
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    meta_path = run / "run.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("stage") != stage:
+            raise ConfigError(f"run folder '{run}' holds a '{meta.get('stage')}' run, not '{stage}'; use another --run folder")
+        old = meta["config"]
+        changed = diff_configs(old, config_to_dict(cfg))
+        bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]
+        if bad and latest_checkpoint(run) is not None:
+            raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
+                              f"({_fmt(old, bad[0])} -> {_fmt(config_to_dict(cfg), bad[0])}); restore it or use a new --run folder")
+    atomic_write_json(meta_path, {"stage": stage, "config": config_to_dict(cfg), "synth_version": _version()})
+    save_config(cfg, run / "config.yaml")
+    return run
+
+
+def _fmt(d: dict, dotted: str):
+    for p in dotted.split("."):
+        d = d.get(p) if isinstance(d, dict) else None
+    return repr(d)
+
+
+def _version() -> str:
+    from synth import __version__
+
+    return __version__
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def list_checkpoints(run: Path) -> list[tuple[int, Path]]:
+    d = checkpoint_dir(run)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and (p / "state.json").is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run: Path) -> tuple[int, Path] | None:
+    cps = list_checkpoints(run)
+    return cps[-1] if cps else None
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    out = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            out[f"torch_cuda_{i}"] = s
+    return out
+
+
+def save_checkpoint(run: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
+                    ema: "EMA | None", extra: dict, keep: int) -> Path:
+    """Write ``checkpoints/step-XXXXXXXX/`` atomically (temp folder + rename), keep the last ``keep``."""
+    for name, m in modules.items():
+        for pn, p in m.named_parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"parameter {name}.{pn} is not finite at step {step}; stopped without saving. "
+                                    f"Last good checkpoint: {latest_checkpoint(run)[1] if latest_checkpoint(run) else 'none'}; lower train.lr")
+    final = checkpoint_dir(run) / f"step-{step:08d}"
+    tmp = checkpoint_dir(run) / f".tmp-step-{step:08d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, m in modules.items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+    if ema is not None:
+        save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optim.pt")
+    save_file(_rng_state(), str(tmp / "rng.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time(), **extra}, indent=2))
+    atomic_replace_dir(tmp, final)
+    for _, old in list_checkpoints(run)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema: "EMA | None") -> dict:
+    """Restore everything :func:`save_checkpoint` wrote; returns ``state.json``."""
+    for name, m in modules.items():
+        m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+    if ema is not None:
+        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+    opt = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(opt["optimizer"])
+    lr_scheduler.load_state_dict(opt["lr_scheduler"])
+    rng = load_file(str(path / "rng.safetensors"))
+    torch.set_rng_state(rng["torch_cpu"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+    return json.loads((path / "state.json").read_text())
+
+
+# ---------------------------------------------------------------------------
+# EMA
+
+
+class EMA:
+    """Exponential moving average of parameters (fp32 shadow copies)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
+        self.num_updates = 0
+        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        d = self.current_decay()
+        self.num_updates += 1
+        for n, p in module.named_parameters():
+            if n in self.shadow:
+                self.shadow[n].lerp_(p.detach().float(), 1 - d)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module) -> None:
+        for n, p in module.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n].to(p.dtype))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"shadow.{n}": t.contiguous().cpu() for n, t in self.shadow.items()}
+        out["num_updates"] = torch.tensor(self.num_updates, dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.num_updates = int(sd["num_updates"])
+        for n in self.shadow:
+            self.shadow[n].copy_(sd[f"shadow.{n}"])
+
+
+# ---------------------------------------------------------------------------
+# Data order, LR schedule, precision
+
+
+def batch_indices(step: int, n_items: int, global_batch: int, seed: int) -> torch.Tensor:
+    """(global_batch,) dataset indices of ``step``: epochs are seeded permutations.
+
+    A pure function of its arguments, so a resumed run reads the same data.
+    """
+    first = step * global_batch
+    out = []
+    k = first
+    while len(out) < global_batch:
+        epoch, pos = divmod(k, n_items)
+        perm = torch.randperm(n_items, generator=generator_for(image_seed(seed, 10_000_000 + epoch)))
+        take = min(global_batch - len(out), n_items - pos)
+        out.extend(perm[pos:pos + take].tolist())
+        k += take
+    return torch.tensor(out, dtype=torch.long)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Multiplier of the base LR at optimizer step ``s`` (linear warm-up, then the schedule)."""
+
+    def f(s: int) -> float:
+        if warmup > 0 and s < warmup:
+            return (s + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (s - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0 - progress
+
+    return f
+
+
+def make_accelerator(mixed_precision: str, seed: int):
+    """An ``accelerate.Accelerator``; fp16/bf16 requests are checked against the hardware."""
+    from accelerate import Accelerator
+
+    if mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def enable_attention(model, attention: str) -> None:
+    """SDPA is diffusers' default; xformers only on CUDA with the package installed."""
+    if attention == "xformers":
+        if not torch.cuda.is_available():
+            raise ConfigError("attention 'xformers' needs CUDA; use sdpa on this machine")
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise ConfigError("attention 'xformers' needs the xformers package: pip install 'synth[cuda]'") from None
+        model.enable_xformers_memory_efficient_attention()
+
+
+class Logger:
+    """TensorBoard scalars (main process only) plus a JSONL copy for scripts."""
+
+    def __init__(self, run: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        self.jsonl = Path(run) / "logs" / "scalars.jsonl"
+        if enabled:
+            self.jsonl.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(Path(run) / "logs"))
+            except ImportError:
+                self.tb = None
+
+    def log(self, step: int, **scalars: float) -> None:
+        if not self.enabled:
+            return
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class StepStats:
+    """Running throughput for the progress bar and logs."""
+
+    t0: float
+    samples: int = 0
+
+    def rate(self) -> float:
+        return self.samples / max(1e-9, time.perf_counter() - self.t0)
+
+
+def params_hash(modules: dict[str, torch.nn.Module]) -> str:
+    """SHA-256 over all parameters and buffers (bit-exact comparisons in tests and logs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        for k, v in sorted(modules[name].state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    atomic_save_with(path, lambda tmp: save_file(tensors, tmp))

@@ -1,0 +1,64 @@
+"""Export: a diffusers-format Stable Diffusion folder plus our schema and resolved config.
+
+``<run>/export/`` loads with ``diffusers.StableDiffusionPipeline.from_pretrained``
+offline (weights in safetensors only) and with :func:`samplers.load_generator`.
+A pixel-space model has no ``vae/``: load it in diffusers with ``vae=None`` and
+``output_type="latent"`` (the "latents" are the pixels).
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from samplers.generator import ARTIFACT_FILE
+from synth.config import config_to_dict, save_config
+from synth.io import atomic_replace_dir, atomic_write_json
+
+
+def weights_hash(folder: Path) -> str:
+    """SHA-256 over every ``*.safetensors`` file in ``folder`` (sorted by path)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(folder).rglob("*.safetensors")):
+        h.update(str(f.relative_to(folder)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int) -> Path:
+    """Write the pipeline folder atomically (temp folder + rename)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_sched.config, prediction_type=cfg.train.prediction_type,
+                                                        algorithm_type="dpmsolver++", solver_order=2,
+                                                        timestep_spacing="linspace", steps_offset=1)
+    vae = codec.vae if codec.kind == "vae" else None
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    schema.save(tmp / "labels.json")
+    save_config(cfg, tmp / "config.yaml")
+    meta = {
+        "kind": "ldm",
+        "format_version": 1,
+        "codec": codec.kind,
+        "resolution": cfg.data.resolution,
+        "channels": 1,
+        "prediction_type": cfg.train.prediction_type,
+        "max_length": max_length,
+        "labels": schema.to_json(),
+        "default_sampling": {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance},
+        "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
+        "weights_sha256": weights_hash(tmp),
+        "config": config_to_dict(cfg),
+    }
+    meta["model_id"] = f"synth-ldm-{meta['weights_sha256'][:12]}"
+    atomic_write_json(tmp / ARTIFACT_FILE, meta)
+    atomic_replace_dir(tmp, out)
+    return out
