@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 
-def build_tokenizer(corpus: list[str], vocab_size: int = 1000):
+def build_tokenizer(corpus: list[str], vocab_size: int = 1000, model_max_length: int = 77):
     """Train a CLIP-format BPE tokenizer on ``corpus`` offline -> ``CLIPTokenizer``.
 
     The vocabulary holds every byte (alone and word-final) so any text encodes;
@@ -43,7 +43,7 @@ def build_tokenizer(corpus: list[str], vocab_size: int = 1000):
             break
         vocab.setdefault(a + b, len(vocab))
         kept.append((a, b))
-    return CLIPTokenizer(vocab=vocab, merges=kept)
+    return CLIPTokenizer(vocab=vocab, merges=kept, model_max_length=model_max_length)
 
 
 def build_text_encoder(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, max_length: int):

@@ -110,7 +110,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str]) 
     if (tok_dir / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(tok_dir)
     else:
-        tok = build_tokenizer(corpus, cfg.model.text.vocab_size)
+        tok = build_tokenizer(corpus, cfg.model.text.vocab_size, cfg.model.text.max_length)
         tok.save_pretrained(tok_dir)
     t = cfg.model.text
     text_encoder = build_text_encoder(len(tok), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
