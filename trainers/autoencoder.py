@@ -20,7 +20,8 @@ from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
 from synth.seeds import step_generator
 from trainers.common import (Logger, StepStats, TrainingError, batch_indices, latest_checkpoint, load_checkpoint,
-                             lr_lambda, make_accelerator, prepare_run_dir, save_checkpoint)
+                             lr_lambda, make_accelerator, prepare_run_dir, save_checkpoint,
+                             set_base_lrs)
 
 
 def _load_vae(cfg: Config):
@@ -94,6 +95,7 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     resume = latest_checkpoint(run)
     if resume is not None:
         start = load_checkpoint(resume[1], {"vae": vae}, optimizer, lr_scheduler, None)["step"]
+        set_base_lrs(lr_scheduler, [cfg.train.lr])
         say(f"resumed from {resume[1]} (step {start})")
     # The VAE is trained through encode/decode, not forward, so it is not wrapped in
     # DDP; gradients are averaged across processes by hand instead.

@@ -229,6 +229,20 @@ def lr_lambda(schedule: str, warmup: int, total: int):
     return f
 
 
+def set_base_lrs(lr_scheduler, base_lrs: list[float]) -> None:
+    """Apply the config's learning rates after a resume.
+
+    A scheduler's saved state carries the old base LRs; a resumed run with a new
+    ``train.lr`` must use the new one (at the current point of the schedule).
+    """
+    lr_scheduler.base_lrs = list(base_lrs)
+    step = lr_scheduler.last_epoch
+    for group, base, fn in zip(lr_scheduler.optimizer.param_groups, base_lrs, lr_scheduler.lr_lambdas):
+        group["lr"] = base * fn(step)
+        group["initial_lr"] = base
+    lr_scheduler._last_lr = [g["lr"] for g in lr_scheduler.optimizer.param_groups]
+
+
 def make_accelerator(mixed_precision: str, seed: int):
     """An ``accelerate.Accelerator``; fp16/bf16 requests are checked against the hardware."""
     from accelerate import Accelerator

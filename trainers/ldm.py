@@ -28,7 +28,7 @@ from synth.models import (build_noise_scheduler, build_text_encoder, build_token
 from synth.seeds import image_seed, step_generator
 from trainers.common import (EMA, Logger, StepStats, TrainingError, batch_indices, enable_attention,
                              latest_checkpoint, load_checkpoint, lr_lambda, make_accelerator, prepare_run_dir,
-                             save_checkpoint)
+                             save_checkpoint, set_base_lrs)
 
 
 @dataclass
@@ -147,7 +147,7 @@ def cache_latents(codec, images: torch.Tensor, cache_file: Path | None, batch_si
             m, s = codec.encode_moments(to_float(images[i:i + batch_size]))
             means.append(m.float().cpu())
             stds.append(s.float().cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
+    mean, std = torch.cat(means).contiguous(), torch.cat(stds).contiguous()
     if cache_file is not None:
         save_safetensors_atomic({"mean": mean, "std": std}, cache_file)
     return mean, std
@@ -286,6 +286,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if resume is not None:
         state = load_checkpoint(resume[1], modules, optimizer, lr_scheduler, ema)
         start = state["step"]
+        set_base_lrs(lr_scheduler, [cfg.train.lr] + ([cfg.train.text_lr] if train_text else []))
         say(f"resumed from {resume[1]} (step {start})")
 
     if train_text:
@@ -362,8 +363,15 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
             params = [p for g in optimizer.param_groups for p in g["params"]]
             grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
         else:
-            grad_norm = float("nan")
-        optimizer.step()
+            grad_norm = None
+        try:
+            optimizer.step()
+        except RuntimeError as e:  # an absurd LR can overflow inside the optimizer itself
+            if "overflow" not in str(e):
+                raise
+            bar.close()
+            raise TrainingError(f"optimizer step overflowed at step {step + 1}; stopped. Last good checkpoint: "
+                                f"{last_good[1] if last_good else 'none'}. Lower train.lr") from None
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
@@ -374,7 +382,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             lv = loss_all.item()
             bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{stats.rate():.1f}")
-            logger.log(step, loss=lv, lr=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm, samples_per_s=stats.rate())
+            extra = {} if grad_norm is None else {"grad_norm": grad_norm}
+            logger.log(step, loss=lv, lr=lr_scheduler.get_last_lr()[0], samples_per_s=stats.rate(), **extra)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             accelerator.wait_for_everyone()
             if main:
