@@ -11,6 +11,7 @@ reports the share that the classifier assigns to the requested class.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -69,7 +70,7 @@ def main() -> None:
     res["ldm"]["final_loss"] = scalars[-1].get("loss") if scalars else None
 
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
-    test = load_split(cfg.data.__class__(**{**cfg.data.__dict__, "val_max_items": None}), "test", cfg.labels.classes or None)
+    test = load_split(dataclasses.replace(cfg.data, val_max_items=None), "test", cfg.labels.classes or None)
     t0 = time.perf_counter()
     clf = train_classifier(train.images, train.labels, len(train.classes), steps=args.classifier_steps, log=print)
     res["classifier"] = {"train_s": time.perf_counter() - t0, "steps": args.classifier_steps,

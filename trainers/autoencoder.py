@@ -142,7 +142,10 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        stats.samples += global_batch
+        if step == start + 1:  # steady-state rate: the first step pays for warm-up
+            stats = StepStats(time.perf_counter())
+        else:
+            stats.samples += global_batch
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             bar.set_postfix(loss=f"{total.item():.4f}", img_s=f"{stats.rate():.1f}")

@@ -57,6 +57,8 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str) -> Path:
         if bad and latest_checkpoint(run) is not None:
             raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
                               f"({_fmt(old, bad[0])} -> {_fmt(config_to_dict(cfg), bad[0])}); restore it or use a new --run folder")
+    for stale in checkpoint_dir(run).glob(".tmp-step-*") if checkpoint_dir(run).is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
     atomic_write_json(meta_path, {"stage": stage, "config": config_to_dict(cfg), "synth_version": _version()})
     save_config(cfg, run / "config.yaml")
     return run

@@ -85,8 +85,11 @@ def load_codec(cfg: Config, pretrained_vae=None):
     raise ConfigError(f"model.autoencoder '{p}' holds no exported autoencoder (expected {p}/export/vae); train it first")
 
 
-def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str]) -> LDMParts:
-    """Load (pretrained) or build (scratch) the models; scratch tokenizers persist in the run."""
+def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], save: bool = True) -> LDMParts:
+    """Load (pretrained) or build (scratch) the models; scratch tokenizers persist in the run.
+
+    Tokenizer training is deterministic, so every rank builds it and only the main one saves.
+    """
     from transformers import AutoTokenizer
 
     res = cfg.data.resolution
@@ -111,7 +114,8 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str]) 
         tok = AutoTokenizer.from_pretrained(tok_dir)
     else:
         tok = build_tokenizer(corpus, cfg.model.text.vocab_size, cfg.model.text.max_length)
-        tok.save_pretrained(tok_dir)
+        if save:
+            tok.save_pretrained(tok_dir)
     t = cfg.model.text
     text_encoder = build_text_encoder(len(tok), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
     c, h, _ = codec.latent_shape(res)
@@ -234,7 +238,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     # --- models -----------------------------------------------------------------
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
-    parts = build_parts(cfg, run, schema, corpus)
+    parts = build_parts(cfg, run, schema, corpus, save=main)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
     train_text = cfg.train.text_lr is not None
     text_encoder.requires_grad_(train_text)
@@ -377,7 +381,10 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         if ema is not None:
             ema.update(accelerator.unwrap_model(unet))
         step += 1
-        stats.samples += global_batch
+        if step == start + 1:  # steady-state rate: the first step pays for warm-up
+            stats = StepStats(time.perf_counter())
+        else:
+            stats.samples += global_batch
         bar.update(1)
         if step % cfg.train.log_every == 0 or step == cfg.train.steps:
             lv = loss_all.item()
