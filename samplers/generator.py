@@ -98,6 +98,25 @@ class LDMGenerator:
         return cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
                    meta["prediction_type"], meta["resolution"], meta["max_length"], model_id=meta.get("model_id", str(p)))
 
+    def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa") -> "LDMGenerator":
+        """Speed levers for sampling: channels_last memory format, torch.compile, attention kernel."""
+        if attention not in ("sdpa", "xformers"):
+            raise ValueError(f"attention must be sdpa or xformers, got '{attention}'")
+        if attention == "xformers":
+            p = next(self.unet.parameters())
+            if p.device.type != "cuda":
+                raise ValueError("attention 'xformers' needs a CUDA device; use --attention sdpa here")
+            try:
+                import xformers  # noqa: F401
+            except ImportError:
+                raise ValueError("attention 'xformers' needs the xformers package: pip install 'synth[cuda]'") from None
+            self.unet.enable_xformers_memory_efficient_attention()
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        if compile:
+            self.unet = torch.compile(self.unet)
+        return self
+
     # -- conditioning ------------------------------------------------------
     @torch.no_grad()
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:

@@ -12,12 +12,13 @@ PRESETS = Path(__file__).parent / "presets"
 
 
 def _user_errors():
+    from samplers.bulk import BulkError
     from samplers.generator import ArtifactError
     from synth.data import DataError
     from synth.labels import LabelError
     from trainers.common import TrainingError
 
-    return (ConfigError, DataError, LabelError, TrainingError, ArtifactError)
+    return (ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError)
 
 
 def _run(fn, *args, **kwargs):
@@ -80,6 +81,73 @@ def train_ldm_cmd(config, run_dir, overrides):
 
     cfg = _config(config, overrides)
     _run(train_ldm, cfg, run_dir or _default_run("ldm", config))
+
+
+@main.command()
+@click.option("--model", "model", required=True, type=click.Path(), help="Export folder (<run>/export) or its run folder.")
+@click.option("--n", "--num-images", "n", required=True, type=int,
+              help="Number of images in the set (raise it to extend a set). Under torchrun use --num-images "
+                   "(torchrun's own parser claims --n).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--labels", default=None, help='Label weights, e.g. "normal=0.5,pneumonia=0.5" (default: uniform).')
+@click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="File with one prompt or label per line.")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
+@click.option("--steps", type=int, default=None, help="Solver steps; default: the model's.")
+@click.option("--sampler", default=None, help="dpmpp_2m | ddim | euler | heun | midpoint | euler_ancestral.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset"]), default="imagefolder", show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default="sdpa", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
+@click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
+           compile_, channels_last, attention, device, overwrite, quiet):
+    """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
+    import os
+
+    import torch
+
+    from samplers.bulk import BulkRequest, parse_label_spec, parse_prompt_file, run_bulk
+    from samplers.generator import load_generator, read_artifact
+    from synth.labels import LabelSchema
+
+    def go():
+        if labels and prompts_file:
+            raise ConfigError("pass either --labels or --prompts, not both")
+        meta = read_artifact(model)
+        schema = LabelSchema.from_json(meta["labels"])
+        if prompts_file:
+            spec = parse_prompt_file(prompts_file, schema)
+        else:
+            spec = parse_label_spec(labels or ",".join(schema.classes), schema, log=lambda m: click.echo(m, err=True))
+        d = meta.get("default_sampling", {})
+        req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
+                          steps=steps or d.get("steps", 25), guidance=guidance if guidance is not None else d.get("guidance", 1.5),
+                          seed=seed, batch_size=batch_size, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+        dev = device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        if dtype == "float16" and not dev.startswith("cuda"):
+            raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+        gen = None
+        from samplers.bulk import check_request
+
+        check_request(req)
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        gen = load_generator(meta["path"], device=dev, dtype=tdtype)
+        try:
+            gen.optimize(compile=compile_, channels_last=channels_last, attention=attention)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        res = run_bulk(req, gen, device=dev, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        if res.manifest:
+            click.echo(f"{res.manifest['n_done']} images in {out} ({res.generated} new, {res.images_per_s:.1f} images/s); "
+                       f"counts {res.manifest['counts_per_label']}")
+
+    _run(go)
 
 
 @main.command()
