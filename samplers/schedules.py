@@ -61,7 +61,7 @@ def diffusion_denoiser(model_fn, alphas_cumprod: torch.Tensor, prediction_type: 
         scale = 1 / (1 + sig**2).sqrt()  # sqrt(abar)
         x_vp = x * scale
         t = sigma_to_t(sigma, model_sigmas).to(x.device, torch.float32)
-        out = model_fn(x_vp.to(x.dtype), t, cond).to(x.dtype)
+        out = model_fn(x_vp, t, cond).to(x.dtype)
         if prediction_type == "epsilon":
             return x - sig * out
         if prediction_type == "v_prediction":

@@ -101,12 +101,14 @@ def train_ldm_cmd(config, run_dir, overrides):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--chunk-size", type=int, default=0, show_default=True,
+              help="Run the network on chunks of this many images (cache-sized on CPU, e.g. 16); 0: whole batch.")
 @click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default="sdpa", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
 @click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
-           compile_, channels_last, attention, device, overwrite, quiet):
+           compile_, channels_last, chunk_size, attention, device, overwrite, quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
     import os
 
@@ -139,7 +141,8 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = load_generator(meta["path"], device=dev, dtype=tdtype)
         try:
-            gen.optimize(compile=compile_, channels_last=channels_last, attention=attention)
+            gen.optimize(compile=compile_, channels_last=channels_last, attention=attention,
+                         chunk_size=chunk_size or None)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         res = run_bulk(req, gen, device=dev, progress=not quiet, log=lambda m: click.echo(m, err=True))
