@@ -110,3 +110,33 @@ def test_diffusion_adapter_epsilon_and_v():
     assert torch.allclose(v_model(x_ve, sig, None), x0, atol=1e-4)
     sg = sampling_sigmas(ac, 10)
     assert sg.shape == (11,) and sg[-1] == 0 and torch.all(sg[:-1] > sg[1:])
+
+
+def test_flow_matching_parity_with_diffusers_flowmatch_euler():
+    """Our Euler on a flow model == diffusers' FlowMatchEulerDiscreteScheduler.
+
+    diffusers: sigma_d = 1 - t, x = (1 - sigma_d) data + sigma_d noise, model predicts
+    noise - data (= -v in our convention).
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    A = torch.tensor([[0.5, -0.2], [0.1, 0.3]], dtype=torch.float64)
+
+    def velocity(x_t, t, cond):  # any smooth field in our convention (v = x1 - x0)
+        return x_t @ A.T * (1 + t.view(-1, 1)) + 0.3
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+    sched.set_timesteps(12)
+    sig_d = sched.sigmas.double()  # (13,), 1 -> 0
+    noise = torch.randn(4, 2, dtype=torch.float64)
+    x = noise.clone()
+    for i, ts in enumerate(sched.timesteps):
+        t = (1 - sig_d[i]).expand(4)
+        x = sched.step(-velocity(x, t, None), ts, x).prev_sample.double()
+    # Ours, in float64: t = 0 is sigma = inf in the VE form, so start a hair later (t = 1e-9).
+    t_grid = 1 - sig_d
+    t_grid[0] = 1e-9
+    sigmas = torch.cat([flow_sigma(t_grid[:-1]), torch.zeros(1, dtype=torch.float64)])
+    x_start = noise * (1 - t_grid[0]) / t_grid[0]  # VE form of x_t = (1 - t) noise + t data, t -> 0
+    ours = get_sampler("euler")(flow_denoiser(velocity), x_start, sigmas, cond=None)
+    assert torch.allclose(ours, x, atol=1e-4)
