@@ -41,7 +41,8 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/bench")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--n", type=int, default=500, help="samples per class")
-    ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--guidance", type=float, nargs="+", default=None, help="one or more guidance values")
+    ap.add_argument("--chunk", type=int, default=32, help="images per network call while sampling")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps")
     ap.add_argument("--classifier-steps", type=int, default=800)
     ap.add_argument("--batch", type=int, default=250)
@@ -71,32 +72,52 @@ def main() -> None:
 
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
     test = load_split(dataclasses.replace(cfg.data, val_max_items=None), "test", cfg.labels.classes or None)
+    judge_file = run / "judge.safetensors"
     t0 = time.perf_counter()
-    clf = train_classifier(train.images, train.labels, len(train.classes), steps=args.classifier_steps, log=print)
+    if judge_file.is_file():  # the judge is a function of the data and seed: train it once per run
+        from safetensors.torch import load_file
+
+        from synth.classifier import SmallCNN
+
+        clf = SmallCNN(len(train.classes))
+        clf.load_state_dict(load_file(str(judge_file)))
+        clf.eval()
+    else:
+        from safetensors.torch import save_file
+
+        clf = train_classifier(train.images, train.labels, len(train.classes), steps=args.classifier_steps, log=print)
+        save_file(clf.state_dict(), str(judge_file))
     res["classifier"] = {"train_s": time.perf_counter() - t0, "steps": args.classifier_steps,
                          "real_test": accuracy(clf, test.images, test.labels), "n_test": len(test)}
     print("classifier on real test:", res["classifier"]["real_test"])
 
-    gen = load_generator(export)
-    guidance = args.guidance if args.guidance is not None else cfg.sample.guidance
+    gen = load_generator(export).optimize(chunk_size=args.chunk)
     steps = args.steps or cfg.sample.steps
-    images, labels = [], []
-    t0 = time.perf_counter()
-    for k in range(gen.schema.num_classes):
-        for lo in range(0, args.n, args.batch):
-            n = min(args.batch, args.n - lo)
-            conds = [gen.schema.condition(k)] * n
-            seeds = [image_seed(1234, k * 1_000_000 + lo + j) for j in range(n)]
-            b = gen.sample(conds, seeds, steps=steps, guidance=guidance, sampler=cfg.sample.sampler)
-            images.append(b.images)
-            labels += [k] * n
-    images, labels = torch.cat(images), torch.tensor(labels)
-    res["sampling"] = {"wall_s": time.perf_counter() - t0, "images": len(images), "sampler": cfg.sample.sampler,
-                       "steps": steps, "guidance": guidance, "images_per_s": len(images) / (time.perf_counter() - t0)}
-    fid = accuracy(clf, images, labels)
-    res["label_fidelity"] = {gen.schema.classes[k]: v for k, v in fid["per_class"].items()}
-    res["label_fidelity"]["overall"] = fid["overall"]
-    print("label fidelity:", res["label_fidelity"])
+    res["sampling"], res["label_fidelity"] = {}, {}
+    grid = None
+    for guidance in args.guidance or [cfg.sample.guidance]:
+        images, labels = [], []
+        t0 = time.perf_counter()
+        for k in range(gen.schema.num_classes):
+            for lo in range(0, args.n, args.batch):
+                n = min(args.batch, args.n - lo)
+                conds = [gen.schema.condition(k)] * n
+                seeds = [image_seed(1234, k * 1_000_000 + lo + j) for j in range(n)]
+                b = gen.sample(conds, seeds, steps=steps, guidance=guidance, sampler=cfg.sample.sampler)
+                images.append(b.images)
+                labels += [k] * n
+        images, labels = torch.cat(images), torch.tensor(labels)
+        dt = time.perf_counter() - t0
+        key = f"{guidance:g}"
+        res["sampling"][key] = {"wall_s": dt, "images": len(images), "sampler": cfg.sample.sampler, "steps": steps,
+                                "guidance": guidance, "images_per_s": len(images) / dt}
+        fid = accuracy(clf, images, labels)
+        res["label_fidelity"][key] = {**{gen.schema.classes[k]: v for k, v in fid["per_class"].items()},
+                                      "overall": fid["overall"]}
+        print(f"label fidelity at guidance {guidance:g}:", res["label_fidelity"][key], flush=True)
+        if grid is None:  # the grid shows the first guidance value
+            grid = (images, labels)
+    images, labels = grid
 
     per = 12
     pick = torch.cat([torch.nonzero(labels == k)[:per, 0] for k in range(gen.schema.num_classes)])
@@ -122,14 +143,16 @@ def write_markdown(path: Path, name: str, res: dict, cfg, classes) -> None:
     lines += ["Judge: SmallCNN trained on the real training split "
               f"({res['classifier']['steps']} steps); accuracy on the real test split ({res['classifier']['n_test']} images): "
               f"{c['overall']:.3f} overall, " + ", ".join(f"{classes[int(k)]} {v:.3f}" for k, v in c["per_class"].items()) + ".", ""]
-    s = res["sampling"]
-    lines += [f"Sampling: {s['images']} images, {s['sampler']} {s['steps']} steps, guidance {s['guidance']}, "
-              f"{s['images_per_s']:.1f} images/s.", "", "| class | label fidelity (share assigned to the requested class) |",
-              "|---|---|"]
-    for k in classes:
-        lines.append(f"| {k} | {res['label_fidelity'][k]:.3f} |")
-    lines += [f"| overall | {res['label_fidelity']['overall']:.3f} |", "",
-              f"Samples (12 per class, one row per class): `{name}-samples.png`; real test images: `{name}-real.png`.", ""]
+    gs = list(res["label_fidelity"])
+    s0 = res["sampling"][gs[0]]
+    lines += [f"Sampling: {s0['images']} images per guidance value, {s0['sampler']} {s0['steps']} steps; "
+              + ", ".join(f"guidance {g}: {res['sampling'][g]['images_per_s']:.1f} images/s" for g in gs) + ".", "",
+              "| class | " + " | ".join(f"label fidelity, guidance {g}" for g in gs) + " |",
+              "|---|" + "---|" * len(gs)]
+    for k in list(classes) + ["overall"]:
+        lines.append(f"| {k} | " + " | ".join(f"{res['label_fidelity'][g][k]:.3f}" for g in gs) + " |")
+    lines += ["", f"Samples (12 per class, one row per class, guidance {gs[0]}): `{name}-samples.png`; "
+              f"real test images: `{name}-real.png`.", ""]
     path.write_text("\n".join(lines))
 
 
