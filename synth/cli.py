@@ -48,7 +48,8 @@ def train():
 
 _opts = [
     click.option("--config", "-c", type=click.Path(dir_okay=False), default=None, help="YAML preset (configs/)."),
-    click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None, help="Run folder (default runs/<stage>-<preset>)."),
+    click.option("--run", "--run-dir", "run_dir", type=click.Path(file_okay=False), default=None,
+                 help="Run folder (default runs/<stage>-<preset>). Under torchrun use --run-dir (torchrun claims --run)."),
     click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=1e-4."),
 ]
 

@@ -251,6 +251,11 @@ def make_accelerator(mixed_precision: str, seed: int):
 
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps process-wide state; a second run in the same process (a notebook, a
+    # benchmark) may ask for another precision. The process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 

@@ -141,9 +141,16 @@ def test_bf16_autocast_on_cpu(tmp_path):
 def test_torchrun_two_processes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "synth.cli",
-                        "train", "ldm", "--run", str(tmp_path), *sets("train.steps=3", "train.batch_size=4")],
+                        "train", "ldm", "--run-dir", str(tmp_path), *sets("train.steps=3", "train.batch_size=4")],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert (tmp_path / "export" / "synth.json").is_file()
     state = json.loads((tmp_path / "checkpoints" / "step-00000003" / "state.json").read_text())
     assert state["samples_seen"] == 3 * 4 * 2  # two ranks, each its own slice of the global batch
+
+
+def test_demo_falls_back_to_phantom(tmp_path):
+    p = cli("demo", "--out", str(tmp_path), "--set", "data.name=/no/such/data.npz", "--set", "train.steps=2",
+            "--set", "sample.steps=2", "--set", "sample.per_class=2", "--set", "train.progress=false")
+    assert "falling back to the built-in phantom" in p.stderr
+    assert (tmp_path / "samples" / "final.png").is_file() and (tmp_path / "export" / "synth.json").is_file()
