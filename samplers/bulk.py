@@ -295,8 +295,11 @@ class ShardWriter:
             self.error = self.error or e
             return
         with self.lock:
-            self.pending[s]["data"][index] = data
             self.written += 1
+            st = self.pending.get(s)
+            if st is None:  # the shard was already closed: its files were all on disk before this callback ran
+                return
+            st["data"][index] = data
         try:
             self._maybe_finish(s)
         except BaseException as e:
