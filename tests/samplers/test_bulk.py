@@ -99,9 +99,10 @@ def test_webdataset_readable(tiny_export, tmp_path):
 
 
 def test_sigkill_resume_same_bytes_and_extend(tiny_export, tmp_path):
-    cli(*base_args(tiny_export, tmp_path / "a", 40))
+    n = 120  # large enough that the run cannot finish between the poll and the kill
+    cli(*base_args(tiny_export, tmp_path / "a", n))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synth.cli", *base_args(tiny_export, tmp_path / "b", 40)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "synth.cli", *base_args(tiny_export, tmp_path / "b", n)], cwd=ROOT,
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = tmp_path / "b" / ".synth" / "done" / "shard-00001.json"
     deadline = time.time() + 300
@@ -110,11 +111,11 @@ def test_sigkill_resume_same_bytes_and_extend(tiny_export, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / "manifest.json").exists(), "the run finished before it could be killed"
-    cli(*base_args(tiny_export, tmp_path / "b", 40))
+    cli(*base_args(tiny_export, tmp_path / "b", n))
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")
-    # extending: 25 then 40 equals 40 at once
-    cli(*base_args(tiny_export, tmp_path / "c", 25))
-    cli(*base_args(tiny_export, tmp_path / "c", 40))
+    # extending: 45 then n equals n at once
+    cli(*base_args(tiny_export, tmp_path / "c", 45))
+    cli(*base_args(tiny_export, tmp_path / "c", n))
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "c")
 
 
