@@ -49,3 +49,21 @@ def tiny_export(tmp_path_factory):
 
     run = tmp_path_factory.mktemp("tiny-ldm")
     return train_ldm(tiny_cfg("train.steps=6"), run, log=lambda *a: None)
+
+
+def run_cli_and_kill_when(args: list[str], marker: Path, env_extra: dict | None = None, timeout: float = 300):
+    """Start ``synth`` with ``args``, SIGKILL it as soon as ``marker`` exists; returns the process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "synth.cli", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc

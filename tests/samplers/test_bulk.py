@@ -1,10 +1,8 @@
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ import pytest
 from samplers.bulk import (BulkError, BulkRequest, condition_for, parse_label_spec, parse_prompt_file, run_bulk)
 from samplers.generator import load_generator
 from synth.labels import LabelError, LabelSchema
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli_and_kill_when
 
 SCHEMA = LabelSchema(["normal", "pneumonia"])
 
@@ -101,15 +99,8 @@ def test_webdataset_readable(tiny_export, tmp_path):
 def test_sigkill_resume_same_bytes_and_extend(tiny_export, tmp_path):
     n = 120  # large enough that the run cannot finish between the poll and the kill
     cli(*base_args(tiny_export, tmp_path / "a", n))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "synth.cli", *base_args(tiny_export, tmp_path / "b", n)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "b" / ".synth" / "done" / "shard-00001.json"
-    deadline = time.time() + 300
-    while not first.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_cli_and_kill_when(base_args(tiny_export, tmp_path / "b", n), tmp_path / "b" / ".synth" / "done" / "shard-00001.json",
+                          {"OMP_NUM_THREADS": "1"})
     assert not (tmp_path / "b" / "manifest.json").exists(), "the run finished before it could be killed"
     cli(*base_args(tiny_export, tmp_path / "b", n))
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from synth.config import ConfigError
-from tests.conftest import ROOT, TINY, tiny_cfg
+from tests.conftest import ROOT, TINY, run_cli_and_kill_when, tiny_cfg
 from trainers.common import TrainingError, list_checkpoints
 from trainers.ldm import train_ldm
 
@@ -69,15 +68,8 @@ def test_sigkill_resume_is_bit_exact(tmp_path):
     steps = 30
     args = sets(f"train.steps={steps}", "train.checkpoint_every=3", "data.phantom_items=48")
     cli("train", "ldm", "--run", str(tmp_path / "a"), *args)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "synth.cli", "train", "ldm", "--run", str(tmp_path / "b"), *args],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = tmp_path / "b" / "checkpoints" / "step-00000006" / "state.json"
-    deadline = time.time() + 240
-    while not target.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = run_cli_and_kill_when(["train", "ldm", "--run", str(tmp_path / "b"), *args],
+                                 tmp_path / "b" / "checkpoints" / "step-00000006" / "state.json")
     assert proc.returncode == -signal.SIGKILL
     done = [s for s, _ in list_checkpoints(tmp_path / "b")]
     assert done and max(done) < steps, "the run finished before it could be killed"
