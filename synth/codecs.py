@@ -21,7 +21,7 @@ class PixelCodec:
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         return (self.channels, resolution, resolution)
 
-    def encode(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator=None, noise=None) -> torch.Tensor:
         """(B, 1, H, W) float in [-1, 1] -> same."""
         return images
 
@@ -45,9 +45,10 @@ class VAECodec:
 
     kind = "vae"
 
-    def __init__(self, vae, image_channels: int = 1):
+    def __init__(self, vae, image_channels: int = 1, decode_chunk: int | None = None):
         self.vae = vae
         self.image_channels = image_channels
+        self.decode_chunk = decode_chunk  # images per VAE decode call (its activations dominate memory at 512 px)
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
 
     @property
@@ -76,17 +77,24 @@ class VAECodec:
         s = self.scaling_factor
         return (dist.mean - self.shift_factor) * s, dist.std * s
 
-    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, generator: torch.Generator | None = None,
+               noise: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> scaled latents (B, c, h, w): the mean, or a sample with ``noise``
+        (a standard-normal tensor of the latent shape) or one drawn from ``generator``
+        (on the generator's own device, so a GPU generator needs no host copy)."""
         mean, std = self.encode_moments(images)
-        if generator is None:
+        if noise is None and generator is None:
             return mean
-        eps = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
-        return mean + std * eps
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32, device=generator.device)
+        return mean + std * noise.to(mean.device, mean.dtype)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, c, h, w) -> images (B, 1, H, W) float (unclamped)."""
         p = next(self.vae.parameters())
-        out = self.vae.decode((x / self.scaling_factor + self.shift_factor).to(p.device, p.dtype)).sample
+        z = (x / self.scaling_factor + self.shift_factor).to(p.device, p.dtype)
+        c = self.decode_chunk or len(z)
+        out = torch.cat([self.vae.decode(z[i:i + c]).sample for i in range(0, len(z), c)]) if len(z) else z
         if self.image_channels == 1 and out.shape[1] != 1:
             out = out.mean(dim=1, keepdim=True)
         return out

@@ -1,9 +1,22 @@
-"""Per-image seeds: image i's random source depends only on (request seed, i)."""
+"""Seeds: every random stream is a hash of (seed, stream name, indices), never arithmetic.
+
+Image i of a request uses ``image_seed(seed, i)``; training step s uses
+``step_generator(seed, s, rank, stream)``.  Because seeds are hashes of the whole
+tuple, two different tuples (rank 7 / micro-batch 0 vs rank 0 / micro-batch 1, an
+image's starting noise vs its ancestral noise) never share a stream.
+"""
 from __future__ import annotations
 
 import hashlib
 
 import torch
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 63-bit seed from any tuple of ints and names (blake2b of their text, ``:``-joined)."""
+    text = ":".join(str(int(p)) if isinstance(p, (int, bool)) else f"'{p}'" for p in parts)
+    h = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
 def image_seed(base: int, index: int) -> int:
@@ -15,11 +28,15 @@ def image_seed(base: int, index: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
-def generator_for(seed: int) -> torch.Generator:
-    """A CPU generator seeded with ``seed`` (CPU so results match across devices)."""
-    return torch.Generator().manual_seed(int(seed))
+def generator_for(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded with ``seed`` (CPU by default, so results match across devices)."""
+    return torch.Generator(device=device).manual_seed(int(seed))
 
 
-def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0) -> torch.Generator:
-    """The generator for training step ``step``: resumes need no saved RNG stream."""
-    return generator_for(image_seed(seed * 1_000_003 + stream * 7 + rank, step))
+def step_generator(seed: int, step: int, rank: int = 0, stream: int | str = 0,
+                   device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator for training step ``step`` of ``rank``'s ``stream``: resumes need no saved RNG state.
+
+    On a GPU pass ``device`` so noise is drawn where it is used (no host copy per step).
+    """
+    return generator_for(derive_seed("train-step", seed, step, rank, stream), device)

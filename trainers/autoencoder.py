@@ -7,7 +7,7 @@ diffusion stage re-checks against ``train.ssim_gate``.
 """
 from __future__ import annotations
 
-import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,10 +18,9 @@ from synth.data import load_split
 from synth.io import atomic_replace_dir, atomic_write_json, to_float
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
-from synth.seeds import step_generator
-from trainers.common import (Logger, StepStats, TrainingError, batch_indices, latest_checkpoint, load_checkpoint,
-                             lr_lambda, make_accelerator, prepare_run_dir, save_checkpoint,
-                             set_base_lrs)
+from synth.distributed import main_first
+from trainers.common import Logger, make_accelerator, prepare_run_dir
+from trainers.loop import Task, fit
 
 
 def _load_vae(cfg: Config):
@@ -35,17 +34,35 @@ def _load_vae(cfg: Config):
     return vae_from_config(cfg.model, cfg.data.resolution)
 
 
+class VAEObjective(torch.nn.Module):
+    """Per-sample loss (B,): mean |x - rec| + kl_weight * KL(q(z|x) || N(0, I)) / pixels.
+
+    A module (not a function of the VAE) so that accelerate wraps it in
+    DistributedDataParallel: one bucketed gradient all-reduce per step.
+    """
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, H, W) in [-1, 1]; eps: (B, c, h, w) standard normal -> (B,)."""
+        vae = self.vae
+        inp = x if x.shape[1] == vae.config.in_channels else x.expand(-1, vae.config.in_channels, -1, -1)
+        dist = vae.encode(inp).latent_dist
+        rec = vae.decode(dist.mean + dist.std * eps.to(dist.mean.dtype)).sample
+        if rec.shape[1] != x.shape[1]:
+            rec = rec.mean(1, keepdim=True)
+        l1 = (rec.float() - x.float()).abs().mean(dim=(1, 2, 3))
+        kl = dist.kl().float() / x[0].numel()
+        return l1 + self.kl_weight * kl
+
+
 def vae_loss(vae, x: torch.Tensor, kl_weight: float, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample loss (B,): mean |x - rec| + kl_weight * KL(q(z|x) || N(0, I)) / pixels."""
-    inp = x if x.shape[1] == vae.config.in_channels else x.expand(-1, vae.config.in_channels, -1, -1)
-    dist = vae.encode(inp).latent_dist
-    eps = torch.randn(dist.mean.shape, generator=gen).to(x.device, dist.mean.dtype)
-    rec = vae.decode(dist.mean + dist.std * eps).sample
-    if rec.shape[1] != x.shape[1]:
-        rec = rec.mean(1, keepdim=True)
-    l1 = (rec.float() - x.float()).abs().mean(dim=(1, 2, 3))
-    kl = dist.kl().float() / x[0].numel()
-    return l1 + kl_weight * kl
+    """Per-sample loss (B,) of :class:`VAEObjective` with ``eps`` drawn from ``gen`` (for scripts)."""
+    shape = VAECodec(vae).latent_shape(x.shape[-1])
+    eps = torch.randn((x.shape[0], *shape), generator=gen, device=gen.device).to(x.device)
+    return VAEObjective(vae, kl_weight)(x, eps)
 
 
 @torch.no_grad()
@@ -75,94 +92,44 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
-    main = accelerator.is_main_process
-    run = prepare_run_dir(cfg, run_dir, "autoencoder") if main else Path(run_dir)
-    accelerator.wait_for_everyone()
+    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
+    run = Path(run_dir)
+    main_first(lambda: prepare_run_dir(cfg, run, "autoencoder", world), world, accelerator.process_index)
     say = log if main else (lambda *a, **k: None)
 
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
     val = load_split(cfg.data, "val", cfg.labels.classes or None)
     say(f"data: {len(train)} train / {len(val)} val images from {train.source}")
     vae = _load_vae(cfg)
-    say(f"autoencoder: {count_parameters(vae) / 1e6:.2f}M params, latent {VAECodec(vae).latent_shape(cfg.data.resolution)}")
+    shape = VAECodec(vae).latent_shape(cfg.data.resolution)
+    say(f"autoencoder: {count_parameters(vae) / 1e6:.2f}M params, latent {shape}")
     if cfg.train.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
+    images = train.images.to(device)
 
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
-                                  weight_decay=cfg.train.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.train.steps))
-    start = 0
-    resume = latest_checkpoint(run)
-    if resume is not None:
-        start = load_checkpoint(resume[1], {"vae": vae}, optimizer, lr_scheduler, None)["step"]
-        set_base_lrs(lr_scheduler, [cfg.train.lr])
-        say(f"resumed from {resume[1]} (step {start})")
-    # The VAE is trained through encode/decode, not forward, so it is not wrapped in
-    # DDP; gradients are averaged across processes by hand instead.
-    vae.to(accelerator.device)
-    optimizer = accelerator.prepare(optimizer)
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    per_rank = cfg.train.batch_size
-    global_batch = per_rank * world * cfg.train.grad_accum
-    logger = Logger(run, main)
+    def draw(step, gen, n):
+        d = {"eps": torch.randn((n, *shape), generator=gen, device=gen.device)}
+        if cfg.data.hflip:
+            d["flip"] = torch.rand(n, generator=gen, device=gen.device) < 0.5
+        return d
 
-    from tqdm.auto import tqdm
+    def batch(idx, d):
+        imgs = images[idx]
+        if "flip" in d:
+            imgs = torch.where(d["flip"][:, None, None, None], imgs.flip(-1), imgs)
+        return {"x": to_float(imgs), "eps": d["eps"]}
 
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (main and cfg.train.progress), unit="step", desc="autoencoder")
-    stats = StepStats(time.perf_counter())
-    last_good = resume
-    step = start
-    vae.train()
-    while step < cfg.train.steps:
-        total = torch.zeros((), device=device)
-        for micro in range(cfg.train.grad_accum):
-            idx = batch_indices(step, len(train), global_batch, cfg.train.seed)
-            lo = (micro * world + rank) * per_rank
-            idx = idx[lo:lo + per_rank]
-            gen = step_generator(cfg.train.seed, step, rank, stream=micro)
-            imgs = train.images[idx]
-            if cfg.data.hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                imgs = torch.where(flip[:, None, None, None], imgs.flip(-1), imgs)
-            with accelerator.autocast():
-                loss = vae_loss(vae, to_float(imgs).to(device), cfg.train.kl_weight, gen).mean() / cfg.train.grad_accum
-            accelerator.backward(loss)
-            total += loss.detach()
-        total = accelerator.reduce(total, reduction="mean")
-        if world > 1:
-            for p in vae.parameters():
-                if p.grad is not None:
-                    p.grad.copy_(accelerator.reduce(p.grad, reduction="mean"))
-        if not torch.isfinite(total):
-            raise TrainingError(f"loss became {total.item()} at step {step + 1}; stopped. Last good checkpoint: "
-                                f"{last_good[1] if last_good else 'none'}. Lower train.lr or set train.grad_clip")
-        if cfg.train.grad_clip > 0:
-            accelerator.clip_grad_norm_(vae.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step == start + 1:  # steady-state rate: the first step pays for warm-up
-            stats = StepStats(time.perf_counter())
-        else:
-            stats.samples += global_batch
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            bar.set_postfix(loss=f"{total.item():.4f}", img_s=f"{stats.rate():.1f}")
-            logger.log(step, loss=total.item(), lr=lr_scheduler.get_last_lr()[0], samples_per_s=stats.rate())
-        if main and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+    def after_step(step: int, f):
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             vae.eval()
             m = reconstruction_metrics(VAECodec(vae), val.images)
             vae.train()
-            logger.log(step, val_psnr=m["psnr"], val_ssim=m["ssim"])
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                path = save_checkpoint(run, step, {"vae": vae}, optimizer, lr_scheduler, None,
-                                       {"samples_seen": step * global_batch}, cfg.train.keep_checkpoints)
-                last_good = (step, path)
-            accelerator.wait_for_everyone()
-    bar.close()
+            Logger(run, True).log(step, val_psnr=m["psnr"], val_ssim=m["ssim"])
+
+    task = Task("autoencoder", VAEObjective(vae, cfg.train.kl_weight), {"vae": vae}, [("vae", cfg.train.lr)],
+                len(train), draw, batch, after_step=after_step)
+    # the autoencoder keeps its raw weights (no EMA): the export is what the gate measured
+    fitted = fit(task, replace(cfg.train, ema_decay=0.0), accelerator, run, say)
 
     export = run / "export"
     if main:
@@ -170,11 +137,10 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         scaling = 1.0 / max(1e-6, latent_std(model, train.images))
         model.register_to_config(scaling_factor=scaling)
         m = reconstruction_metrics(VAECodec(model), val.images)
-        m.update({"step": step, "scaling_factor": scaling})
-        logger.log(step, val_psnr=m["psnr"], val_ssim=m["ssim"])
+        m.update({"step": fitted.step, "scaling_factor": scaling})
+        Logger(run, True).log(fitted.step, val_psnr=m["psnr"], val_ssim=m["ssim"])
         export_vae(run, model, m, scaling)
         say(f"autoencoder validation: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} (gate {cfg.train.ssim_gate}); "
             f"exported to {export}")
-    logger.close()
     accelerator.wait_for_everyone()
     return export

@@ -6,6 +6,7 @@ holds weights, EMA, optimizer, LR scheduler, RNG states and the step.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -32,20 +33,50 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------------------
 # Run folder and resolved config
 
-# Changing these breaks the checkpoint (shapes, data meaning or the objective).
+# Changing these breaks the checkpoint (shapes, data meaning or the objective).  The
+# per-process batch and accumulation may change as long as the global batch does not
+# (see :func:`check_global_batch`): that is how a job moves to another process count.
 RESUME_BREAKING = ("data.name", "data.resolution", "data.max_items", "data.seed", "labels", "model",
-                   "train.batch_size", "train.grad_accum", "train.prediction_type", "train.num_train_timesteps",
+                   "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
 
 
-def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str) -> Path:
+def global_batch_of(cfg: Config, world: int) -> int:
+    """Images per optimizer step over all processes: batch_size x processes x grad_accum."""
+    return cfg.train.batch_size * world * cfg.train.grad_accum
+
+
+def check_global_batch(old_cfg: dict, old_world: int, cfg: Config, world: int, run: Path) -> None:
+    """Refuse a resume whose global batch differs; data order and LR schedule depend on it."""
+    old_global = old_cfg["train"]["batch_size"] * old_world * old_cfg["train"]["grad_accum"]
+    new_global = global_batch_of(cfg, world)
+    if old_global == new_global:
+        return
+    hint = []
+    if old_global % (world * cfg.train.grad_accum) == 0:
+        hint.append(f"train.batch_size={old_global // (world * cfg.train.grad_accum)}")
+    if old_global % (world * cfg.train.batch_size) == 0:
+        hint.append(f"train.grad_accum={old_global // (world * cfg.train.batch_size)}")
+    fix = f"set {' or '.join(hint)}" if hint else f"choose batch_size x grad_accum x processes = {old_global}"
+    raise ConfigError(f"cannot resume '{run}': its checkpoints use a global batch of {old_global} "
+                      f"({old_world} process(es) x batch {old_cfg['train']['batch_size']} x accum "
+                      f"{old_cfg['train']['grad_accum']}) but this launch gives {new_global} ({world} x "
+                      f"{cfg.train.batch_size} x {cfg.train.grad_accum}); {fix}, or use a new --run folder")
+
+
+def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1) -> Path:
     """Create ``run_dir`` or check a resumed run's config; write ``config.yaml``.
 
     A resume whose config changed a field in :data:`RESUME_BREAKING` is refused,
-    naming the field. ``train.steps`` may grow (the run is extended).
+    naming the field; so is one whose global batch changed (another process count
+    is fine when batch_size or grad_accum keep the global batch). ``train.steps``
+    may grow (the run is extended).
     """
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create run folder '{run}' ({e.strerror}); choose a writable --run") from None
     meta_path = run / "run.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
@@ -54,12 +85,15 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str) -> Path:
         old = meta["config"]
         changed = diff_configs(old, config_to_dict(cfg))
         bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]
-        if bad and latest_checkpoint(run) is not None:
-            raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
-                              f"({_fmt(old, bad[0])} -> {_fmt(config_to_dict(cfg), bad[0])}); restore it or use a new --run folder")
+        if latest_checkpoint(run) is not None:
+            if bad:
+                raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
+                                  f"({_fmt(old, bad[0])} -> {_fmt(config_to_dict(cfg), bad[0])}); restore it or use a new --run folder")
+            check_global_batch(old, int(meta.get("world_size", 1)), cfg, world, run)
     for stale in checkpoint_dir(run).glob(".tmp-step-*") if checkpoint_dir(run).is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
-    atomic_write_json(meta_path, {"stage": stage, "config": config_to_dict(cfg), "synth_version": _version()})
+    atomic_write_json(meta_path, {"stage": stage, "config": config_to_dict(cfg), "world_size": world,
+                                  "global_batch": global_batch_of(cfg, world), "synth_version": _version()})
     save_config(cfg, run / "config.yaml")
     return run
 
@@ -134,12 +168,21 @@ def save_checkpoint(run: Path, step: int, modules: dict[str, torch.nn.Module], o
     return final
 
 
-def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema: "EMA | None") -> dict:
-    """Restore everything :func:`save_checkpoint` wrote; returns ``state.json``."""
+def load_weights(path: Path, modules: dict[str, torch.nn.Module], ema: "EMA | None") -> dict:
+    """Restore module weights and EMA (before ``accelerator.prepare``); returns ``state.json``."""
     for name, m in modules.items():
         m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
     if ema is not None:
         ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+    return json.loads((path / "state.json").read_text())
+
+
+def load_optimizer(path: Path, optimizer, lr_scheduler) -> None:
+    """Restore optimizer, LR schedule and RNG states, AFTER ``accelerator.prepare``.
+
+    Loaded before prepare, AdamW's ``step`` counters would follow the parameters to
+    the GPU, and torch would then sync the host twice per parameter per step.
+    """
     opt = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(opt["optimizer"])
     lr_scheduler.load_state_dict(opt["lr_scheduler"])
@@ -149,7 +192,13 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, 
         states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
-    return json.loads((path / "state.json").read_text())
+
+
+def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler, ema: "EMA | None") -> dict:
+    """Restore everything :func:`save_checkpoint` wrote (single-device use); returns ``state.json``."""
+    state = load_weights(path, modules, ema)
+    load_optimizer(path, optimizer, lr_scheduler)
+    return state
 
 
 # ---------------------------------------------------------------------------
@@ -157,31 +206,50 @@ def load_checkpoint(path: Path, modules: dict[str, torch.nn.Module], optimizer, 
 
 
 class EMA:
-    """Exponential moving average of parameters (fp32 shadow copies)."""
+    """Exponential moving average of named parameters, fp32 shadows on the parameters' device.
 
-    def __init__(self, module: torch.nn.Module, decay: float, warmup: bool = True):
+    Built from ``{name: parameter}`` (names are the checkpoint keys, e.g.
+    ``unet.conv_in.weight``); ``update()`` reads those same parameter objects, so
+    it follows the model wherever accelerate moves it and costs one fused
+    ``_foreach_lerp_`` (no host sync) per step.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], decay: float, warmup: bool = True):
         self.decay, self.warmup = decay, warmup
         self.num_updates = 0
-        self.shadow = {n: p.detach().float().clone() for n, p in module.named_parameters() if p.requires_grad}
+        self.params = {n: p for n, p in params.items() if p.requires_grad}
+        self.shadow = {n: p.detach().float().clone() for n, p in self.params.items()}
 
     def current_decay(self) -> float:
         if not self.warmup:
             return self.decay
         return min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
 
-    @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
-        d = self.current_decay()
-        self.num_updates += 1
-        for n, p in module.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].lerp_(p.detach().float(), 1 - d)
+    def _follow_params(self) -> None:
+        """Move shadows to their parameters' devices (after accelerate.prepare moved the model)."""
+        for n, p in self.params.items():
+            if self.shadow[n].device != p.device:
+                self.shadow[n] = self.shadow[n].to(p.device)
 
     @torch.no_grad()
-    def copy_to(self, module: torch.nn.Module) -> None:
+    def update(self) -> None:
+        self._follow_params()
+        w = 1 - self.current_decay()
+        self.num_updates += 1
+        names = list(self.params)
+        shadows, params = [self.shadow[n] for n in names], [self.params[n].detach() for n in names]
+        same = [i for i, p in enumerate(params) if p.dtype == torch.float32]
+        if same:
+            torch._foreach_lerp_([shadows[i] for i in same], [params[i] for i in same], w)
+        for i in (i for i, p in enumerate(params) if p.dtype != torch.float32):
+            shadows[i].lerp_(params[i].float(), w)
+
+    @torch.no_grad()
+    def copy_to(self, module: torch.nn.Module, prefix: str = "") -> None:
+        """Write shadows named ``prefix + <param name>`` into ``module``'s parameters."""
         for n, p in module.named_parameters():
-            if n in self.shadow:
-                p.copy_(self.shadow[n].to(p.dtype))
+            if prefix + n in self.shadow:
+                p.copy_(self.shadow[prefix + n].to(p.device, p.dtype))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         out = {f"shadow.{n}": t.contiguous().cpu() for n, t in self.shadow.items()}
@@ -189,6 +257,10 @@ class EMA:
         return out
 
     def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        missing = [n for n in self.shadow if f"shadow.{n}" not in sd]
+        if missing:
+            raise TrainingError(f"the checkpoint's EMA lacks {missing[0]} (written by another synth version); "
+                                f"use a new --run folder")
         self.num_updates = int(sd["num_updates"])
         for n in self.shadow:
             self.shadow[n].copy_(sd[f"shadow.{n}"])
@@ -201,18 +273,24 @@ class EMA:
 def batch_indices(step: int, n_items: int, global_batch: int, seed: int) -> torch.Tensor:
     """(global_batch,) dataset indices of ``step``: epochs are seeded permutations.
 
-    A pure function of its arguments, so a resumed run reads the same data.
+    A pure function of its arguments, so a resumed run reads the same data, and
+    any process count reads the same global batch (each rank takes a slice).
     """
     first = step * global_batch
-    out = []
-    k = first
-    while len(out) < global_batch:
+    parts = []
+    k, left = first, global_batch
+    while left > 0:
         epoch, pos = divmod(k, n_items)
-        perm = torch.randperm(n_items, generator=generator_for(image_seed(seed, 10_000_000 + epoch)))
-        take = min(global_batch - len(out), n_items - pos)
-        out.extend(perm[pos:pos + take].tolist())
-        k += take
-    return torch.tensor(out, dtype=torch.long)
+        take = min(left, n_items - pos)
+        parts.append(_epoch_permutation(n_items, seed, epoch)[pos:pos + take])
+        k, left = k + take, left - take
+    return torch.cat(parts)
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(n_items: int, seed: int, epoch: int) -> torch.Tensor:
+    # cached: a GPU step must not pay a randperm of the whole data set every time
+    return torch.randperm(n_items, generator=generator_for(image_seed(seed, 10_000_000 + epoch)))
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):

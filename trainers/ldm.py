@@ -7,8 +7,7 @@ built from the config (with an offline-trained tokenizer).
 """
 from __future__ import annotations
 
-import contextlib
-import copy
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,15 @@ from samplers.generator import LDMGenerator, encode_prompts
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, fingerprint, load_split
-from synth.io import make_grid, save_png, to_float
+from synth.distributed import main_first
+from synth.io import atomic_replace_dir, make_grid, save_png, to_float
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
-from synth.seeds import image_seed, step_generator
-from trainers.common import (EMA, Logger, StepStats, TrainingError, batch_indices, enable_attention,
-                             latest_checkpoint, load_checkpoint, lr_lambda, make_accelerator, prepare_run_dir,
-                             save_checkpoint, set_base_lrs)
+from synth.seeds import image_seed
+from trainers.common import TrainingError, enable_attention, latest_checkpoint, make_accelerator, prepare_run_dir
+from trainers.loop import Fitted, Task, fit
 
 
 @dataclass
@@ -114,8 +113,13 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
         tok = AutoTokenizer.from_pretrained(tok_dir)
     else:
         tok = build_tokenizer(corpus, cfg.model.text.vocab_size, cfg.model.text.max_length)
-        if save:
-            tok.save_pretrained(tok_dir)
+        if save:  # into a temp folder, then renamed: another rank may be reading run/tokenizer
+            import shutil
+
+            tmp = run / f".tokenizer.tmp-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tok.save_pretrained(tmp)
+            atomic_replace_dir(tmp, tok_dir)
     t = cfg.model.text
     text_encoder = build_text_encoder(len(tok), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
     c, h, _ = codec.latent_shape(res)
@@ -127,7 +131,7 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log) -> dict:
     """Validation PSNR/SSIM of the codec; refuse (unless forced) below ``train.ssim_gate``."""
     if codec.kind == "pixel":
         return {}
-    with torch.no_grad():
+    with torch.no_grad():  # on the codec's device (the caller moves it first)
         m = reconstruction_metrics(codec, val.images, batch_size=32)
     log(f"autoencoder validation: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} on {len(val)} images")
     if m["ssim"] < cfg.train.ssim_gate and not cfg.train.force:
@@ -136,8 +140,29 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log) -> dict:
     return m
 
 
+def codec_hash(codec) -> str:
+    """Short SHA-256 of the codec's weights: a retrained autoencoder invalidates cached latents."""
+    import hashlib
+
+    if codec.kind != "vae":
+        return "pixel"
+    h = hashlib.sha256()
+    for k, v in sorted(codec.vae.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def latent_cache_file(run: Path, data: ImageSet, codec) -> Path:
+    """Where the encoded training set lives: keyed by the data AND the codec's weights."""
+    return run / "cache" / f"latents-{fingerprint(data)}-{codec_hash(codec)}.safetensors"
+
+
 def cache_latents(codec, images: torch.Tensor, cache_file: Path | None, batch_size: int = 64):
-    """Encode the training set once -> (mean, std), each (N, c, h, w), fp32 on CPU."""
+    """Encode the training set once -> (mean, std), each (N, c, h, w), fp32 on CPU.
+
+    Read from ``cache_file`` when it exists; written there (atomically) otherwise.
+    """
     from safetensors.torch import load_file
 
     from trainers.common import save_safetensors_atomic
@@ -164,31 +189,60 @@ def cache_latents(codec, images: torch.Tensor, cache_file: Path | None, batch_si
 def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None, prediction_type: str) -> torch.Tensor:
     """Per-sample loss weight (B,) of Min-SNR-gamma (Hang et al. 2023); ones when gamma is None."""
     if gamma is None:
-        return torch.ones(t.shape, dtype=torch.float32)
+        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
     a = alphas_cumprod[t].float()
     snr = a / (1 - a)
     clipped = snr.clamp(max=gamma)
     return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
 
 
-def diffusion_loss(unet, x: torch.Tensor, text: torch.Tensor, noise_sched, *, prediction_type: str,
-                   min_snr_gamma: float | None, noise_offset: float, gen: torch.Generator) -> torch.Tensor:
-    """Per-sample diffusion loss (B,). x: clean latents (B, c, h, w); text: (B, L, D).
+class DiffusionObjective(torch.nn.Module):
+    """Per-sample diffusion loss; holds the UNet and (when it runs per step) the text encoder.
 
-    All randomness comes from ``gen`` (the step's generator), drawn on the CPU.
+    One module so that accelerate wraps UNet and a trained text encoder in ONE
+    DistributedDataParallel: one bucketed all-reduce per step, and ``no_sync``
+    covers both during gradient accumulation.
     """
-    b = x.shape[0]
-    noise = torch.randn(x.shape, generator=gen)
+
+    def __init__(self, unet, text_encoder, alphas_cumprod: torch.Tensor, prediction_type: str,
+                 min_snr_gamma: float | None):
+        super().__init__()
+        self.unet, self.text_encoder = unet, text_encoder
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
+        self.prediction_type, self.min_snr_gamma = prediction_type, min_snr_gamma
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x, noise: (B, c, h, w) clean latents and their noise; t: (B,) int timesteps;
+        text (B, L, D) cached embeddings, or ids (B, L) token ids for the text encoder -> (B,) loss."""
+        if text is None:
+            text = self.text_encoder(ids)[0]
+        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x.dtype)
+        noisy = a.sqrt() * x + (1 - a).sqrt() * noise
+        target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
+        pred = self.unet(noisy, t, encoder_hidden_states=text).sample
+        per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return per * min_snr_weight(self.alphas_cumprod, t, self.min_snr_gamma, self.prediction_type)
+
+
+def draw_diffusion(step: int, gen: torch.Generator, n: int, *, shape: tuple, num_timesteps: int,
+                   noise_offset: float, cond_drop_prob: float, latent_eps: bool, hflip: bool) -> dict:
+    """The randomness of one step for the global batch of ``n``, on ``gen``'s device.
+
+    noise (n, c, h, w), t (n,), drop (n,) bool; eps (n, c, h, w) for sampling cached
+    latents; flip (n,) bool when ``hflip``.
+    """
+    dev = gen.device
+    out = {"noise": torch.randn((n, *shape), generator=gen, device=dev)}
     if noise_offset:
-        noise = noise + noise_offset * torch.randn((b, x.shape[1], 1, 1), generator=gen)
-    t = torch.randint(0, noise_sched.config.num_train_timesteps, (b,), generator=gen)
-    weight = min_snr_weight(noise_sched.alphas_cumprod, t, min_snr_gamma, prediction_type)
-    noise, t, weight = noise.to(x.device, x.dtype), t.to(x.device), weight.to(x.device)
-    noisy = noise_sched.add_noise(x, noise, t)
-    target = noise if prediction_type == "epsilon" else noise_sched.get_velocity(x, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=text).sample
-    per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return per * weight
+        out["noise"] = out["noise"] + noise_offset * torch.randn((n, shape[0], 1, 1), generator=gen, device=dev)
+    out["t"] = torch.randint(0, num_timesteps, (n,), generator=gen, device=dev)
+    out["drop"] = torch.rand(n, generator=gen, device=dev) < cond_drop_prob
+    if latent_eps:
+        out["eps"] = torch.randn((n, *shape), generator=gen, device=dev)
+    if hflip:
+        out["flip"] = torch.rand(n, generator=gen, device=dev) < 0.5
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -207,11 +261,72 @@ def preview_grid(gen: LDMGenerator, cfg: Config, path: Path) -> torch.Tensor:
     return batch.images
 
 
-def _ema_copy(unet, ema: EMA | None):
-    m = copy.deepcopy(unet)
-    if ema is not None:
-        ema.copy_to(m)
-    return m.eval()
+@dataclass
+class TrainingData:
+    """The training set as the loop reads it, on the device.
+
+    ``x``: uint8 images (N, 1, H, W) or cached latent moments ``mean``/``std``
+    (N, c, h, w); ``prompt_id`` (N,) indexes ``text`` (P, L, D) cached embeddings
+    or ``ids`` (P, L) token ids; ``empty_id`` is the "" prompt (condition dropout).
+    """
+
+    images: torch.Tensor | None
+    mean: torch.Tensor | None
+    std: torch.Tensor | None
+    prompt_id: torch.Tensor
+    text: torch.Tensor | None
+    ids: torch.Tensor | None
+    empty_id: int
+
+
+def prompt_tables(parts: LDMParts, prompts: list[str], text_encoder, cache_text: bool, device) -> tuple:
+    """(prompt_id (N,), text (P, L, D) or None, ids (P, L) or None, empty id) on ``device``."""
+    uniq = sorted(set(prompts) | {""})
+    pos = {p: i for i, p in enumerate(uniq)}
+    prompt_id = torch.tensor([pos[p] for p in prompts], dtype=torch.long, device=device)
+    ids = parts.tokenizer(uniq, padding="max_length", max_length=parts.max_length, truncation=True,
+                          return_tensors="pt").input_ids.to(device)
+    if cache_text:
+        with torch.no_grad():
+            return prompt_id, text_encoder.to(device)(ids)[0].float(), None, pos[""]
+    return prompt_id, None, ids, pos[""]
+
+
+# Tensors up to this size live on the device; larger ones stay in (pinned) host memory and
+# only each micro-batch's rows travel.
+DEVICE_DATA_BYTES = 4 << 30
+
+
+def _placed(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device`` when small enough, else in pinned host memory (CUDA) or as is."""
+    if t.numel() * t.element_size() <= DEVICE_DATA_BYTES:
+        return t.to(device)
+    return t.pin_memory() if torch.device(device).type == "cuda" else t
+
+
+def _rows(t: torch.Tensor, idx: torch.Tensor, device) -> torch.Tensor:
+    """``t[idx]`` on ``device`` (indexing where ``t`` lives)."""
+    return t[idx.to(t.device)].to(device, non_blocking=True)
+
+
+def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], parts: LDMParts, text_encoder, codec,
+                  train_text: bool, device, world: int, rank: int, say) -> TrainingData:
+    """Encode once (rank 0 writes the latent cache, the others read it) and place the set on the device."""
+    mean = std = images = None
+    if cfg.train.cache_latents and codec.kind == "vae" and not cfg.data.hflip:
+        t0 = time.perf_counter()
+        cache_file = latent_cache_file(run, train, codec)
+        main_first(lambda: cache_latents(codec, train.images, cache_file), world, rank)
+        mean, std = cache_latents(codec, train.images, cache_file)  # a read: the file exists now
+        mean, std = _placed(mean, device), _placed(std, device)
+        say(f"cached {len(train)} latents {tuple(mean.shape[1:])} in {time.perf_counter() - t0:.1f}s ({cache_file.name})")
+    else:
+        images = _placed(train.images, device)
+    cache_text = not train_text and cfg.train.cache_text
+    prompt_id, text, ids, empty = prompt_tables(parts, prompts, text_encoder, cache_text, device)
+    if text is not None:
+        say(f"cached {len(text)} distinct prompt embeddings")
+    return TrainingData(images, mean, std, prompt_id, text, ids, empty)
 
 
 def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
@@ -220,9 +335,9 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     # --- run folder, accelerator ------------------------------------------------
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
-    main = accelerator.is_main_process
-    run = prepare_run_dir(cfg, run_dir, "ldm") if main else Path(run_dir)
-    accelerator.wait_for_everyone()
+    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
+    run = Path(run_dir)
+    main_first(lambda: prepare_run_dir(cfg, run, "ldm", world), world, accelerator.process_index)
     say = log if main else (lambda *a, **k: None)
 
     # --- data -------------------------------------------------------------------
@@ -238,7 +353,10 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     # --- models -----------------------------------------------------------------
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
-    parts = build_parts(cfg, run, schema, corpus, save=main)
+    # rank 0 builds (and saves the tokenizer) first; the others then load what it saved
+    parts = main_first(lambda: build_parts(cfg, run, schema, corpus, save=True), world, accelerator.process_index)
+    if parts is None:
+        parts = build_parts(cfg, run, schema, corpus, save=False)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
     train_text = cfg.train.text_lr is not None
     text_encoder.requires_grad_(train_text)
@@ -253,170 +371,64 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     say(f"models ({parts.source}, {codec.kind} codec): UNet {count_parameters(unet) / 1e6:.2f}M, "
         f"text encoder {count_parameters(text_encoder) / 1e6:.2f}M params")
 
-    resume = latest_checkpoint(run)
-    if resume is None:
-        check_autoencoder_gate(cfg, codec, val, say)
-
-    # --- caches: encode the data set once ------------------------------------------
-    device = accelerator.device
     codec.to(device)
-    use_latent_cache = cfg.train.cache_latents and codec.kind == "vae" and not cfg.data.hflip
-    if use_latent_cache:
-        t0 = time.perf_counter()
-        cache_file = run / "cache" / f"latents-{fingerprint(train)}.safetensors" if main else None
-        lat_mean, lat_std = cache_latents(codec, train.images, cache_file)
-        say(f"cached {len(train)} latents {tuple(lat_mean.shape[1:])} in {time.perf_counter() - t0:.1f}s")
-    text_cache = None
-    if not train_text and cfg.train.cache_text:
-        with torch.no_grad():
-            uniq = sorted(set(prompts) | {""})
-            emb = encode_prompts(parts.tokenizer, text_encoder.to(device), uniq, parts.max_length)
-        text_cache = {p: e for p, e in zip(uniq, emb)}
-        prompt_ids = {p: i for i, p in enumerate(uniq)}
-        text_table = emb  # (P, L, D)
-        say(f"cached {len(uniq)} distinct prompt embeddings")
+    if latest_checkpoint(run) is None:
+        main_first(lambda: check_autoencoder_gate(cfg, codec, val, say), world, accelerator.process_index)
 
-    # --- optimizer, schedule, EMA -----------------------------------------------------
-    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": cfg.train.lr}]
-    if train_text:
-        groups.append({"params": list(text_encoder.parameters()), "lr": cfg.train.text_lr})
-    optimizer = torch.optim.AdamW(groups, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2),
-                                  weight_decay=cfg.train.weight_decay)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.lr_schedule, cfg.train.warmup_steps, cfg.train.steps))
-    ema = EMA(unet, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
-    modules = {"unet": unet, **({"text_encoder": text_encoder} if train_text else {})}
+    # --- the training set on the device: cached latents or images, prompt tables ----------
+    data = training_data(cfg, run, train, prompts, parts, text_encoder, codec, train_text, device, world,
+                         accelerator.process_index, say)
 
-    start = 0
-    if resume is not None:
-        state = load_checkpoint(resume[1], modules, optimizer, lr_scheduler, ema)
-        start = state["step"]
-        set_base_lrs(lr_scheduler, [cfg.train.lr] + ([cfg.train.text_lr] if train_text else []))
-        say(f"resumed from {resume[1]} (step {start})")
-
-    if train_text:
-        unet, text_encoder, optimizer = accelerator.prepare(unet, text_encoder, optimizer)
-    else:
+    objective = DiffusionObjective(unet, text_encoder if data.text is None else None, noise_sched.alphas_cumprod,
+                                   cfg.train.prediction_type, cfg.train.min_snr_gamma)
+    trained = {"unet": unet, **({"text_encoder": text_encoder} if train_text else {})}
+    if not train_text:
         text_encoder.to(device)
-        unet, optimizer = accelerator.prepare(unet, optimizer)
-    noise_sched.alphas_cumprod = noise_sched.alphas_cumprod.to(device)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_rank = cfg.train.batch_size
-    global_batch = per_rank * world * cfg.train.grad_accum
-    logger = Logger(run, main)
+    shape = codec.latent_shape(cfg.data.resolution)
 
-    def make_gen(model) -> LDMGenerator:
-        te = accelerator.unwrap_model(text_encoder)
+    def draw(step, gen, n):
+        return draw_diffusion(step, gen, n, shape=shape, num_timesteps=cfg.train.num_train_timesteps,
+                              noise_offset=cfg.train.noise_offset, cond_drop_prob=cfg.train.cond_drop_prob,
+                              latent_eps=codec.kind == "vae", hflip=cfg.data.hflip)
+
+    def batch(idx, d):
+        """This rank's micro-batch: clean x (B, c, h, w), noise, t and the text condition."""
+        if data.mean is not None:
+            x = _rows(data.mean, idx, device) + _rows(data.std, idx, device) * d["eps"]
+        else:
+            imgs = _rows(data.images, idx, device)
+            if "flip" in d:
+                imgs = torch.where(d["flip"][:, None, None, None], imgs.flip(-1), imgs)
+            with torch.no_grad():
+                x = codec.encode(to_float(imgs), noise=d.get("eps"))
+        pid = torch.where(d["drop"], data.empty_id, data.prompt_id[idx])
+        cond = {"text": data.text[pid]} if data.text is not None else {"ids": data.ids[pid]}
+        return {"x": x, "noise": d["noise"], "t": d["t"], **cond}
+
+    def make_gen(model, te) -> LDMGenerator:
         return LDMGenerator(model, te, parts.tokenizer, codec, schema, noise_sched.alphas_cumprod.cpu(),
                             cfg.train.prediction_type, cfg.data.resolution, parts.max_length, model_id=str(run))
 
-    def micro_batch(step: int, micro: int):
-        """Clean x (B, c, h, w) and text (B, L, D) for this rank's slice of the step."""
-        idx_all = batch_indices(step, len(train), global_batch, cfg.train.seed)
-        lo = (micro * world + rank) * per_rank
-        idx = idx_all[lo:lo + per_rank]
-        gen = step_generator(cfg.train.seed, step, rank, stream=micro)
-        drop = torch.rand(len(idx), generator=gen) < cfg.train.cond_drop_prob
-        if use_latent_cache:
-            eps = torch.randn(lat_mean[idx].shape, generator=gen)
-            x = (lat_mean[idx] + lat_std[idx] * eps).to(device)
-        else:
-            imgs = train.images[idx]
-            if cfg.data.hflip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                imgs = torch.where(flip[:, None, None, None], imgs.flip(-1), imgs)
-            with torch.no_grad():
-                x = codec.encode(to_float(imgs).to(device), generator=gen if codec.kind == "vae" else None)
-        texts = ["" if d else prompts[i] for i, d in zip(idx.tolist(), drop.tolist())]
-        if text_cache is not None:
-            text = text_table[torch.tensor([prompt_ids[t] for t in texts])].to(device)
-        else:
-            text = encode_prompts(parts.tokenizer, text_encoder, texts, parts.max_length)
-        return x, text, gen
+    def after_step(step: int, f: Fitted):
+        if cfg.train.sample_every and step % cfg.train.sample_every == 0:
+            te = f.averaged("text_encoder") if train_text else text_encoder
+            preview_grid(make_gen(f.averaged("unet"), te), cfg, run / "samples" / f"step-{step:08d}.png")
 
-    # --- loop ----------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (main and cfg.train.progress), unit="step",
-               dynamic_ncols=True, desc="ldm")
-    stats = StepStats(time.perf_counter())
-    unet.train()
-    if train_text:
-        text_encoder.train()
-    last_good = latest_checkpoint(run)
-    step = start
-    while step < cfg.train.steps:
-        loss_sum = torch.zeros((), device=device)
-        for micro in range(cfg.train.grad_accum):
-            x, text, gen = micro_batch(step, micro)
-            sync = micro == cfg.train.grad_accum - 1
-            ctx = accelerator.no_sync(unet) if not sync and world > 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                per = diffusion_loss(unet, x, text, noise_sched, prediction_type=cfg.train.prediction_type,
-                                     min_snr_gamma=cfg.train.min_snr_gamma, noise_offset=cfg.train.noise_offset, gen=gen)
-                loss = per.mean() / cfg.train.grad_accum
-            accelerator.backward(loss)
-            loss_sum += loss.detach()
-        loss_all = accelerator.reduce(loss_sum, reduction="mean")
-        if not torch.isfinite(loss_all):
-            optimizer.zero_grad(set_to_none=True)
-            bar.close()
-            where = last_good[1] if last_good else "none (no checkpoint was written yet)"
-            raise TrainingError(f"loss became {loss_all.item()} at step {step + 1}; stopped. Last good checkpoint: {where}. "
-                                f"Lower train.lr or set train.grad_clip")
-        if cfg.train.grad_clip > 0:
-            params = [p for g in optimizer.param_groups for p in g["params"]]
-            grad_norm = float(accelerator.clip_grad_norm_(params, cfg.train.grad_clip))
-        else:
-            grad_norm = None
-        try:
-            optimizer.step()
-        except RuntimeError as e:  # an absurd LR can overflow inside the optimizer itself
-            if "overflow" not in str(e):
-                raise
-            bar.close()
-            raise TrainingError(f"optimizer step overflowed at step {step + 1}; stopped. Last good checkpoint: "
-                                f"{last_good[1] if last_good else 'none'}. Lower train.lr") from None
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(unet))
-        step += 1
-        if step == start + 1:  # steady-state rate: the first step pays for warm-up
-            stats = StepStats(time.perf_counter())
-        else:
-            stats.samples += global_batch
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-            lv = loss_all.item()
-            bar.set_postfix(loss=f"{lv:.4f}", img_s=f"{stats.rate():.1f}")
-            extra = {} if grad_norm is None else {"grad_norm": grad_norm}
-            logger.log(step, loss=lv, lr=lr_scheduler.get_last_lr()[0], samples_per_s=stats.rate(), **extra)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
-            accelerator.wait_for_everyone()
-            if main:
-                saved = {k: accelerator.unwrap_model(m) for k, m in (("unet", unet), ("text_encoder", text_encoder))
-                         if k in modules}
-                path = save_checkpoint(run, step, saved, optimizer, lr_scheduler, ema,
-                                       {"samples_seen": step * global_batch, "data_position": (step * global_batch) % len(train),
-                                        "epoch": (step * global_batch) // len(train)}, cfg.train.keep_checkpoints)
-                last_good = (step, path)
-            accelerator.wait_for_everyone()
-        if main and cfg.train.sample_every and step % cfg.train.sample_every == 0 and step < cfg.train.steps:
-            preview_grid(make_gen(_ema_copy(accelerator.unwrap_model(unet), ema)), cfg, run / "samples" / f"step-{step:08d}.png")
-    bar.close()
-    logger.close()
+    lrs = [("unet", cfg.train.lr)] + ([("text_encoder", cfg.train.text_lr)] if train_text else [])
+    task = Task("ldm", objective, trained, lrs, len(train), draw, batch, after_step=after_step)
+    fitted = fit(task, cfg.train, accelerator, run, say)
 
     # --- export --------------------------------------------------------------------
     accelerator.wait_for_everyone()
     export = run / "export"
     if main:
-        final_unet = _ema_copy(accelerator.unwrap_model(unet), ema)
-        export_ldm(export, final_unet, accelerator.unwrap_model(text_encoder), parts.tokenizer, codec, schema, cfg,
-                   noise_sched, parts.max_length)
-        preview_grid(make_gen(final_unet), cfg, run / "samples" / "final.png")
+        final_unet = fitted.averaged("unet")
+        final_te = fitted.averaged("text_encoder") if train_text else text_encoder
+        export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length)
+        preview_grid(make_gen(final_unet, final_te), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()
     return export
 
 
-__all__ = ["train_ldm", "diffusion_loss", "min_snr_weight", "preview_grid", "build_parts"]
+__all__ = ["train_ldm", "DiffusionObjective", "draw_diffusion", "min_snr_weight", "preview_grid", "build_parts"]
