@@ -27,6 +27,7 @@ ignore it.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -42,14 +43,26 @@ def _cat_cond(cond: Any, uncond: Any) -> Any:
     raise TypeError(f"cannot batch conditions of type {type(cond).__name__}")
 
 
-def guided_denoise(predict: Predict, x: torch.Tensor, sigma: torch.Tensor, cond: Any, uncond: Any,
+def _grid(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
+    """The sigma grid as Python floats (float64).
+
+    Branches (``s == 0``) and step sizes are host arithmetic: a grid living on the
+    GPU would cost one device sync per comparison per step.
+    """
+    return [float(v) for v in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
+
+
+def guided_denoise(predict: Predict, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any, uncond: Any,
                    guidance: float) -> torch.Tensor:
     """Denoised estimate with classifier-free guidance, (B, ...) -> (B, ...).
 
-    ``sigma`` is a scalar tensor; conditional and unconditional halves share one call.
+    ``sigma`` is a float (or scalar tensor); conditional and unconditional halves share one call.
     """
     b = x.shape[0]
-    s = sigma.reshape(1).expand(b).to(x.dtype) if sigma.ndim == 0 else sigma
+    if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
+        s = sigma.to(x.device, x.dtype)
+    else:
+        s = torch.full((b,), float(sigma), device=x.device, dtype=x.dtype)  # a fill kernel, no host copy
     if uncond is None or guidance == 1.0:
         return predict(x, s, cond)
     both = predict(torch.cat([x, x]), torch.cat([s, s]), _cat_cond(cond, uncond))
@@ -64,10 +77,11 @@ def _d(x, denoised, sigma):
 def euler(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, uncond: Any = None,
           guidance: float = 1.0, rng: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """First-order Euler on the probability-flow ODE (== deterministic DDIM for eps models)."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    sig = _grid(sigmas)
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
         if s == 0:  # starting at the data end (inversion): nudge off sigma 0
-            s = sigmas[i + 1] * 1e-3
+            s = s_next * 1e-3
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         x = x + (s_next - s) * _d(x, den, s) if s_next != 0 else den
     return x
@@ -79,8 +93,9 @@ ddim = euler
 def heun(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, uncond: Any = None,
          guidance: float = 1.0, rng: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Second-order Heun (EDM); Euler on the final step into sigma = 0."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    sig = _grid(sigmas)
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         d = _d(x, den, s)
         if s_next == 0:
@@ -95,13 +110,14 @@ def heun(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, 
 def midpoint(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, uncond: Any = None,
              guidance: float = 1.0, rng: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Second-order explicit midpoint (geometric midpoint in sigma)."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    sig = _grid(sigmas)
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den
             continue
-        s_mid = (s * s_next).sqrt()
+        s_mid = math.sqrt(s * s_next)
         x_m = x + (s_mid - s) * _d(x, den, s)
         x = x + (s_next - s) * _d(x_m, guided_denoise(predict, x_m, s_mid, cond, uncond, guidance), s_mid)
     return x
@@ -110,45 +126,51 @@ def midpoint(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: A
 def dpmpp_2m(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, uncond: Any = None,
              guidance: float = 1.0, rng: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """DPM-Solver++(2M), multistep second order in log-SNR (lambda = -log sigma)."""
+    sig = _grid(sigmas)
     old = None
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den
             break
-        t, t_next = -s.log(), -s_next.log()
-        h = t_next - t
+        h = math.log(s) - math.log(s_next)
         if old is None:
             d = den
         else:
-            h_last = t - (-sigmas[i - 1].log())
-            r = h_last / h
+            r = (math.log(sig[i - 1]) - math.log(s)) / h
             d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
-        x = (s_next / s) * x - torch.expm1(-h) * d
+        x = (s_next / s) * x - math.expm1(-h) * d
         old = den
     return x
 
 
-def _per_image_noise(x: torch.Tensor, rng: Sequence[torch.Generator]) -> torch.Tensor:
-    if rng is None or len(rng) != x.shape[0]:
-        raise ValueError("stochastic samplers need one torch.Generator per image (rng=[...], len == batch)")
-    return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in rng]).to(x.device, x.dtype)
+def ancestral_noise(rng: Sequence[torch.Generator], shape: tuple, steps: int, device) -> torch.Tensor:
+    """(B, steps, *shape) standard normal noise, image i's from ``rng[i]`` alone.
+
+    Drawn once per call on the CPU (per-image generators keep batch composition out of
+    the result) and copied to ``device`` in ONE transfer, not one per image per step.
+    """
+    return torch.stack([torch.randn((steps, *shape), generator=g, dtype=torch.float32) for g in rng]).to(device)
 
 
 def euler_ancestral(predict: Predict, x: torch.Tensor, sigmas: torch.Tensor, *, cond: Any, uncond: Any = None,
                     guidance: float = 1.0, rng: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """Ancestral Euler (eta = 1): stochastic, per-image noise from ``rng``."""
-    for i in range(len(sigmas) - 1):
-        s, s_next = sigmas[i], sigmas[i + 1]
+    if rng is None or len(rng) != x.shape[0]:
+        raise ValueError("stochastic samplers need one torch.Generator per image (rng=[...], len == batch)")
+    sig = _grid(sigmas)
+    noise = ancestral_noise(rng, tuple(x.shape[1:]), len(sig) - 1, x.device).to(x.dtype)
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den
             continue
-        sigma_up = (s_next**2 * (s**2 - s_next**2) / s**2).clamp(min=0).sqrt()
-        sigma_down = (s_next**2 - sigma_up**2).sqrt()
+        sigma_up = math.sqrt(max(0.0, s_next**2 * (s**2 - s_next**2) / s**2))
+        sigma_down = math.sqrt(s_next**2 - sigma_up**2)
         x = x + (sigma_down - s) * _d(x, den, s)
-        x = x + _per_image_noise(x, rng) * sigma_up
+        x = x + noise[:, i] * sigma_up
     return x
 
 

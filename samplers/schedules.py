@@ -17,10 +17,15 @@ def sigmas_from_alphas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return ((1 - a) / a).sqrt()
 
 
-def sigma_to_t(sigma: torch.Tensor, model_sigmas: torch.Tensor) -> torch.Tensor:
-    """Continuous timestep for each sigma (B,) by log-sigma interpolation on the grid (T,)."""
-    log_sigmas = model_sigmas.log().to(sigma.device)
-    ls = sigma.double().clamp(min=model_sigmas[0].item()).log()
+def sigma_to_t(sigma: torch.Tensor, model_sigmas: torch.Tensor, log_sigmas: torch.Tensor | None = None) -> torch.Tensor:
+    """Continuous timestep for each sigma (B,) by log-sigma interpolation on the grid (T,).
+
+    ``log_sigmas``: ``model_sigmas.log()`` already on ``sigma``'s device (callers cache it:
+    a copy per network call would cost a host-to-device transfer every step).
+    """
+    if log_sigmas is None:
+        log_sigmas = model_sigmas.log().to(sigma.device)
+    ls = sigma.double().clamp(min=float(model_sigmas[0])).log()
     idx = torch.searchsorted(log_sigmas, ls).clamp(1, len(log_sigmas) - 1)
     lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
     w = ((ls - lo) / (hi - lo)).clamp(0, 1)
@@ -56,11 +61,15 @@ def diffusion_denoiser(model_fn, alphas_cumprod: torch.Tensor, prediction_type: 
     if prediction_type not in ("epsilon", "v_prediction", "sample"):
         raise ValueError(f"unsupported prediction_type '{prediction_type}'")
 
+    log_by_device: dict[torch.device, torch.Tensor] = {}
+
     def predict(x, sigma, cond):
         sig = sigma.to(torch.float32).view(-1, *([1] * (x.ndim - 1)))
         scale = 1 / (1 + sig**2).sqrt()  # sqrt(abar)
         x_vp = x * scale
-        t = sigma_to_t(sigma, model_sigmas).to(x.device, torch.float32)
+        if sigma.device not in log_by_device:
+            log_by_device[sigma.device] = model_sigmas.log().to(sigma.device)
+        t = sigma_to_t(sigma, model_sigmas, log_by_device[sigma.device]).to(x.device, torch.float32)
         out = model_fn(x_vp, t, cond).to(x.dtype)
         if prediction_type == "epsilon":
             return x - sig * out

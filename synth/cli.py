@@ -23,11 +23,18 @@ def _user_errors():
 
 def _run(fn, *args, **kwargs):
     """Call ``fn``; user errors become one-line messages with exit code 2."""
+    import torch
+
+    from synth.devices import oom_message
+
     errors = _user_errors()
     try:
         return fn(*args, **kwargs)
     except errors as e:
         click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except torch.OutOfMemoryError:
+        click.echo(f"error: {oom_message('--batch-size (or --chunk-size)')}", err=True)
         sys.exit(2)
 
 
@@ -100,7 +107,9 @@ def train_ldm_cmd(config, run_dir, overrides):
 @click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset"]), default="imagefolder", show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the UNet; default: automatic (on a GPU for sets whose work amortises the "
+                   "warm-up, see samplers.generator.should_compile).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
 @click.option("--chunk-size", type=int, default=0, show_default=True,
               help="Run the network on chunks of this many images (cache-sized on CPU, e.g. 16); 0: whole batch.")
@@ -132,7 +141,9 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
                           steps=steps or d.get("steps", 25), guidance=guidance if guidance is not None else d.get("guidance", 1.5),
                           seed=seed, batch_size=batch_size, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
-        dev = device or (f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        from synth.devices import resolve_device
+
+        dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
         gen = None
@@ -141,8 +152,13 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         check_request(req)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = load_generator(meta["path"], device=dev, dtype=tdtype)
+        from samplers.generator import should_compile
+
+        do_compile = compile_ if compile_ is not None else should_compile(dev, req.n, req.steps, req.sampler, req.guidance, gen)
+        if compile_ is None and do_compile:
+            click.echo(f"note: compiling the UNet (a {req.n}-image set amortises the warm-up; --no-compile to skip)", err=True)
         try:
-            gen.optimize(compile=compile_, channels_last=channels_last, attention=attention,
+            gen.optimize(compile=do_compile, channels_last=channels_last, attention=attention,
                          chunk_size=chunk_size or None)
         except ValueError as e:
             raise ConfigError(str(e)) from None

@@ -140,3 +140,19 @@ def test_flow_matching_parity_with_diffusers_flowmatch_euler():
     x_start = noise * (1 - t_grid[0]) / t_grid[0]  # VE form of x_t = (1 - t) noise + t data, t -> 0
     ours = get_sampler("euler")(flow_denoiser(velocity), x_start, sigmas, cond=None)
     assert torch.allclose(ours, x, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_integrators_never_read_device_values(name):
+    """A CPU stand-in for "no host syncs on a GPU": on the meta device any .item(), float(),
+    bool() or `if tensor == 0` raises, so every solver must branch on the host-side grid."""
+    from samplers.schedules import diffusion_denoiser, sampling_sigmas
+    from synth.models import build_noise_scheduler
+
+    alphas = build_noise_scheduler(1000, "scaled_linear", "epsilon").alphas_cumprod
+    predict = diffusion_denoiser(lambda x, t, c: x * 0.5 + t.view(-1, 1, 1, 1) * 0, alphas, "epsilon")
+    x = torch.zeros(2, 1, 4, 4, device="meta")
+    rng = [torch.Generator().manual_seed(i) for i in range(2)]
+    out = SAMPLERS[name](predict, x, sampling_sigmas(alphas, 4), cond=torch.zeros(2, 3, device="meta"),
+                         uncond=torch.zeros(2, 3, device="meta"), guidance=2.0, rng=rng)
+    assert out.shape == x.shape and out.device.type == "meta"
