@@ -223,6 +223,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if value is False and key.endswith("mixed_precision"):  # YAML 1.1 reads a bare `no` as false
+            return "no"
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
