@@ -316,6 +316,8 @@ def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], p
     if cfg.train.cache_latents and codec.kind == "vae" and not cfg.data.hflip:
         t0 = time.perf_counter()
         cache_file = latent_cache_file(run, train, codec)
+        if not cache_file.is_file():
+            say(f"encoding {len(train)} training images into the latent cache (once) ...")
         main_first(lambda: cache_latents(codec, train.images, cache_file), world, rank)
         mean, std = cache_latents(codec, train.images, cache_file)  # a read: the file exists now
         mean, std = _placed(mean, device), _placed(std, device)
@@ -373,6 +375,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     codec.to(device)
     if latest_checkpoint(run) is None:
+        if codec.kind == "vae":
+            say(f"checking the autoencoder on {len(val)} validation images (train.ssim_gate {cfg.train.ssim_gate}) ...")
         main_first(lambda: check_autoencoder_gate(cfg, codec, val, say), world, accelerator.process_index)
 
     # --- the training set on the device: cached latents or images, prompt tables ----------
