@@ -102,7 +102,9 @@ def train_ldm_cmd(config, run_dir, overrides):
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
 @click.option("--steps", type=int, default=None, help="Solver steps; default: the model's.")
 @click.option("--sampler", default=None, help="dpmpp_2m | ddim | euler | heun | midpoint | euler_ancestral.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", default="auto", show_default=True,
+              help="Images per network call, or 'auto': 64 on CPU; on a GPU the largest power of two that fits "
+                   "70% of free memory (a resumed set reuses the batch size it was started with).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset"]), default="imagefolder", show_default=True)
 @click.option("--shard-size", type=int, default=1000, show_default=True)
@@ -138,20 +140,28 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         else:
             spec = parse_label_spec(labels or ",".join(schema.classes), schema, log=lambda m: click.echo(m, err=True))
         d = meta.get("default_sampling", {})
-        req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
-                          steps=steps or d.get("steps", 25), guidance=guidance if guidance is not None else d.get("guidance", 1.5),
-                          seed=seed, batch_size=batch_size, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
         from synth.devices import resolve_device
 
         dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-        gen = None
+        bs = _batch_size_arg(batch_size, out)
+        req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
+                          steps=steps if steps is not None else d.get("steps", 25),
+                          guidance=guidance if guidance is not None else d.get("guidance", 1.5),
+                          seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
         from samplers.bulk import check_request
 
         check_request(req)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = load_generator(meta["path"], device=dev, dtype=tdtype)
+        if bs is None:
+            from dataclasses import replace
+
+            from samplers.generator import auto_batch_size
+
+            req = replace(req, batch_size=auto_batch_size(gen, req.guidance, dev))
+            click.echo(f"note: --batch-size auto -> {req.batch_size}", err=True)
         from samplers.generator import should_compile
 
         do_compile = compile_ if compile_ is not None else should_compile(dev, req.n, req.steps, req.sampler, req.guidance, gen)
@@ -168,6 +178,29 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
                        f"counts {res.manifest['counts_per_label']}")
 
     _run(go)
+
+
+def _batch_size_arg(value: str, out: str) -> int | None:
+    """``--batch-size``: a positive int, or None for 'auto' (unless the set records one: reuse it)."""
+    import json
+
+    if str(value).strip().lower() == "auto":
+        rec = Path(out) / ".synth" / "request.json"
+        if rec.is_file():
+            try:
+                recorded = json.loads(rec.read_text()).get("batch_size")
+            except (OSError, ValueError):
+                recorded = None
+            if isinstance(recorded, int) and recorded > 0:
+                return recorded
+        return None
+    try:
+        bs = int(value)
+    except ValueError:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got '{value}'") from None
+    if bs <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {bs}")
+    return bs
 
 
 @main.command()
