@@ -245,4 +245,8 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu", dtype: 
     kind = meta.get("kind", "ldm")
     if kind == "ldm":
         return LDMGenerator.from_export(meta["path"], device, dtype)
+    if kind == "bridge":
+        from samplers.bridge import BridgeGenerator
+
+        return BridgeGenerator.from_export(meta["path"], device, dtype)
     raise ArtifactError(f"'{path}' holds a '{kind}' model, which this version cannot load; upgrade synth")

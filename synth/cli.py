@@ -91,6 +91,16 @@ def train_ldm_cmd(config, run_dir, overrides):
     _run(train_ldm, cfg, run_dir or _default_run("ldm", config))
 
 
+@train.command("bridge")
+@_with_opts
+def train_bridge_cmd(config, run_dir, overrides):
+    """Train the flow-matching bridge (one model, the class is the domain); exports to <run>/export."""
+    from trainers.bridge import train_bridge
+
+    cfg = _config(config, overrides)
+    _run(train_bridge, cfg, run_dir or _default_run("bridge", config))
+
+
 @main.command()
 @click.option("--model", "model", required=True, type=click.Path(), help="Export folder (<run>/export) or its run folder.")
 @click.option("--n", "--num-images", "n", required=True, type=int,

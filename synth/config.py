@@ -123,7 +123,8 @@ class TrainConfig:
     beta_schedule: str = "scaled_linear"
     min_snr_gamma: float | None = 5.0
     noise_offset: float = 0.0
-    cond_drop_prob: float = 0.1  # classifier-free guidance: prompt dropped to ""
+    cond_drop_prob: float = 0.1  # classifier-free guidance: prompt (or, for a bridge, domain) dropped
+    coupling: str = "independent"  # bridge: independent | ot (label-aware mini-batch optimal transport)
     cache_latents: bool = True
     cache_text: bool = True
     kl_weight: float = 1e-6  # autoencoder stage
@@ -146,6 +147,7 @@ class SampleConfig:
     sampler: str = "dpmpp_2m"  # ddim | euler | heun | dpmpp_2m
     steps: int = 25
     guidance: float = 1.5
+    tau: float = 0.5  # bridge translation: 1 identity, 0 full inversion
     per_class: int = 8
     seed: int = 0
 
@@ -316,6 +318,7 @@ _CHOICES = {
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.attention": ("sdpa", "xformers"),
     "train.prediction_type": ("epsilon", "v_prediction"),
+    "train.coupling": ("independent", "ot"),
     "sample.sampler": ("ddim", "euler", "heun", "dpmpp_2m"),
 }
 
@@ -336,6 +339,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be > 0, got {d[section][name]}")
     if not 0 <= cfg.train.cond_drop_prob < 1:
         raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {cfg.train.cond_drop_prob}")
+    if not 0 <= cfg.sample.tau <= 1:
+        raise ConfigError(f"sample.tau must be in [0, 1] (1 = identity, 0 = full inversion), got {cfg.sample.tau}")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     if not 0 < cfg.data.val_fraction < 1:

@@ -73,6 +73,23 @@ def build_unet(sample_size: int, in_channels: int, block_out_channels: list[int]
     )
 
 
+def build_flow_unet(sample_size: int, channels: int, block_out_channels: list[int], layers_per_block: int,
+                    attention_head_dim: int, norm_num_groups: int, attention_levels: list[bool], num_domains: int):
+    """UNet2DModel conditioned on a domain: (B, C, H, W), t*1000 (B,), domain (B,) -> velocity (B, C, H, W).
+
+    ``num_domains + 1`` class embeddings: index ``num_domains`` is the null domain
+    (classifier-free guidance), learned like the others.
+    """
+    from diffusers import UNet2DModel
+
+    down = ["AttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels]
+    up = ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels)]
+    return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                       down_block_types=tuple(down), up_block_types=tuple(up), block_out_channels=tuple(block_out_channels),
+                       layers_per_block=layers_per_block, attention_head_dim=attention_head_dim,
+                       norm_num_groups=norm_num_groups, num_class_embeds=num_domains + 1)
+
+
 def build_vae(in_channels: int, block_out_channels: list[int], layers_per_block: int, latent_channels: int,
               norm_num_groups: int, sample_size: int):
     """AutoencoderKL with 2**(len(blocks)-1) downsampling: (B, 1, H, W) <-> (B, c, H/f, W/f)."""

@@ -323,6 +323,23 @@ def set_base_lrs(lr_scheduler, base_lrs: list[float]) -> None:
     lr_scheduler._last_lr = [g["lr"] for g in lr_scheduler.optimizer.param_groups]
 
 
+# Tensors up to this size live on the device; larger ones stay in (pinned) host memory and
+# only each micro-batch's rows travel.
+DEVICE_DATA_BYTES = 4 << 30
+
+
+def place_data(t: torch.Tensor, device) -> torch.Tensor:
+    """``t`` on ``device`` when small enough, else in pinned host memory (CUDA) or as is."""
+    if t.numel() * t.element_size() <= DEVICE_DATA_BYTES:
+        return t.to(device)
+    return t.pin_memory() if torch.device(device).type == "cuda" else t
+
+
+def data_rows(t: torch.Tensor, idx: torch.Tensor, device) -> torch.Tensor:
+    """``t[idx]`` on ``device`` (indexing where ``t`` lives)."""
+    return t[idx.to(t.device)].to(device, non_blocking=True)
+
+
 def make_accelerator(mixed_precision: str, seed: int):
     """An ``accelerate.Accelerator``; fp16/bf16 requests are checked against the hardware."""
     from accelerate import Accelerator

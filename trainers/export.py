@@ -62,3 +62,39 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
     atomic_replace_dir(tmp, out)
     return out
+
+
+def export_bridge(out: Path, unet, codec, domains: list[str], cfg) -> Path:
+    """Write a bridge artifact atomically: ``unet/`` (diffusers UNet2DModel, safetensors),
+    ``vae/`` for latent models, ``labels.json``, ``config.yaml`` and ``synth.json``."""
+    from synth.labels import LabelSchema
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unet.save_pretrained(tmp / "unet", safe_serialization=True)
+    if codec.kind == "vae":
+        codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
+    schema = LabelSchema(classes=list(domains), domains=list(domains))
+    schema.save(tmp / "labels.json")
+    save_config(cfg, tmp / "config.yaml")
+    meta = {
+        "kind": "bridge",
+        "format_version": 1,
+        "codec": codec.kind,
+        "resolution": cfg.data.resolution,
+        "channels": 1,
+        "domains": list(domains),
+        "null_domain": len(domains),
+        "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t",
+        "labels": schema.to_json(),
+        "default_sampling": {"sampler": "euler" if cfg.sample.sampler == "ddim" else cfg.sample.sampler,
+                             "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "tau": cfg.sample.tau},
+        "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
+        "weights_sha256": weights_hash(tmp),
+        "config": config_to_dict(cfg),
+    }
+    meta["model_id"] = f"synth-bridge-{meta['weights_sha256'][:12]}"
+    atomic_write_json(tmp / ARTIFACT_FILE, meta)
+    atomic_replace_dir(tmp, out)
+    return out

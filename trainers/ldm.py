@@ -26,7 +26,8 @@ from synth.metrics import reconstruction_metrics
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
-from trainers.common import TrainingError, enable_attention, latest_checkpoint, make_accelerator, prepare_run_dir
+from trainers.common import (TrainingError, data_rows, enable_attention, latest_checkpoint, make_accelerator,
+                             place_data, prepare_run_dir)
 from trainers.loop import Fitted, Task, fit
 
 
@@ -292,23 +293,6 @@ def prompt_tables(parts: LDMParts, prompts: list[str], text_encoder, cache_text:
     return prompt_id, None, ids, pos[""]
 
 
-# Tensors up to this size live on the device; larger ones stay in (pinned) host memory and
-# only each micro-batch's rows travel.
-DEVICE_DATA_BYTES = 4 << 30
-
-
-def _placed(t: torch.Tensor, device) -> torch.Tensor:
-    """``t`` on ``device`` when small enough, else in pinned host memory (CUDA) or as is."""
-    if t.numel() * t.element_size() <= DEVICE_DATA_BYTES:
-        return t.to(device)
-    return t.pin_memory() if torch.device(device).type == "cuda" else t
-
-
-def _rows(t: torch.Tensor, idx: torch.Tensor, device) -> torch.Tensor:
-    """``t[idx]`` on ``device`` (indexing where ``t`` lives)."""
-    return t[idx.to(t.device)].to(device, non_blocking=True)
-
-
 def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], parts: LDMParts, text_encoder, codec,
                   train_text: bool, device, world: int, rank: int, say) -> TrainingData:
     """Encode once (rank 0 writes the latent cache, the others read it) and place the set on the device."""
@@ -320,10 +304,10 @@ def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], p
             say(f"encoding {len(train)} training images into the latent cache (once) ...")
         main_first(lambda: cache_latents(codec, train.images, cache_file), world, rank)
         mean, std = cache_latents(codec, train.images, cache_file)  # a read: the file exists now
-        mean, std = _placed(mean, device), _placed(std, device)
+        mean, std = place_data(mean, device), place_data(std, device)
         say(f"cached {len(train)} latents {tuple(mean.shape[1:])} in {time.perf_counter() - t0:.1f}s ({cache_file.name})")
     else:
-        images = _placed(train.images, device)
+        images = place_data(train.images, device)
     cache_text = not train_text and cfg.train.cache_text
     prompt_id, text, ids, empty = prompt_tables(parts, prompts, text_encoder, cache_text, device)
     if text is not None:
@@ -398,9 +382,9 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     def batch(idx, d):
         """This rank's micro-batch: clean x (B, c, h, w), noise, t and the text condition."""
         if data.mean is not None:
-            x = _rows(data.mean, idx, device) + _rows(data.std, idx, device) * d["eps"]
+            x = data_rows(data.mean, idx, device) + data_rows(data.std, idx, device) * d["eps"]
         else:
-            imgs = _rows(data.images, idx, device)
+            imgs = data_rows(data.images, idx, device)
             if "flip" in d:
                 imgs = torch.where(d["flip"][:, None, None, None], imgs.flip(-1), imgs)
             with torch.no_grad():
