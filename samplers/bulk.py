@@ -3,10 +3,31 @@
 Everything about image ``i`` is a pure function of the request and ``i``: its
 condition (:func:`condition_for`), its seed (``image_seed(seed, i)``) and so its
 pixels.  Work is cut into shards of ``shard_size`` consecutive indices; rank ``r``
-of ``world`` takes shards ``s`` with ``s % world == r``.  A shard counts as done
-only when all its files are in place (each written atomically) and its record
-``.synth/done/shard-XXXXX.json`` exists, so a run killed at any moment and started
-again completes the set with no duplicates, gaps or truncated files.
+of ``world`` takes shards ``s`` with ``s % world == r``.
+
+Durability.  Every file is written atomically (temp name in the same folder +
+``os.replace``) but not fsynced one by one (that cost ~4 ms per PNG).  When all of
+a shard's files are in place they are fsynced together, then the shard folder
+and the output root, and only then is the shard's record
+``.synth/done/shard-XXXXX.json`` written (atomically and durably).  The record
+lists every file's name, size and sha256; a resume re-checks them and redoes a
+shard whose files are missing or changed.  So a run killed at any moment, or a
+machine that loses power, and started again completes the set with no
+duplicates, gaps or truncated files.
+
+Batches and GPU determinism.  Network calls always have the same shape: a
+shard's images are sampled in batches aligned on the shard start
+(``[start + k*B, start + (k+1)*B)``, ``B = min(batch_size, shard_size)``) and the
+last, partial batch of a shard is padded to ``B`` (padding outputs are dropped).
+Which images share a call therefore never depends on what an earlier run did
+or on the number of processes.  On CPU every image is also independent of the
+batch size.  On a GPU, kernels give slightly different results for different
+batch shapes: changing ``--batch-size`` changes up to 1 grey level in a few
+percent of pixels (measured on an H200, issue 6), so on CUDA the batch size is
+part of the set's identity and a resume or extension with another one is
+refused.  At a fixed batch size, a resumed run, a raised ``--n`` and any process
+count give identical bytes on a GPU too (kernels run in deterministic mode, see
+:func:`deterministic_kernels`).
 
 Layouts:
 * ``imagefolder``: ``shard-XXXXX/<index>.png`` + root ``metadata.jsonl``
@@ -17,6 +38,7 @@ package versions, counts per label, completed index ranges).
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -25,10 +47,11 @@ import shutil
 import tarfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -40,6 +63,7 @@ from synth.seeds import image_seed
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 FORMATS = ("imagefolder", "webdataset")
+T = TypeVar("T")
 
 
 class BulkError(RuntimeError):
@@ -141,6 +165,10 @@ def condition_for(index: int, spec: ConditionSpec, schema: LabelSchema) -> Condi
 # The request and its identity
 
 
+def is_cuda(device: str | torch.device | None) -> bool:
+    return device is not None and torch.device(device).type == "cuda"
+
+
 @dataclass(frozen=True)
 class BulkRequest:
     model: str
@@ -157,12 +185,25 @@ class BulkRequest:
     dtype: str = "float32"
     overwrite: bool = False
 
-    def identity(self, meta: dict, schema: LabelSchema) -> dict:
-        """Everything that decides the pixels and layout (not ``n``, batch size or process count)."""
-        return {"model_id": meta.get("model_id"), "weights_sha256": meta.get("weights_sha256"),
-                "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
-                "format": self.format, "shard_size": self.shard_size, "dtype": self.dtype,
-                "conditions": self.spec.to_json(schema)}
+    def identity(self, meta: dict, schema: LabelSchema, device: str | torch.device = "cpu") -> dict:
+        """Everything that decides the pixels and layout (never ``n`` or the process count).
+
+        The batch size only on CUDA: GPU kernels give slightly different results for
+        different batch shapes, while on CPU every image is batch-size independent, so
+        CPU runs stay free to change it.
+        """
+        ident = {"model_id": meta.get("model_id"), "weights_sha256": meta.get("weights_sha256"),
+                 "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
+                 "format": self.format, "shard_size": self.shard_size, "dtype": self.dtype,
+                 "conditions": self.spec.to_json(schema)}
+        if is_cuda(device):
+            ident["batch_size"] = self.batch_size
+        return ident
+
+
+def batch_len(req: BulkRequest) -> int:
+    """Images per network call: a batch never spans two shards, so at most a shard."""
+    return min(req.batch_size, req.shard_size)
 
 
 def check_request(req: BulkRequest) -> None:
@@ -178,7 +219,30 @@ def check_request(req: BulkRequest) -> None:
         raise BulkError("--batch-size, --shard-size and --steps must be positive")
 
 
+def deterministic_kernels(device: str | torch.device) -> None:
+    """On CUDA, make every network call a deterministic function of its inputs and shape.
+
+    Without this, cuDNN may pick a different convolution algorithm from run to run
+    (``benchmark``) or use atomics-based kernels, and cuBLAS may split reductions
+    differently, so the same batch could give slightly different pixels in a resumed
+    run or on another rank.  ``CUBLAS_WORKSPACE_CONFIG`` must be set before cuBLAS
+    makes its first handle (it is read then); we set it here, before the first
+    sampling call, unless the user set it.  ``warn_only``: an op with no
+    deterministic kernel warns instead of stopping a long run.  No-op on CPU.
+    """
+    if not is_cuda(device):
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 OUR_NAMES = ("manifest.json", "metadata.jsonl", ".synth")
+
+
+def _ran_on(ident: dict) -> str:
+    return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU"
 
 
 def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
@@ -187,6 +251,10 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
     if req_file.is_file():
         old = json.loads(req_file.read_text())
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if diff == ["batch_size"] and not overwrite:
+            raise BulkError(f"output folder '{out}' was sampled {_ran_on(old)} and this run is {_ran_on(identity)}; "
+                            f"on a GPU the batch size changes pixels (up to 1 grey level), so resume or extend it "
+                            f"on the same kind of device with the same --batch-size, or use another --out or --overwrite")
         if diff and not overwrite:
             raise BulkError(f"output folder '{out}' holds images from another model or settings (differs in: "
                             f"{', '.join(diff)}); use another --out or pass --overwrite to replace them")
@@ -202,7 +270,7 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Shards
+# Shards, batches and done records
 
 
 def shard_range(s: int, n: int, size: int) -> range:
@@ -213,18 +281,153 @@ def shard_name(s: int) -> str:
     return f"shard-{s:05d}"
 
 
+def png_name(index: int) -> str:
+    return f"{index:08d}.png"
+
+
+def aligned_batches(shard: range, batch: int) -> list[range]:
+    """``[start + k*batch, start + (k+1)*batch)`` within the shard.
+
+    Aligned on the shard start, never on a to-do list, so which images share a
+    network call does not depend on what an earlier run did or on the rank.
+    Aligning on shard starts (rather than refusing a shard size that is not a
+    multiple of the batch size) keeps the defaults (1000 / 64) working; the cost is
+    one padded batch per shard.
+    """
+    return [range(lo, min(lo + batch, shard.stop)) for lo in range(shard.start, shard.stop, batch)]
+
+
+def padded(items: list, size: int) -> list:
+    """``items`` with its last element repeated up to ``size``: every network call has the same shape."""
+    return items + [items[-1]] * (size - len(items))
+
+
 def done_record(out: Path, s: int) -> Path:
     return out / ".synth" / "done" / f"{shard_name(s)}.json"
 
 
-def shard_is_done(out: Path, s: int, n: int, size: int) -> bool:
-    """Done when its record covers all the indices ``n`` asks of it."""
+def read_done(out: Path, s: int) -> dict | None:
     rec = done_record(out, s)
-    if not rec.is_file():
+    try:
+        return json.loads(rec.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def file_entry(name: str, data: bytes) -> dict:
+    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def file_matches(out: Path, entry: dict) -> bool:
+    """The file is on disk with the recorded size and sha256.
+
+    We re-hash rather than compare sizes only: a size check would miss a file
+    rewritten in place, bit rot, or a file system that lied about fsync, and the
+    set's promise is identical bytes.  The cost is one read of the set per resume
+    (see benchmarks/results/writer_throughput.md: milliseconds per 1000 PNGs).
+    """
+    p = out / entry["name"]
+    try:
+        if p.stat().st_size != entry["size"]:  # cheap reject before reading
+            return False
+        return hashlib.sha256(p.read_bytes()).hexdigest() == entry["sha256"]
+    except OSError:
         return False
-    r = json.loads(rec.read_text())
+
+
+def shard_is_done(out: Path, s: int, n: int, size: int) -> bool:
+    """Done when its record covers all the indices ``n`` asks of it and every file it
+    lists is on disk with the recorded size and sha256.  A record without file hashes
+    (older synth) is not trusted: redoing the shard gives the same bytes."""
+    r = read_done(out, s)
     want = shard_range(s, n, size)
-    return r["start"] == want.start and r["stop"] >= want.stop
+    if r is None or "files" not in r or r["start"] != want.start or r["stop"] < want.stop:
+        return False
+    return all(file_matches(out, e) for e in r["files"])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_intact(data: bytes) -> bool:
+    """A complete PNG: signature, every chunk's CRC, ending with IEND.
+
+    PNGs of an unfinished shard were not fsynced yet; after a power loss one may be
+    empty or cut short.  The CRCs say so without decoding it.
+    """
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
+            return False
+        if data[pos + 4:pos + 8] == b"IEND":
+            return end == len(data)
+        pos = end
+    return False
+
+
+@dataclass
+class ShardPlan:
+    """What a rank still has to do: whole aligned batches to sample, PNGs to keep."""
+
+    batches: list[range] = field(default_factory=list)
+    kept: dict[int, dict] = field(default_factory=dict)  # index -> file entry of a PNG from an earlier run
+    on_disk: set[int] = field(default_factory=set)  # sampled indices whose file exists: compare before writing
+
+    @property
+    def n_sampled(self) -> int:
+        return sum(len(b) for b in self.batches)
+
+
+def kept_pngs(out: Path, s: int, r: range) -> tuple[dict[int, dict], set[int]]:
+    """PNGs of an unfinished imagefolder shard that can be kept, and all that exist.
+
+    A PNG listed in an older record of the shard (a set being extended) is kept if
+    its hash matches; any other must be a complete PNG (it was not fsynced).
+    """
+    folder = out / shard_name(s)
+    try:
+        names = set(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, set()
+    old = {e["name"]: e for e in (read_done(out, s) or {}).get("files", [])}
+    kept, exists = {}, set()
+    for i in r:
+        name = png_name(i)
+        if name not in names:
+            continue
+        exists.add(i)
+        rel = f"{shard_name(s)}/{name}"
+        try:
+            data = (folder / name).read_bytes()
+        except OSError:
+            continue
+        e = file_entry(rel, data)
+        if (rel in old and old[rel]["sha256"] == e["sha256"]) or (rel not in old and png_intact(data)):
+            kept[i] = e
+    return kept, exists
+
+
+def plan_shards(out: Path, req: BulkRequest, n: int, shards: list[int]) -> ShardPlan:
+    """Aligned batches of the given unfinished shards; a batch whose PNGs are all kept is skipped.
+
+    A batch with only some PNGs on disk is sampled whole (same shape as in the first
+    run); the writer then leaves identical files alone.  A tar shard is rewritten whole.
+    """
+    plan = ShardPlan()
+    for s in shards:
+        r = shard_range(s, n, req.shard_size)
+        kept, exists = kept_pngs(out, s, r) if req.format == "imagefolder" else ({}, set())
+        for b in aligned_batches(r, batch_len(req)):
+            if all(i in kept for i in b):
+                plan.kept.update({i: kept[i] for i in b})
+            else:
+                plan.batches.append(b)
+                plan.on_disk.update(i for i in b if i in exists)
+    return plan
 
 
 def metadata_row(index: int, cond: Condition, seed: int, req: BulkRequest, schema: LabelSchema) -> dict:
@@ -232,33 +435,113 @@ def metadata_row(index: int, cond: Condition, seed: int, req: BulkRequest, schem
            "label_id": cond.label, "prompt": cond.prompt, "seed": seed, "sampler": req.sampler,
            "steps": req.steps, "guidance": req.guidance}
     if req.format == "imagefolder":
-        row = {"file_name": f"{shard_name(index // req.shard_size)}/{index:08d}.png", **row}
+        row = {"file_name": f"{shard_name(index // req.shard_size)}/{png_name(index)}", **row}
     return row
+
+
+# ---------------------------------------------------------------------------
+# Writing
+
+
+PNG_COMPRESS_LEVEL = 6  # level 1 is not faster for small images and bigger (benchmarks/results/writer_throughput.md)
 
 
 def png_bytes(img: np.ndarray) -> bytes:
     """uint8 (H, W) -> PNG bytes (lossless, no metadata: identical bytes for identical pixels)."""
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=6)
+    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (a folder's fsync makes the renames into it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Atomic and durable: temp file + fsync + rename, then fsync the folder for the rename."""
+    atomic_write_bytes(path, data)
+    fsync_path(path.parent)
+
+
+def put_file(path: Path, data: bytes, maybe_on_disk: bool = False) -> None:
+    """Atomic without fsync: temp name in the same folder + ``os.replace``.
+
+    The fsync comes once per shard (:meth:`ShardWriter._finish`).  A file that may be
+    on disk already (a resumed batch) is left alone when its bytes are identical.
+    """
+    if maybe_on_disk:
+        try:
+            if path.read_bytes() == data:
+                return
+        except FileNotFoundError:
+            pass
+    tmp = path.with_name(f".{path.name}.tmp")  # fixed name: a run killed mid-write leaves one, overwritten on redo
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def tar_bytes(rows: list[dict], pngs: dict[int, bytes]) -> bytes:
+    """A webdataset shard in memory: ``<index>.png/.json/.cls`` per row, fixed mtime (same bytes every run)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for row in rows:
+            key = f"{row['index']:08d}"
+            meta = json.dumps(row, sort_keys=True).encode()
+            cls = str(row["label_id"] if row["label_id"] is not None else -1).encode()
+            for ext, payload in (("png", pngs[row["index"]]), ("json", meta), ("cls", cls)):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size, info.mtime, info.mode = len(payload), 0, 0o644
+                tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def writer_threads() -> int:
+    """Default encoder/writer threads: PIL and file I/O release the GIL, so 2 per core, at most 8."""
+    return min(8, 2 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2 * (os.cpu_count() or 1))
+
+
+@dataclass
+class _Shard:
+    expected: int
+    rows: dict[int, dict] = field(default_factory=dict)
+    files: dict[int, dict] = field(default_factory=dict)  # index -> file entry, once on disk (or encoded, for tars)
+    pngs: dict[int, bytes] = field(default_factory=dict)  # webdataset: PNG bytes until the tar is written
 
 
 class ShardWriter:
     """Encodes and writes images on worker threads while the model samples.
 
-    ``add(index, image, row)`` queues one image; when a shard's last image is on
-    disk its done record is written.  Errors surface on the next ``add`` or on
+    ``add_batch`` queues images in jobs of ``job_size``; the main thread blocks only
+    when ``max_pending`` images are queued (default: two batches, at least 1024, so a
+    fast GPU is not throttled while the writer keeps up).  When a shard's last file
+    is in place the worker that wrote it fsyncs the shard's files and folders and
+    writes the done record.  Errors surface on the next ``add_batch`` or on
     ``close``; nothing partial is ever recorded as done.
     """
 
-    def __init__(self, out: Path, req: BulkRequest, n: int, workers: int = 2, max_pending: int = 512):
-        self.out, self.req, self.n = out, req, n
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="synth-writer")
-        self.pending: dict[int, dict] = {}  # shard -> {"futures": [...], "rows": {...}, "expected": int, "tar": {...}}
-        self.slots = threading.BoundedSemaphore(max_pending)
-        self.error: BaseException | None = None
+    def __init__(self, out: Path, req: BulkRequest, n: int, workers: int | None = None,
+                 max_pending: int | None = None, job_size: int = 16):
+        self.out, self.req, self.n, self.job_size = out, req, n, job_size
+        self.workers = workers or writer_threads()
+        self.max_pending = max_pending or max(1024, 2 * req.batch_size)
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="synth-writer")
+        self.shards: dict[int, _Shard] = {}
         self.lock = threading.Lock()
+        self.room = threading.Condition(self.lock)
+        self.pending = 0
+        self.error: BaseException | None = None
         self.written = 0
+        self.wait_s = 0.0  # time the caller spent blocked on back-pressure
 
     def _check(self) -> None:
         if self.error is not None:
@@ -266,81 +549,129 @@ class ShardWriter:
             raise BulkError(f"writing images to '{self.out}' failed ({type(e).__name__}: {getattr(e, 'strerror', None) or e}); "
                             f"fix the cause (disk space, permissions) and run the same command again to resume") from e
 
-    def _write_png(self, path: Path, img: np.ndarray) -> bytes:
-        data = png_bytes(img)
-        if self.req.format == "imagefolder":
-            atomic_write_bytes(path, data)
-        return data
+    def _shard(self, s: int) -> _Shard:
+        st = self.shards.get(s)
+        if st is None:
+            st = self.shards[s] = _Shard(len(shard_range(s, self.n, self.req.shard_size)))
+        return st
 
-    def add(self, index: int, image: np.ndarray, row: dict, existing: bool = False) -> None:
+    def _reserve(self, k: int) -> None:
+        t0 = time.perf_counter()
+        with self.room:
+            while self.pending and self.pending + k > self.max_pending and self.error is None:
+                self.room.wait()
+            self.pending += k
+        self.wait_s += time.perf_counter() - t0
+
+    def _release(self, k: int) -> None:
+        with self.room:
+            self.pending -= k
+            self.room.notify_all()
+
+    def add_batch(self, indices: Sequence[int], images: Sequence[np.ndarray], rows: Sequence[dict],
+                  on_disk: set[int] | frozenset = frozenset()) -> None:
+        """Queue images (uint8 (H, W) each); ``on_disk``: indices whose file may exist already."""
         self._check()
-        s = index // self.req.shard_size
-        with self.lock:
-            st = self.pending.setdefault(s, {"futures": [], "rows": {}, "data": {},
-                                             "expected": len(shard_range(s, self.n, self.req.shard_size))})
-            st["rows"][index] = row
-        if existing:  # already on disk from an interrupted run: same bytes by construction
-            self._maybe_finish(s)
-            return
-        self.slots.acquire()
-        path = self.out / shard_name(s) / f"{index:08d}.png"
-        fut = self.pool.submit(self._write_png, path, image)
-        fut.add_done_callback(lambda f, s=s, i=index: self._on_done(f, s, i))
+        items = [(i, img, row, i in on_disk) for i, img, row in zip(indices, images, rows)]
+        for lo in range(0, len(items), self.job_size):
+            job = items[lo:lo + self.job_size]
+            by_shard: dict[int, list] = {}
+            for it in job:
+                by_shard.setdefault(it[0] // self.req.shard_size, []).append(it)
+            for s, part in by_shard.items():
+                with self.lock:
+                    self._shard(s).rows.update({it[0]: it[2] for it in part})
+                self._reserve(len(part))
+                self.pool.submit(self._job, s, part)
 
-    def _on_done(self, fut: Future, s: int, index: int) -> None:
-        self.slots.release()
+    def add(self, index: int, image: np.ndarray, row: dict) -> None:
+        """Queue one image (prefer ``add_batch``: one job per image costs more)."""
+        self.add_batch([index], [image], [row])
+
+    def add_existing(self, index: int, row: dict, entry: dict) -> None:
+        """A PNG already on disk from an earlier run (its file entry checked by the caller)."""
+        self._check()
+        with self.lock:
+            st = self._shard(index // self.req.shard_size)
+            st.rows[index], st.files[index] = row, entry
+            done = self._pop_if_complete(index // self.req.shard_size)
+        if done is not None:
+            self._finish_or_keep_error(index // self.req.shard_size, done)
+            self._check()
+
+    def _encode(self, s: int, index: int, img: np.ndarray, maybe_on_disk: bool) -> tuple[dict, bytes]:
+        data = png_bytes(img)
+        name = png_name(index)
+        if self.req.format == "imagefolder":
+            put_file(self.out / shard_name(s) / name, data, maybe_on_disk)
+            return file_entry(f"{shard_name(s)}/{name}", data), b""
+        return {}, data
+
+    def _job(self, s: int, items: list) -> None:
+        """Worker: encode (and for imagefolder write) a few images; finish the shard if they were its last."""
         try:
-            data = fut.result()
+            if self.req.format == "imagefolder":
+                (self.out / shard_name(s)).mkdir(exist_ok=True)
+            results = [(it[0], *self._encode(s, it[0], it[1], it[3])) for it in items]
         except BaseException as e:  # surfaced to the main thread
             self.error = self.error or e
+            self._release(len(items))
             return
+        self._release(len(items))
         with self.lock:
-            self.written += 1
-            st = self.pending.get(s)
-            if st is None:  # the shard was already closed: its files were all on disk before this callback ran
-                return
-            st["data"][index] = data
+            st = self.shards.get(s)
+            for i, entry, data in results:
+                st.files[i] = entry
+                if data:
+                    st.pngs[i] = data
+            self.written += len(results)
+            done = self._pop_if_complete(s)
+        if done is not None:
+            self._finish_or_keep_error(s, done)
+
+    def _finish_or_keep_error(self, s: int, st: _Shard) -> None:
         try:
-            self._maybe_finish(s)
-        except BaseException as e:
+            self._finish(s, st)
+        except BaseException as e:  # surfaced to the main thread; the shard stays unrecorded
             self.error = self.error or e
 
-    def _maybe_finish(self, s: int) -> None:
-        with self.lock:
-            st = self.pending.get(s)
-            if st is None or len(st["rows"]) < st["expected"]:
-                return
-            if self.req.format == "imagefolder":
-                done = sum(1 for i in st["rows"] if i in st["data"] or (self.out / shard_name(s) / f"{i:08d}.png").is_file())
-                if done < st["expected"]:
-                    return
-            elif len(st["data"]) < st["expected"]:
-                return
-            del self.pending[s]
-        rows = [st["rows"][i] for i in sorted(st["rows"])]
-        if self.req.format == "webdataset":
-            self._write_tar(s, rows, st["data"])
-        r = shard_range(s, self.n, self.req.shard_size)
-        atomic_write_json(done_record(self.out, s), {"shard": s, "start": r.start, "stop": r.stop, "rows": rows})
+    def _pop_if_complete(self, s: int) -> _Shard | None:
+        """(Under the lock.)  The shard's state, removed, once every file of it is in place."""
+        st = self.shards.get(s)
+        if st is None or len(st.files) < st.expected:
+            return None
+        return self.shards.pop(s)
 
-    def _write_tar(self, s: int, rows: list[dict], data: dict[int, bytes]) -> None:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for row in rows:
-                key = f"{row['index']:08d}"
-                meta = json.dumps(row, sort_keys=True).encode()
-                cls = str(row["label_id"] if row["label_id"] is not None else -1).encode()
-                for ext, payload in (("png", data[row["index"]]), ("json", meta), ("cls", cls)):
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode = len(payload), 0, 0o644  # fixed mtime: same bytes every run
-                    tar.addfile(info, io.BytesIO(payload))
-        atomic_write_bytes(self.out / f"{shard_name(s)}.tar", buf.getvalue())
+    def _finish(self, s: int, st: _Shard) -> None:
+        """Make the shard durable, then record it as done (the record is the commit point)."""
+        rows = [st.rows[i] for i in sorted(st.rows)]
+        if self.req.format == "webdataset":
+            tar = self.out / f"{shard_name(s)}.tar"
+            data = tar_bytes(rows, st.pngs)
+            for leftover in self.out.glob(f".{tar.name}.*.tmp"):  # from a run killed mid-write
+                leftover.unlink(missing_ok=True)
+            durable_write(tar, data)  # fsyncs the tar and the output root
+            files = [file_entry(tar.name, data)]
+        else:
+            folder = self.out / shard_name(s)
+            for leftover in folder.glob(".*.tmp"):  # from a run killed mid-write: not part of the set
+                leftover.unlink(missing_ok=True)
+            files = [st.files[i] for i in sorted(st.files)]
+            for e in files:
+                fsync_path(self.out / e["name"])
+            fsync_path(folder)  # the renames into the shard folder
+            fsync_path(self.out)  # the shard folder itself
+        r = shard_range(s, self.n, self.req.shard_size)
+        rec = {"shard": s, "start": r.start, "stop": r.stop, "rows": rows, "files": files}
+        path = done_record(self.out, s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        durable_write(path, (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self._check()
-        if self.pending:
-            left = sorted(self.pending)
+        if self.shards:
+            left = sorted(self.shards)
             raise BulkError(f"shards {left[:5]} did not complete; run the same command again to resume")
 
 
@@ -373,10 +704,9 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
     n_shards = math.ceil(n / req.shard_size)
     rows, ranges = [], []
     for s in range(n_shards):
-        rec = done_record(out, s)
-        if not rec.is_file():
+        r = read_done(out, s)
+        if r is None:
             continue
-        r = json.loads(rec.read_text())
         rs = [row for row in r["rows"] if row["index"] < n]
         rows += rs
         ranges.append((r["start"], min(r["stop"], n)))
@@ -386,15 +716,88 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
         counts[key] = counts.get(key, 0) + 1
     if req.format == "imagefolder":
         atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    settings = {k: v for k, v in identity.items() if k not in ("model_id", "weights_sha256")}
+    settings["batch_size"] = req.batch_size  # recorded always; part of the identity on CUDA only
     manifest = {
         "format": req.format, "n_requested": n, "n_done": len(rows), "completed_ranges": merge_ranges(ranges),
         "counts_per_label": counts, "model": {"path": req.model, "model_id": meta.get("model_id"),
                                               "weights_sha256": meta.get("weights_sha256")},
-        "settings": {k: v for k, v in identity.items() if k not in ("model_id", "weights_sha256")},
-        "label_schema": schema.to_json(), "versions": _versions(), "shard_size": req.shard_size,
+        "settings": settings, "label_schema": schema.to_json(), "versions": _versions(), "shard_size": req.shard_size,
     }
     atomic_write_json(out / "manifest.json", manifest)
     return manifest
+
+
+# ---------------------------------------------------------------------------
+# Processes
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world) from torchrun / accelerate launch environment variables."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _process_group() -> None:
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+
+
+def _owns_group(world: int) -> bool:
+    """True when run_bulk will create the process group (so it must also destroy it)."""
+    if world <= 1:
+        return False
+    import torch.distributed as dist
+
+    return not dist.is_initialized()
+
+
+def _leave_group() -> None:
+    """Destroy our process group while the interpreter is fully alive: left to interpreter
+    shutdown, gloo's worker threads can abort the process (SIGABRT seen in the 2-process test)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        _process_group()
+        dist.barrier()
+
+
+def main_first(world: int, fn: Callable[[], T], rank: int | None = None) -> T | None:
+    """Run ``fn`` on rank 0 only, then tell every rank how it went (also a barrier).
+
+    If ``fn`` raises on rank 0, every rank raises a BulkError with the same message
+    (rank 0 re-raises its own exception), so no rank waits forever at a later
+    barrier for a main process that has already exited.  Returns ``fn()``'s value
+    on rank 0 and None elsewhere.
+    """
+    rank = dist_info()[0] if rank is None else rank
+    result, error, message = None, None, None
+    if rank == 0:
+        try:
+            result = fn()
+        except Exception as e:  # shared below, then raised on every rank
+            error = e
+            message = str(e) if isinstance(e, BulkError) else f"the main process failed: {type(e).__name__}: {e}"
+    if world > 1:
+        import torch.distributed as dist
+
+        _process_group()
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        message = box[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise BulkError(message)
+    return result
 
 
 # ---------------------------------------------------------------------------
@@ -404,104 +807,104 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
 @dataclass
 class BulkResult:
     manifest: dict
-    generated: int  # images sampled by this process in this call
+    generated: int  # images sampled by this process in this call (padding not counted)
     seconds: float
     images_per_s: float = 0.0
     skipped_existing: int = 0
     timings: dict = field(default_factory=dict)
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world) from torchrun / accelerate launch environment variables."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-        dist.barrier()
+def _make_out(out: Path, identity: dict, overwrite: bool) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BulkError(f"cannot create output folder '{out}' ({e.strerror}); choose a writable --out") from None
+    prepare_out(out, identity, overwrite, True)
 
 
 def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress: bool = True,
              log: Callable[[str], None] = print) -> BulkResult:
     """Sample ``req.n`` images into ``req.out``; running it again resumes or extends."""
-    from samplers.generator import load_generator, read_artifact
+    from samplers.generator import read_artifact
 
     check_request(req)
+    deterministic_kernels(device)
     rank, world = dist_info()
-    main = rank == 0
     meta = read_artifact(req.model)
     schema = LabelSchema.from_json(meta["labels"])
+    identity = req.identity(meta, schema, device)
+    owns_group = _owns_group(world)
+    try:
+        return _run(req, generator, device, meta, schema, identity, rank, world, progress)
+    finally:
+        if owns_group:
+            _leave_group()
+
+
+def _sample_into(writer: ShardWriter, plan: ShardPlan, generator, req: BulkRequest, schema: LabelSchema, bar) -> float:
+    """Hand kept PNGs and sampled batches to the writer; returns the seconds spent in the model.
+
+    Every call gets ``batch_len(req)`` images: a short batch is padded with its last
+    image and the padding outputs are dropped.
+    """
+    for i, entry in sorted(plan.kept.items()):
+        cond = condition_for(i, req.spec, schema)
+        writer.add_existing(i, metadata_row(i, cond, image_seed(req.seed, i), req, schema), entry)
+    b, t_model, t0 = batch_len(req), 0.0, time.perf_counter()
+    for idx in plan.batches:
+        conds = [condition_for(i, req.spec, schema) for i in idx]
+        seeds = [image_seed(req.seed, i) for i in idx]
+        tm = time.perf_counter()
+        batch = generator.sample(padded(conds, b), padded(seeds, b), steps=req.steps, guidance=req.guidance,
+                                 sampler=req.sampler)
+        t_model += time.perf_counter() - tm
+        imgs = batch.images[:len(idx), 0].numpy()
+        rows = [metadata_row(i, batch.conditions[j], seeds[j], req, schema) for j, i in enumerate(idx)]
+        writer.add_batch(idx, imgs, rows, plan.on_disk)
+        bar.update(len(idx))
+        bar.set_postfix(img_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}")
+    return t_model
+
+
+def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int, world: int,
+         progress: bool) -> BulkResult:
+    """run_bulk's body, once the request is checked: prepare, plan, sample, write, record."""
+    from samplers.generator import load_generator
+
+    main = rank == 0
     out = Path(req.out)
-    identity = req.identity(meta, schema)
-    if main:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise BulkError(f"cannot create output folder '{out}' ({e.strerror}); choose a writable --out") from None
-        prepare_out(out, identity, req.overwrite, main)
-    _barrier(world)
-    if not main:
-        prepare_out(out, identity, True, main)  # rank 0 already checked and cleaned
+    main_first(world, lambda: _make_out(out, identity, req.overwrite), rank)
 
     n_shards = math.ceil(req.n / req.shard_size)
     mine = [s for s in range(n_shards) if s % world == rank and not shard_is_done(out, s, req.n, req.shard_size)]
-    todo: list[int] = []
-    existing: list[int] = []
-    for s in mine:
-        for i in shard_range(s, req.n, req.shard_size):
-            if req.format == "imagefolder" and (out / shard_name(s) / f"{i:08d}.png").is_file():
-                existing.append(i)
-            else:
-                todo.append(i)
-    if req.format == "webdataset":  # a tar shard is rewritten whole
-        existing = []
-    if generator is None and todo:
+    plan = plan_shards(out, req, req.n, mine)
+    if generator is None and plan.batches:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[req.dtype]
         generator = load_generator(meta["path"], device=device, dtype=dtype)
 
     writer = ShardWriter(out, req, req.n)
-    for i in existing:
-        c = condition_for(i, req.spec, schema)
-        writer.add(i, None, metadata_row(i, c, image_seed(req.seed, i), req, schema), existing=True)
-
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo), disable=not (main and progress), unit="img", dynamic_ncols=True,
+    bar = tqdm(total=plan.n_sampled, disable=not (main and progress), unit="img", dynamic_ncols=True,
                desc=f"sample (rank 0 of {world})" if world > 1 else "sample")
     t0 = time.perf_counter()
-    t_model = 0.0
     try:
-        for lo in range(0, len(todo), req.batch_size):
-            idx = todo[lo:lo + req.batch_size]
-            conds = [condition_for(i, req.spec, schema) for i in idx]
-            seeds = [image_seed(req.seed, i) for i in idx]
-            tm = time.perf_counter()
-            batch = generator.sample(conds, seeds, steps=req.steps, guidance=req.guidance, sampler=req.sampler)
-            t_model += time.perf_counter() - tm
-            imgs = batch.images[:, 0].numpy()
-            for j, i in enumerate(idx):
-                writer.add(i, imgs[j], metadata_row(i, batch.conditions[j], seeds[j], req, schema))
-            bar.update(len(idx))
-            bar.set_postfix(img_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}")
+        t_model = _sample_into(writer, plan, generator, req, schema, bar)
         writer.close()
     finally:
         bar.close()
         writer.pool.shutdown(wait=True)
     seconds = time.perf_counter() - t0
-    _barrier(world)
-    manifest = write_manifest(out, req, meta, schema, identity, req.n) if main else {}
-    _barrier(world)
+    _barrier(world)  # every rank's shards are recorded before the manifest reads them
+    manifest = main_first(world, lambda: write_manifest(out, req, meta, schema, identity, req.n), rank) or {}
     if main:
         gaps = req.n - manifest["n_done"]
         if gaps:
             raise BulkError(f"{gaps} images are missing after sampling; run the same command again to complete the set")
-    return BulkResult(manifest, len(todo), seconds, len(todo) / seconds if seconds > 0 else 0.0, len(existing),
-                      {"model_s": t_model})
+    n_new = plan.n_sampled
+    return BulkResult(manifest, n_new, seconds, n_new / seconds if seconds > 0 else 0.0, len(plan.kept),
+                      {"model_s": t_model, "writer_wait_s": writer.wait_s})
 
 
 __all__ = ["BulkRequest", "BulkResult", "BulkError", "ConditionSpec", "condition_for", "parse_label_spec",
-           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest"]
+           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest", "main_first", "deterministic_kernels"]

@@ -1,15 +1,18 @@
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from samplers.bulk import (BulkError, BulkRequest, condition_for, parse_label_spec, parse_prompt_file, run_bulk)
-from samplers.generator import load_generator
+from samplers.bulk import (BulkError, BulkRequest, condition_for, parse_label_spec, parse_prompt_file, prepare_out,
+                           run_bulk)
+from samplers.generator import load_generator, read_artifact
 from synth.labels import LabelError, LabelSchema
+from synth.seeds import image_seed
 from tests.conftest import ROOT, run_cli_and_kill_when
 
 SCHEMA = LabelSchema(["normal", "pneumonia"])
@@ -155,3 +158,132 @@ def test_two_processes_equal_one(tiny_export, tmp_path):
                        cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
+
+
+class RecordingGenerator:
+    """The real tiny generator, recording the indices of every call (padding included)."""
+
+    def __init__(self, gen, seed: int, n: int):
+        self.gen, self.calls = gen, []
+        self.index_of = {image_seed(seed, i): i for i in range(n)}
+
+    def sample(self, conditions, seeds, **kw):
+        self.calls.append([self.index_of[s] for s in seeds])
+        return self.gen.sample(conditions, seeds, **kw)
+
+
+def assert_aligned(calls, batch, shard_size):
+    """Every call has ``batch`` images: a run of consecutive indices starting at a batch
+    boundary of its shard, then the last one repeated (padding)."""
+    for idx in calls:
+        assert len(idx) == batch, idx
+        real = sorted(set(idx))
+        assert real == list(range(idx[0], idx[0] + len(real))) and idx[len(real):] == [real[-1]] * (batch - len(real))
+        assert (idx[0] % shard_size) % batch == 0, idx
+
+
+def done_files(out: Path) -> dict:
+    return {e["name"]: e for rec in (out / ".synth" / "done").glob("*.json") for e in json.loads(rec.read_text())["files"]}
+
+
+@pytest.mark.parametrize("shard_size,batch", [(10, 5), (8, 5)])
+def test_batches_aligned_and_padded(tiny_export, tmp_path, shard_size, batch):
+    n, out = 23, tmp_path / "set"
+    req = BulkRequest(model=str(tiny_export), out=str(out), n=n, spec=parse_label_spec("normal,pneumonia", SCHEMA),
+                      steps=2, shard_size=shard_size, batch_size=batch)
+    rec = RecordingGenerator(load_generator(tiny_export), req.seed, n)
+    res = run_bulk(req, rec, progress=False)
+    assert_aligned(rec.calls, batch, shard_size)
+    assert sorted({i for c in rec.calls for i in c}) == list(range(n)) and res.generated == n
+    files = done_files(out)  # every file with its size and sha256
+    assert len(files) == n and all(e["size"] == (out / name).stat().st_size for name, e in files.items())
+    before = tree_bytes(out)
+
+    # resume after a partial shard (record gone, two PNGs missing, one cut short by a power loss) and a done
+    # shard whose PNG changed: both redone by whole aligned batches, to identical bytes
+    (out / ".synth" / "done" / "shard-00001.json").unlink(missing_ok=True)
+    s1 = range(shard_size, 2 * shard_size)
+    (out / "shard-00001" / f"{s1[1]:08d}.png").unlink()
+    (out / "shard-00001" / f"{s1[-1]:08d}.png").unlink()
+    (out / "shard-00001" / f"{s1[2]:08d}.png").write_bytes(b"")
+    p0 = out / "shard-00000" / "00000003.png"
+    p0.write_bytes(p0.read_bytes()[:-5] + b"xxxxx")  # same size, other bytes: only the hash sees it
+    rec.calls.clear()
+    res = run_bulk(req, rec, progress=False)
+    assert_aligned(rec.calls, batch, shard_size)
+    sampled = {i for c in rec.calls for i in c}
+    assert {3, s1[1], s1[2], s1[-1]} <= sampled and 0 < len(sampled) < n
+    assert tree_bytes(out) == before
+
+
+def test_webdataset_done_record_rechecked(tiny_export, tmp_path):
+    out = tmp_path / "wds"
+    req = BulkRequest(model=str(tiny_export), out=str(out), n=12, spec=parse_label_spec("pneumonia", SCHEMA),
+                      steps=2, shard_size=8, batch_size=4, format="webdataset")
+    run_bulk(req, load_generator(tiny_export), progress=False)
+    files = done_files(out)
+    assert set(files) == {"shard-00000.tar", "shard-00001.tar"}
+    before = tree_bytes(out)
+    tar = out / "shard-00001.tar"
+    tar.write_bytes(tar.read_bytes()[:-1024])  # cut short
+    res = run_bulk(req, load_generator(tiny_export), progress=False)
+    assert res.generated == 4 and tree_bytes(out) == before
+
+
+def test_batch_size_in_identity_on_cuda_only(tiny_export, tmp_path):
+    meta = read_artifact(tiny_export)
+    spec = parse_label_spec("normal", SCHEMA)
+    a = BulkRequest(model=str(tiny_export), out=str(tmp_path), n=4, spec=spec, batch_size=64)
+    b = BulkRequest(model=str(tiny_export), out=str(tmp_path), n=4, spec=spec, batch_size=32)
+    assert a.identity(meta, SCHEMA, "cpu") == b.identity(meta, SCHEMA, "cpu")  # CPU: batch-size independent
+    assert a.identity(meta, SCHEMA, "cuda:0")["batch_size"] == 64
+    out = tmp_path / "gpu-set"
+    prepare_out(out, a.identity(meta, SCHEMA, "cuda"), overwrite=False, main=True)
+    prepare_out(out, a.identity(meta, SCHEMA, "cuda:1"), overwrite=False, main=True)  # same batch size: resumes
+    with pytest.raises(BulkError, match=r"sampled on CUDA with --batch-size 64 and this run is on CUDA with "
+                                        r"--batch-size 32.*same --batch-size"):
+        prepare_out(out, b.identity(meta, SCHEMA, "cuda"), overwrite=False, main=True)
+    with pytest.raises(BulkError, match=r"sampled on CUDA with --batch-size 64 and this run is on CPU"):
+        prepare_out(out, a.identity(meta, SCHEMA, "cpu"), overwrite=False, main=True)
+
+
+MAIN_FIRST_SCRIPT = """
+import sys
+from samplers.bulk import BulkError, main_first
+def refuse():
+    raise BulkError("output folder 'x' holds images from another model")
+try:
+    main_first(2, refuse)
+except BulkError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+"""
+
+
+def test_main_first_failure_reaches_every_rank(tmp_path):
+    """Plain processes, no torchrun agent to kill a waiting rank: only main_first can release rank 1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", MAIN_FIRST_SCRIPT], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "RANK": str(r), "WORLD_SIZE": "2",
+                                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}) for r in (0, 1)]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [2, 2], errs
+    assert all("holds images from another model" in e for e in errs)
+
+
+@pytest.mark.slow
+def test_torchrun_refusal_does_not_hang(tiny_export, tmp_path):
+    cli(*base_args(tiny_export, tmp_path / "o", 6, "--guidance", "3"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "synth.cli",
+                        *base_args(tiny_export, tmp_path / "o", 6)], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=120)
+    assert p.returncode != 0 and "differs in: guidance" in p.stderr, p.stderr[-3000:]

@@ -75,7 +75,8 @@ def test_path_starts_at_exact_noise_without_solver_constants():
     for name in ("euler", "heun", "midpoint", "dpmpp_2m"):
         out = integrate_flow(gaussian_velocity, x0, 0.0, 1.0, 100, sampler=name, cond=doms(1, 2000))
         # the exact flow maps N(0, 1) noise onto N(mu, S^2): z is preserved
-        assert torch.allclose(out, MU[1] + S * x0, atol=2e-2), name
+        tol = 3e-2 if name == "euler" else 5e-3  # first vs second order at 100 steps
+        assert torch.allclose(out, MU[1] + S * x0, atol=tol), name
 
 
 def test_round_trip_and_identity():
