@@ -148,7 +148,8 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         if prompts_file:
             spec = parse_prompt_file(prompts_file, schema)
         else:
-            spec = parse_label_spec(labels or ",".join(schema.classes), schema, log=lambda m: click.echo(m, err=True))
+            spec = parse_label_spec(labels or ",".join(schema.classes), schema,
+                                    log=(lambda m: click.echo(m, err=True)) if labels else (lambda m: None))
         d = meta.get("default_sampling", {})
         from synth.devices import resolve_device
 
@@ -170,7 +171,10 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
 
             from samplers.generator import auto_batch_size
 
-            req = replace(req, batch_size=auto_batch_size(gen, req.guidance, dev))
+            from synth.distributed import broadcast_from_main
+
+            # every rank must use rank 0's choice: a GPU set's batch shape is part of its identity
+            req = replace(req, batch_size=broadcast_from_main(auto_batch_size(gen, req.guidance, dev)))
             click.echo(f"note: --batch-size auto -> {req.batch_size}", err=True)
         from samplers.generator import should_compile
 

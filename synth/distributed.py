@@ -81,3 +81,15 @@ def main_first(fn: Callable[[], T], world: int | None = None, rank: int | None =
             error = e
     share_outcome(error, world)
     return result
+
+
+def broadcast_from_main(value, world: int | None = None):
+    """Rank 0's ``value`` on every rank (a picklable object); the value itself when alone."""
+    world = dist_info()[1] if world is None else world
+    if not _group_ready(world):
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
