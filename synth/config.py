@@ -319,7 +319,7 @@ _CHOICES = {
     "train.attention": ("sdpa", "xformers"),
     "train.prediction_type": ("epsilon", "v_prediction"),
     "train.coupling": ("independent", "ot"),
-    "sample.sampler": ("ddim", "euler", "heun", "dpmpp_2m"),
+    "sample.sampler": ("ddim", "euler", "heun", "midpoint", "dpmpp_2m"),
 }
 
 
