@@ -38,6 +38,7 @@ package versions, counts per label, completed index ranges).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -242,7 +243,7 @@ OUR_NAMES = ("manifest.json", "metadata.jsonl", ".synth")
 
 
 def _ran_on(ident: dict) -> str:
-    return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU"
+    return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU (no batch size recorded)"
 
 
 def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
@@ -468,25 +469,29 @@ def durable_write(path: Path, data: bytes) -> None:
     fsync_path(path.parent)
 
 
-def put_file(path: Path, data: bytes, maybe_on_disk: bool = False) -> None:
+def put_file(path: str | Path, data: bytes, maybe_on_disk: bool = False) -> None:
     """Atomic without fsync: temp name in the same folder + ``os.replace``.
 
     The fsync comes once per shard (:meth:`ShardWriter._finish`).  A file that may be
     on disk already (a resumed batch) is left alone when its bytes are identical.
     """
+    path = os.fspath(path)
     if maybe_on_disk:
         try:
-            if path.read_bytes() == data:
-                return
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return
         except FileNotFoundError:
             pass
-    tmp = path.with_name(f".{path.name}.tmp")  # fixed name: a run killed mid-write leaves one, overwritten on redo
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.tmp")  # fixed name: a run killed mid-write leaves one, overwritten on redo
     try:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -508,6 +513,9 @@ def tar_bytes(rows: list[dict], pngs: dict[int, bytes]) -> bytes:
 def writer_threads() -> int:
     """Default encoder/writer threads: PIL and file I/O release the GIL, so 2 per core, at most 8."""
     return min(8, 2 * len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2 * (os.cpu_count() or 1))
+
+
+SYNC_THREADS = 8  # fsyncs wait on the disk, not the CPU
 
 
 @dataclass
@@ -535,6 +543,7 @@ class ShardWriter:
         self.workers = workers or writer_threads()
         self.max_pending = max_pending or max(1024, 2 * req.batch_size)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="synth-writer")
+        self.sync_pool = ThreadPoolExecutor(max_workers=SYNC_THREADS, thread_name_prefix="synth-fsync")
         self.shards: dict[int, _Shard] = {}
         self.lock = threading.Lock()
         self.room = threading.Condition(self.lock)
@@ -601,10 +610,10 @@ class ShardWriter:
 
     def _encode(self, s: int, index: int, img: np.ndarray, maybe_on_disk: bool) -> tuple[dict, bytes]:
         data = png_bytes(img)
-        name = png_name(index)
         if self.req.format == "imagefolder":
-            put_file(self.out / shard_name(s) / name, data, maybe_on_disk)
-            return file_entry(f"{shard_name(s)}/{name}", data), b""
+            rel = f"{shard_name(s)}/{png_name(index)}"
+            put_file(os.path.join(self.out, rel), data, maybe_on_disk)  # str, not Path: per-image cost
+            return file_entry(rel, data), b""
         return {}, data
 
     def _job(self, s: int, items: list) -> None:
@@ -657,22 +666,29 @@ class ShardWriter:
             for leftover in folder.glob(".*.tmp"):  # from a run killed mid-write: not part of the set
                 leftover.unlink(missing_ok=True)
             files = [st.files[i] for i in sorted(st.files)]
-            for e in files:
-                fsync_path(self.out / e["name"])
+            # In parallel: the journal commits concurrent fsyncs together (1000 PNGs: ~0.07 s
+            # instead of 0.16-2 s one after another on this machine's ext4).
+            list(self.sync_pool.map(fsync_path, [self.out / e["name"] for e in files]))
             fsync_path(folder)  # the renames into the shard folder
             fsync_path(self.out)  # the shard folder itself
         r = shard_range(s, self.n, self.req.shard_size)
         rec = {"shard": s, "start": r.start, "stop": r.stop, "rows": rows, "files": files}
         path = done_record(self.out, s)
         path.parent.mkdir(parents=True, exist_ok=True)
-        durable_write(path, (json.dumps(rec, indent=2, sort_keys=True) + "\n").encode())
+        # compact: with ``indent`` json falls back to its pure-Python encoder (~20 us per image here)
+        durable_write(path, (json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n").encode())
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.shutdown()
         self._check()
         if self.shards:
             left = sorted(self.shards)
             raise BulkError(f"shards {left[:5]} did not complete; run the same command again to resume")
+
+    def shutdown(self) -> None:
+        """Wait for queued jobs (the fsync pool last: finishing shards use it)."""
+        self.pool.shutdown(wait=True)
+        self.sync_pool.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------------------
@@ -744,22 +760,23 @@ def _process_group() -> None:
         dist.init_process_group("gloo")
 
 
-def _owns_group(world: int) -> bool:
-    """True when run_bulk will create the process group (so it must also destroy it)."""
-    if world <= 1:
-        return False
+@contextlib.contextmanager
+def process_group(world: int):
+    """The gloo group of a multi-process run, destroyed on the way out (success or error).
+
+    Only a group created here is destroyed (one made by the caller, e.g. accelerate, is
+    left alone).  Left to interpreter shutdown, gloo's threads can abort the process
+    ("terminate called without an active exception", SIGABRT), which would turn a clean
+    one-line error into a crash.
+    """
     import torch.distributed as dist
 
-    return not dist.is_initialized()
-
-
-def _leave_group() -> None:
-    """Destroy our process group while the interpreter is fully alive: left to interpreter
-    shutdown, gloo's worker threads can abort the process (SIGABRT seen in the 2-process test)."""
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    owns = world > 1 and not dist.is_initialized()
+    try:
+        yield
+    finally:
+        if owns and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _barrier(world: int) -> None:
@@ -823,8 +840,12 @@ def _make_out(out: Path, identity: dict, overwrite: bool) -> None:
 
 
 def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress: bool = True,
-             log: Callable[[str], None] = print) -> BulkResult:
-    """Sample ``req.n`` images into ``req.out``; running it again resumes or extends."""
+             log: Callable[[str], None] = print, job=None) -> BulkResult:
+    """Sample ``req.n`` images into ``req.out``; running it again resumes or extends.
+
+    ``job`` says what image i is and makes batches (default: :class:`SampleJob`, sampling
+    ``generator`` from noise under ``req.spec``; translation passes its own).
+    """
     from samplers.generator import read_artifact
 
     check_request(req)
@@ -833,33 +854,56 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
     meta = read_artifact(req.model)
     schema = LabelSchema.from_json(meta["labels"])
     identity = req.identity(meta, schema, device)
-    owns_group = _owns_group(world)
-    try:
-        return _run(req, generator, device, meta, schema, identity, rank, world, progress)
-    finally:
-        if owns_group:
-            _leave_group()
+    with process_group(world):
+        return _run(req, generator, device, meta, schema, identity, rank, world, progress, job)
 
 
-def _sample_into(writer: ShardWriter, plan: ShardPlan, generator, req: BulkRequest, schema: LabelSchema, bar) -> float:
-    """Hand kept PNGs and sampled batches to the writer; returns the seconds spent in the model.
+class SampleJob:
+    """What image ``i`` of a sampled set is (condition, seed, metadata) and how a batch is made.
+
+    The bulk engine asks a job only for these; :class:`samplers.translate.TranslateJob`
+    is the other kind (images from an input set instead of noise).
+    """
+
+    def __init__(self, req: BulkRequest, schema: LabelSchema, generator):
+        self.req, self.schema, self.gen = req, schema, generator
+
+    def seed(self, i: int) -> int:
+        return image_seed(self.req.seed, i)
+
+    def row(self, i: int) -> dict:
+        return metadata_row(i, condition_for(i, self.req.spec, self.schema), self.seed(i), self.req, self.schema)
+
+    def make(self, idx: list[int]) -> np.ndarray:
+        """uint8 (len(idx), H, W) images (idx already padded to the batch length)."""
+        conds = [condition_for(i, self.req.spec, self.schema) for i in idx]
+        batch = self.gen.sample(conds, [self.seed(i) for i in idx], steps=self.req.steps, guidance=self.req.guidance,
+                                sampler=self.req.sampler)
+        return batch.images[:, 0].numpy()
+
+
+def _with_file_name(row: dict, req: BulkRequest) -> dict:
+    if req.format == "imagefolder" and "file_name" not in row:
+        i = row["index"]
+        return {"file_name": f"{shard_name(i // req.shard_size)}/{png_name(i)}", **row}
+    return row
+
+
+def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, bar) -> float:
+    """Hand kept PNGs and made batches to the writer; returns the seconds spent in the model.
 
     Every call gets ``batch_len(req)`` images: a short batch is padded with its last
     image and the padding outputs are dropped.
     """
     for i, entry in sorted(plan.kept.items()):
-        cond = condition_for(i, req.spec, schema)
-        writer.add_existing(i, metadata_row(i, cond, image_seed(req.seed, i), req, schema), entry)
+        writer.add_existing(i, _with_file_name(job.row(i), req), entry)
     b, t_model, t0 = batch_len(req), 0.0, time.perf_counter()
     for idx in plan.batches:
-        conds = [condition_for(i, req.spec, schema) for i in idx]
-        seeds = [image_seed(req.seed, i) for i in idx]
+        idx = list(idx)
         tm = time.perf_counter()
-        batch = generator.sample(padded(conds, b), padded(seeds, b), steps=req.steps, guidance=req.guidance,
-                                 sampler=req.sampler)
+        imgs = job.make(padded(idx, b))[:len(idx)]
         t_model += time.perf_counter() - tm
-        imgs = batch.images[:len(idx), 0].numpy()
-        rows = [metadata_row(i, batch.conditions[j], seeds[j], req, schema) for j, i in enumerate(idx)]
+        rows = [_with_file_name(job.row(i), req) for i in idx]
         writer.add_batch(idx, imgs, rows, plan.on_disk)
         bar.update(len(idx))
         bar.set_postfix(img_s=f"{bar.n / max(1e-9, time.perf_counter() - t0):.1f}")
@@ -867,7 +911,7 @@ def _sample_into(writer: ShardWriter, plan: ShardPlan, generator, req: BulkReque
 
 
 def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int, world: int,
-         progress: bool) -> BulkResult:
+         progress: bool, job=None) -> BulkResult:
     """run_bulk's body, once the request is checked: prepare, plan, sample, write, record."""
     from samplers.generator import load_generator
 
@@ -889,11 +933,11 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
                desc=f"sample (rank 0 of {world})" if world > 1 else "sample")
     t0 = time.perf_counter()
     try:
-        t_model = _sample_into(writer, plan, generator, req, schema, bar)
+        t_model = _sample_into(writer, plan, job or SampleJob(req, schema, generator), req, bar)
         writer.close()
     finally:
         bar.close()
-        writer.pool.shutdown(wait=True)
+        writer.shutdown()
     seconds = time.perf_counter() - t0
     _barrier(world)  # every rank's shards are recorded before the manifest reads them
     manifest = main_first(world, lambda: write_manifest(out, req, meta, schema, identity, req.n), rank) or {}
@@ -907,4 +951,5 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
 
 
 __all__ = ["BulkRequest", "BulkResult", "BulkError", "ConditionSpec", "condition_for", "parse_label_spec",
-           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest", "main_first", "deterministic_kernels"]
+           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest", "main_first", "process_group",
+           "deterministic_kernels"]

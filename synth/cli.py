@@ -194,6 +194,78 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
     _run(go)
 
 
+@main.command()
+@click.option("--model", "model", required=True, type=click.Path(), help="A bridge export (<run>/export of 'synth train bridge').")
+@click.option("--input", "input_", required=True, type=click.Path(), help="Images to translate: a folder, .npz or CSV/JSONL manifest.")
+@click.option("--source", required=True, help="The input's domain (one of the model's domains).")
+@click.option("--target", required=True, help="The domain to translate into.")
+@click.option("--tau", type=float, default=None, help="1 keeps the input, 0 is full inversion; default: the model's.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--split", default="all", show_default=True, type=click.Choice(["all", "train", "val", "test"]),
+              help="Which split of the input to translate.")
+@click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
+@click.option("--steps", type=int, default=None, help="Solver steps for a full path; a leg gets its share.")
+@click.option("--sampler", default=None, help="euler | midpoint | heun | dpmpp_2m | euler_ancestral.")
+@click.option("--batch-size", default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset"]), default="imagefolder", show_default=True)
+@click.option("--shard-size", type=int, default=1000, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--chunk-size", type=int, default=0, show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
+@click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def translate(model, input_, source, target, tau, out, split, guidance, steps, sampler, batch_size, seed, fmt, shard_size,
+              dtype, chunk_size, device, overwrite, quiet):
+    """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
+    import torch
+
+    from samplers.bulk import check_request, run_bulk
+    from samplers.generator import ArtifactError, read_artifact
+    from samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
+    from synth.devices import resolve_device
+
+    def go():
+        meta = read_artifact(model)
+        if meta.get("kind") != "bridge":
+            raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
+                                f"translation needs an export of 'synth train bridge'")
+        dev = str(resolve_device(device))
+        if dtype == "float16" and not dev.startswith("cuda"):
+            raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+        d = meta.get("default_sampling", {})
+        t = tau if tau is not None else d.get("tau", 0.5)
+        if source == target:
+            click.echo(f"note: source and target are both '{source}': a round trip (back to t={t:g} and forward "
+                       f"again), which reproduces the input up to the solver's error", err=True)
+        data = load_input(input_, meta["resolution"], split)
+        bs = _batch_size_arg(batch_size, out)
+        req = TranslateRequest(model=meta["path"], out=out, n=len(data), spec=None, sampler=sampler or d.get("sampler", "euler"),
+                               steps=steps if steps is not None else d.get("steps", 20),
+                               guidance=guidance if guidance is not None else d.get("guidance", 1.0), seed=seed,
+                               batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
+                               input=str(input_), source=source, target=target, tau=t, split=split,
+                               input_hash=input_fingerprint(data))
+        check_request(req)
+        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        from samplers.bridge import BridgeGenerator
+
+        gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype)
+        gen.optimize(chunk_size=chunk_size or None)
+        check_translate(req, gen)
+        if bs is None:
+            from dataclasses import replace
+
+            req = replace(req, batch_size=64 if not dev.startswith("cuda") else 256)
+        res = run_bulk(req, gen, device=dev, progress=not quiet, log=lambda m: click.echo(m, err=True),
+                       job=TranslateJob(req, data, gen))
+        if res.manifest:
+            click.echo(f"{res.manifest['n_done']} translated images in {out} ({res.generated} new, "
+                       f"{res.images_per_s:.1f} images/s); labels {res.manifest['counts_per_label']}")
+
+    _run(go)
+
+
 def _batch_size_arg(value: str, out: str) -> int | None:
     """``--batch-size``: a positive int, or None for 'auto' (unless the set records one: reuse it)."""
     import json
