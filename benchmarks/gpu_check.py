@@ -15,7 +15,7 @@ Writes ``<out>/gpu_check.md`` (a markdown table per section) and ``gpu_check.jso
 6. determinism: the same images at batch 1 vs batch 16; a resumed bulk set vs an uninterrupted one
 7. the sampler vs StableDiffusionPipeline at SD-1.5 size, fp16, 25 steps, guidance 2.5, batch 16,
    same noise; compiled, with the warm-up charged to a 10,000-image set
-8. translation: the bridge (issue 7) does not exist yet; reported as such
+8. the bridge: pixel training rate, and `synth translate`'s engine end to end vs in memory
 
 Models have random weights: speed and memory do not depend on what they learned. Each
 section runs on its own; a failure is recorded with its one-line reason and the others go on
@@ -426,6 +426,69 @@ def section_sampler(tmp: Path, sz: dict, tiny: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------
+# 8. The bridge: training and bulk translation
+
+
+def three_domain_npz(path: Path, res: int, n: int = 1536, n_test: int = 256) -> Path:
+    """Phantoms rendered in three 'acquisition domains' (plain, dim, inverted), unpaired."""
+    import numpy as np
+
+    from synth.data import phantom_set
+
+    imgs = phantom_set(n, res, 0, "train").images[:, 0].numpy().astype(np.float32)
+    dom = np.arange(n) % 3
+    imgs[dom == 1] = imgs[dom == 1] * 0.6 + 60
+    imgs[dom == 2] = 255 - imgs[dom == 2]
+    imgs = imgs.clip(0, 255).astype(np.uint8)
+    np.savez(path, train_images=imgs, train_labels=dom[:, None], val_images=imgs[:64], val_labels=dom[:64, None],
+             test_images=imgs[:n_test], test_labels=(np.arange(n_test) % 2)[:, None])
+    return path
+
+
+def section_bridge(tmp: Path, sz: dict) -> dict:
+    from samplers.bridge import BridgeGenerator
+    from samplers.bulk import run_bulk
+    from samplers.translate import TranslateJob, TranslateRequest, input_fingerprint, load_input
+    from synth.devices import resolve_device
+    from trainers.bridge import train_bridge
+
+    data = three_domain_npz(tmp / "dom3.npz", sz["res"], *((96, 32) if sz["bulk_n"] < 1000 else (1536, 2048)))
+    cfg = load_config(ROOT / "configs" / "dose-shift-64-bridge-pixel.yaml", [
+        f"data.name={data}", f"data.resolution={sz['res']}", "labels.domains=[plain,dim,inverted]",
+        f"train.steps={sz['pixel_steps']}", "train.progress=false", "train.checkpoint_every=100000",
+        f"train.log_every={sz['pixel_steps']}", f"train.mixed_precision={precision()}", "sample.per_class=2",
+        "sample.steps=2"])
+    reset_peak()
+    t0 = time.perf_counter()
+    export = train_bridge(cfg, tmp / "bridge", log=lambda *a: None)
+    rows = [json.loads(line) for line in (tmp / "bridge" / "logs" / "scalars.jsonl").read_text().splitlines()]
+    train = {"steps": cfg.train.steps, "samples_per_s": round(rows[-1]["samples_per_s"], 1),
+             "steps_per_s": round(rows[-1]["samples_per_s"] / cfg.train.batch_size, 2),
+             "wall_s": round(time.perf_counter() - t0, 1), "peak_GiB": peak_gib()}
+    dev = str(resolve_device(None))
+    gen = BridgeGenerator.from_export(export, device=dev)
+    inp = load_input(str(data), sz["res"], "test")
+    n, b = len(inp), sz["bulk_batch"]
+    gen.translate(inp.images[:b], "dim", "plain", tau=0.5, steps=sz["bulk_steps"])  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    for lo in range(0, n, b):
+        gen.translate(inp.images[lo:lo + b], "dim", "plain", tau=0.5, steps=sz["bulk_steps"])
+    sync()
+    mem = n / (time.perf_counter() - t0)
+    req = TranslateRequest(model=str(export), out=str(tmp / "translated"), n=n, spec=None, sampler="euler",
+                           steps=sz["bulk_steps"], guidance=1.5, batch_size=b, shard_size=max(b, 256 // b * b),
+                           input=str(data), source="dim", target="plain", tau=0.5, split="test",
+                           input_hash=input_fingerprint(inp))
+    t0 = time.perf_counter()
+    run_bulk(req, gen, device=dev, progress=False, log=lambda m: None, job=TranslateJob(req, inp, gen))
+    e2e = n / (time.perf_counter() - t0)
+    return {"bridge training (pixel)": train,
+            "translation": {"images": n, "batch": b, "tau": 0.5, "in_memory_img_s": round(mem, 1),
+                            "end_to_end_img_s": round(e2e, 1), "ratio": round(e2e / mem, 2)}}
+
+
+# ---------------------------------------------------------------------------
 # Report
 
 
@@ -465,7 +528,7 @@ def main(argv=None) -> int:
         ("5. bulk sampling end to end vs in memory (1.7M model)", lambda: section_bulk(tmp, sz)),
         ("6. determinism", lambda: section_determinism(tmp, sz)),
         ("7. sampler vs StableDiffusionPipeline at SD-1.5 size", lambda: section_sampler(tmp, sz, args.tiny)),
-        ("8. translation (bridge)", lambda: {"status": "not built yet (issue 7): nothing to measure"}),
+        ("8. bridge training and bulk translation", lambda: section_bridge(tmp, sz)),
     ]
     results, failed = {}, 0
     t_all = time.perf_counter()
