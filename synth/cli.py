@@ -132,8 +132,6 @@ def train_bridge_cmd(config, run_dir, overrides):
 def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
            compile_, channels_last, chunk_size, attention, device, overwrite, quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
-    import os
-
     import torch
 
     from samplers.bulk import BulkRequest, parse_label_spec, parse_prompt_file, run_bulk

@@ -18,9 +18,8 @@ from synth.data import load_split
 from synth.io import atomic_replace_dir, atomic_write_json, to_float
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
-from synth.distributed import main_first
-from trainers.common import Logger, make_accelerator, prepare_run_dir
-from trainers.loop import Task, fit
+from trainers.common import Logger
+from trainers.loop import Task, fit, open_run
 
 
 def _load_vae(cfg: Config):
@@ -91,11 +90,8 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
 
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
-    accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
-    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
-    run = Path(run_dir)
-    main_first(lambda: prepare_run_dir(cfg, run, "autoencoder", world), world, accelerator.process_index)
-    say = log if main else (lambda *a, **k: None)
+    r = open_run(cfg, run_dir, "autoencoder", log)
+    accelerator, run, say, main, device = r.accelerator, r.folder, r.say, r.main, r.device
 
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
     val = load_split(cfg.data, "val", cfg.labels.classes or None)

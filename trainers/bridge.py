@@ -26,14 +26,13 @@ import torch.nn.functional as F
 from samplers.bridge import BridgeGenerator
 from synth.config import Config, ConfigError
 from synth.data import load_split
-from synth.distributed import main_first
 from synth.io import make_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
 from synth.seeds import image_seed
-from trainers.common import data_rows, latest_checkpoint, make_accelerator, place_data, prepare_run_dir
+from trainers.common import data_rows, latest_checkpoint, place_data
 from trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
-from trainers.loop import Fitted, Task, fit
+from trainers.loop import Fitted, Task, fit, open_run
 
 
 class FlowObjective(torch.nn.Module):
@@ -107,11 +106,8 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a bridge; returns the export folder."""
     from trainers.export import export_bridge
 
-    accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
-    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
-    run = Path(run_dir)
-    main_first(lambda: prepare_run_dir(cfg, run, "bridge", world), world, accelerator.process_index)
-    say = log if main else (lambda *a, **k: None)
+    r = open_run(cfg, run_dir, "bridge", log)
+    accelerator, run, say, main, device = r.accelerator, r.folder, r.say, r.main, r.device
 
     # --- data: the classes are the domains --------------------------------------------
     t0 = time.perf_counter()
@@ -127,7 +123,7 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     # --- codec and model -------------------------------------------------------------------
     codec = load_codec(cfg).to(device)
     if latest_checkpoint(run) is None:
-        main_first(lambda: check_autoencoder_gate(cfg, codec, val, say), world, accelerator.process_index)
+        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say))
     c, h, _ = codec.latent_shape(cfg.data.resolution)
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
     u = cfg.model.unet
@@ -142,7 +138,7 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     mean = std = images = None
     if codec.kind == "vae":
         cache_file = latent_cache_file(run, train, codec)
-        main_first(lambda: cache_latents(codec, train.images, cache_file), world, accelerator.process_index)
+        r.once(lambda: cache_latents(codec, train.images, cache_file))
         mean, std = cache_latents(codec, train.images, cache_file)
         mean, std = place_data(mean, device), place_data(std, device)
     else:

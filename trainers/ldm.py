@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samplers.generator import LDMGenerator, encode_prompts
+from samplers.generator import LDMGenerator
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, fingerprint, load_split
@@ -26,9 +26,8 @@ from synth.metrics import reconstruction_metrics
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
-from trainers.common import (TrainingError, data_rows, enable_attention, latest_checkpoint, make_accelerator,
-                             place_data, prepare_run_dir)
-from trainers.loop import Fitted, Task, fit
+from trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
+from trainers.loop import Fitted, Task, fit, open_run
 
 
 @dataclass
@@ -319,12 +318,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a diffusion model; returns the export folder."""
     from trainers.export import export_ldm
 
-    # --- run folder, accelerator ------------------------------------------------
-    accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
-    main, device, world = accelerator.is_main_process, accelerator.device, accelerator.num_processes
-    run = Path(run_dir)
-    main_first(lambda: prepare_run_dir(cfg, run, "ldm", world), world, accelerator.process_index)
-    say = log if main else (lambda *a, **k: None)
+    r = open_run(cfg, run_dir, "ldm", log)
+    accelerator, run, say, main, device, world = r.accelerator, r.folder, r.say, r.main, r.device, r.world
 
     # --- data -------------------------------------------------------------------
     t_load = time.perf_counter()
@@ -340,7 +335,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     # --- models -----------------------------------------------------------------
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
     # rank 0 builds (and saves the tokenizer) first; the others then load what it saved
-    parts = main_first(lambda: build_parts(cfg, run, schema, corpus, save=True), world, accelerator.process_index)
+    parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True))
     if parts is None:
         parts = build_parts(cfg, run, schema, corpus, save=False)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
@@ -361,7 +356,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if latest_checkpoint(run) is None:
         if codec.kind == "vae":
             say(f"checking the autoencoder on {len(val)} validation images (train.ssim_gate {cfg.train.ssim_gate}) ...")
-        main_first(lambda: check_autoencoder_gate(cfg, codec, val, say), world, accelerator.process_index)
+        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say))
 
     # --- the training set on the device: cached latents or images, prompt tables ----------
     data = training_data(cfg, run, train, prompts, parts, text_encoder, codec, train_text, device, world,

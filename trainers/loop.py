@@ -77,6 +77,47 @@ class Fitted:
         return m.eval()
 
 
+@dataclass
+class Run:
+    """An opened run: the accelerator, the checked run folder, and who this process is."""
+
+    accelerator: object
+    folder: Path
+    say: Callable
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def once(self, fn):
+        """``fn()`` on rank 0 first (its result there, None elsewhere); rank 0's errors stop every rank."""
+        from synth.distributed import main_first
+
+        return main_first(fn, self.world, self.rank)
+
+
+def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run:
+    """Make the accelerator and check/create the run folder on rank 0 (resume rules, global batch)."""
+    from trainers.common import make_accelerator, prepare_run_dir
+
+    accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
+    r = Run(accelerator, Path(run_dir), log if accelerator.is_main_process else (lambda *a, **k: None))
+    r.once(lambda: prepare_run_dir(cfg, r.folder, stage, r.world))
+    return r
+
+
 def rank_slice(micro: int, rank: int, world: int, per_rank: int) -> slice:
     """Positions of this rank's micro-batch inside the step's global batch."""
     lo = (micro * world + rank) * per_rank
@@ -209,4 +250,4 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     return Fitted(step, task.trained, ema)
 
 
-__all__ = ["Task", "Fitted", "fit", "rank_slice"]
+__all__ = ["Task", "Fitted", "Run", "fit", "open_run", "rank_slice"]
