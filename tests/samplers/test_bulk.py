@@ -249,11 +249,12 @@ def test_batch_size_in_identity_on_cuda_only(tiny_export, tmp_path):
 
 MAIN_FIRST_SCRIPT = """
 import sys
-from samplers.bulk import BulkError, main_first
+from samplers.bulk import BulkError, main_first, process_group
 def refuse():
     raise BulkError("output folder 'x' holds images from another model")
 try:
-    main_first(2, refuse)
+    with process_group(2):
+        main_first(2, refuse)
 except BulkError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
