@@ -154,6 +154,9 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+        from samplers.bulk import deterministic_kernels
+
+        deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
         bs = _batch_size_arg(batch_size, out)
         req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
                           steps=steps if steps is not None else d.get("steps", 25),
@@ -231,6 +234,9 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
         dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+        from samplers.bulk import deterministic_kernels
+
+        deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
         d = meta.get("default_sampling", {})
         t = tau if tau is not None else d.get("tau", 0.5)
         if source == target:
