@@ -35,7 +35,7 @@ def label_fidelity(classifier, images: torch.Tensor, labels: torch.Tensor, num_c
                    batch_size: int = 256) -> dict:
     """Share of images (N, 1, H, W uint8) that ``classifier`` assigns to their requested label (N,)."""
     classifier.eval()
-    dev = next(classifier.parameters()).device
+    dev = next(classifier.parameters(), torch.zeros(())).device  # a parameter-free judge runs on the CPU
     preds = []
     for i in range(0, len(images), batch_size):  # images travel to the judge's device, predictions back
         preds.append(classifier(to_float(images[i:i + batch_size].to(dev))).argmax(1).cpu())
@@ -82,6 +82,6 @@ def kid(real_features: torch.Tensor, fake_features: torch.Tensor, subsets: int =
 def classifier_features(model, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """uint8 images (N, 1, H, W) -> pooled classifier features (N, d)."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = next(model.parameters(), torch.zeros(())).device
     return torch.cat([model.features(to_float(images[i:i + batch_size].to(dev))).cpu()
                       for i in range(0, len(images), batch_size)])
