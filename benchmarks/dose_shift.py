@@ -351,7 +351,7 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     dirs = sorted({r["direction"] for r in rows})
-    fig, axes = plt.subplots(1, len(dirs), figsize=(5.2 * len(dirs), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(dirs), figsize=(max(8.0, 5.2 * len(dirs)), 5.0), squeeze=False)
     for ax, d in zip(axes[0], dirs):
         rs = [r for r in rows if r["direction"] == d]
         for family, marker in (("bridge-latent", "o-"), ("bridge-pixel", "s-"), ("SDEdit (LDM)", "^--")):
@@ -369,7 +369,7 @@ def plot_sweep(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("SSIM to the ground-truth rendering")
         ax.set_title(d)
         ax.legend(fontsize=7)
-    fig.suptitle("Dose-shift benchmark: structure vs realism over tau (labels on points = tau)")
+    fig.suptitle("Dose-shift benchmark: structure vs realism over tau\n(numbers on points = tau)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
