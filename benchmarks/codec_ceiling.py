@@ -21,6 +21,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from synth.classifier import SmallCNN  # noqa: E402
 from synth.config import load_config  # noqa: E402
+from devdata import dev_data_overrides  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.io import to_float, to_uint8  # noqa: E402
 from trainers.classifier import accuracy  # noqa: E402
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--autoencoder", required=True)
     args = ap.parse_args()
     cfg = load_config(args.config, [f"model.autoencoder={args.autoencoder}"])
+    cfg = load_config(args.config, dev_data_overrides(cfg.data.name) + [f"model.autoencoder={args.autoencoder}"])
     codec = load_codec(cfg)
     judge = SmallCNN(2)
     judge.load_state_dict(load_file(str(Path(args.run) / "judge.safetensors")))

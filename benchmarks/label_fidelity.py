@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from samplers.generator import load_generator  # noqa: E402
 from synth.config import load_config  # noqa: E402
+from devdata import dev_data_overrides  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.io import make_grid, save_png  # noqa: E402
 from synth.seeds import image_seed  # noqa: E402
@@ -55,6 +56,7 @@ def main() -> None:
     overrides = list(args.overrides)
     if args.autoencoder_config:
         ae_cfg = load_config(args.autoencoder_config)
+        ae_cfg = load_config(args.autoencoder_config, dev_data_overrides(ae_cfg.data.name))
         ae_run = runs / f"{args.name}-autoencoder"
         t0 = time.perf_counter()
         train_autoencoder(ae_cfg, ae_run)
@@ -62,6 +64,7 @@ def main() -> None:
                               **json.loads((ae_run / "export" / "metrics.json").read_text())}
         overrides.append(f"model.autoencoder={ae_run}")
     cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, dev_data_overrides(cfg.data.name) + list(overrides))
     run = runs / args.name
     t0 = time.perf_counter()
     export = train_ldm(cfg, run)
