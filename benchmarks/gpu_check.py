@@ -433,13 +433,9 @@ def three_domain_npz(path: Path, res: int, n: int = 1536, n_test: int = 256) -> 
     """Phantoms rendered in three 'acquisition domains' (plain, dim, inverted), unpaired."""
     import numpy as np
 
-    from synth.data import phantom_set
+    from synth.data import phantom_domains
 
-    imgs = phantom_set(n, res, 0, "train").images[:, 0].numpy().astype(np.float32)
-    dom = np.arange(n) % 3
-    imgs[dom == 1] = imgs[dom == 1] * 0.6 + 60
-    imgs[dom == 2] = 255 - imgs[dom == 2]
-    imgs = imgs.clip(0, 255).astype(np.uint8)
+    imgs, dom = phantom_domains(n, res)
     np.savez(path, train_images=imgs, train_labels=dom[:, None], val_images=imgs[:64], val_labels=dom[:64, None],
              test_images=imgs[:n_test], test_labels=(np.arange(n_test) % 2)[:, None])
     return path

@@ -198,6 +198,16 @@ def phantom_set(n: int, size: int, seed: int, split: str) -> ImageSet:
 # Locating data
 
 
+def phantom_domains(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Phantoms in three 'acquisition domains' (plain, dim, inverted), each image in exactly one:
+    uint8 images (n, size, size) and domain ids (n,) = i % 3. Unpaired data for bridge tests and checks."""
+    imgs = phantom_set(n, size, seed, "train").images[:, 0].numpy().astype(np.float32)
+    dom = np.arange(n) % 3
+    imgs[dom == 1] = imgs[dom == 1] * 0.6 + 60
+    imgs[dom == 2] = 255 - imgs[dom == 2]
+    return imgs.clip(0, 255).astype(np.uint8), dom
+
+
 def default_cache_dirs(cache_dir: str | None) -> list[Path]:
     """Where named data sets are looked for, in order."""
     dirs = []

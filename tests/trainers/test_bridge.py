@@ -22,13 +22,9 @@ quiet = dict(log=lambda *a: None)
 
 def three_domains(path, n=96, size=16):
     """Phantoms rendered three ways, each image in exactly one domain (unpaired)."""
-    from synth.data import phantom_set
+    from synth.data import phantom_domains
 
-    imgs = phantom_set(n, size, 0, "train").images[:, 0].numpy().astype(np.float32)
-    dom = np.arange(n) % 3
-    imgs[dom == 1] = imgs[dom == 1] * 0.6 + 60
-    imgs[dom == 2] = 255 - imgs[dom == 2]
-    imgs = imgs.clip(0, 255).astype(np.uint8)
+    imgs, dom = phantom_domains(n, size)
     np.savez(path, train_images=imgs, train_labels=dom[:, None], val_images=imgs[:24], val_labels=dom[:24, None],
              test_images=imgs[:24], test_labels=dom[:24, None])
     return path
