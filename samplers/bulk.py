@@ -840,11 +840,12 @@ def _make_out(out: Path, identity: dict, overwrite: bool) -> None:
 
 
 def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress: bool = True,
-             log: Callable[[str], None] = print, job=None) -> BulkResult:
+             log: Callable[[str], None] = print, job=None, pad_batches: bool | None = None) -> BulkResult:
     """Sample ``req.n`` images into ``req.out``; running it again resumes or extends.
 
     ``job`` says what image i is and makes batches (default: :class:`SampleJob`, sampling
-    ``generator`` from noise under ``req.spec``; translation passes its own).
+    ``generator`` from noise under ``req.spec``; translation passes its own).  ``pad_batches``:
+    pad short batches to the batch size (default: on CUDA only, where shapes change pixels).
     """
     from samplers.generator import read_artifact
 
@@ -855,7 +856,8 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
     schema = LabelSchema.from_json(meta["labels"])
     identity = req.identity(meta, schema, device)
     with process_group(world):
-        return _run(req, generator, device, meta, schema, identity, rank, world, progress, job)
+        pad = is_cuda(device) if pad_batches is None else pad_batches
+        return _run(req, generator, device, meta, schema, identity, rank, world, progress, job, pad)
 
 
 class SampleJob:
@@ -889,11 +891,12 @@ def _with_file_name(row: dict, req: BulkRequest) -> dict:
     return row
 
 
-def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, bar) -> float:
+def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, bar, pad: bool = True) -> float:
     """Hand kept PNGs and made batches to the writer; returns the seconds spent in the model.
 
-    Every call gets ``batch_len(req)`` images: a short batch is padded with its last
-    image and the padding outputs are dropped.
+    On CUDA (``pad``) every call gets ``batch_len(req)`` images: a short batch is padded
+    with its last image and the padding outputs are dropped.  On CPU results do not depend
+    on the batch shape, so a short batch runs as it is (padding would only cost time).
     """
     for i, entry in sorted(plan.kept.items()):
         writer.add_existing(i, _with_file_name(job.row(i), req), entry)
@@ -901,7 +904,7 @@ def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, ba
     for idx in plan.batches:
         idx = list(idx)
         tm = time.perf_counter()
-        imgs = job.make(padded(idx, b))[:len(idx)]
+        imgs = job.make(padded(idx, b) if pad else idx)[:len(idx)]
         t_model += time.perf_counter() - tm
         rows = [_with_file_name(job.row(i), req) for i in idx]
         writer.add_batch(idx, imgs, rows, plan.on_disk)
@@ -911,7 +914,7 @@ def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, ba
 
 
 def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int, world: int,
-         progress: bool, job=None) -> BulkResult:
+         progress: bool, job=None, pad: bool = True) -> BulkResult:
     """run_bulk's body, once the request is checked: prepare, plan, sample, write, record."""
     from samplers.generator import load_generator
 
@@ -933,7 +936,7 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
                desc=f"sample (rank 0 of {world})" if world > 1 else "sample")
     t0 = time.perf_counter()
     try:
-        t_model = _sample_into(writer, plan, job or SampleJob(req, schema, generator), req, bar)
+        t_model = _sample_into(writer, plan, job or SampleJob(req, schema, generator), req, bar, pad=pad)
         writer.close()
     finally:
         bar.close()

@@ -192,7 +192,7 @@ def test_batches_aligned_and_padded(tiny_export, tmp_path, shard_size, batch):
     req = BulkRequest(model=str(tiny_export), out=str(out), n=n, spec=parse_label_spec("normal,pneumonia", SCHEMA),
                       steps=2, shard_size=shard_size, batch_size=batch)
     rec = RecordingGenerator(load_generator(tiny_export), req.seed, n)
-    res = run_bulk(req, rec, progress=False)
+    res = run_bulk(req, rec, progress=False, pad_batches=True)  # the GPU path
     assert_aligned(rec.calls, batch, shard_size)
     assert sorted({i for c in rec.calls for i in c}) == list(range(n)) and res.generated == n
     files = done_files(out)  # every file with its size and sha256
@@ -209,7 +209,7 @@ def test_batches_aligned_and_padded(tiny_export, tmp_path, shard_size, batch):
     p0 = out / "shard-00000" / "00000003.png"
     p0.write_bytes(p0.read_bytes()[:-5] + b"xxxxx")  # same size, other bytes: only the hash sees it
     rec.calls.clear()
-    res = run_bulk(req, rec, progress=False)
+    res = run_bulk(req, rec, progress=False, pad_batches=True)  # the GPU path
     assert_aligned(rec.calls, batch, shard_size)
     sampled = {i for c in rec.calls for i in c}
     assert {3, s1[1], s1[2], s1[-1]} <= sampled and 0 < len(sampled) < n
