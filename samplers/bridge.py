@@ -85,6 +85,15 @@ class BridgeGenerator:
         out = self.unet(x_t.to(p.dtype), (t * 1000).to(x_t.device, torch.float32), class_labels=domain).sample
         return out.float()
 
+    def condition_domain(self, c: Condition) -> int:
+        """The domain a condition asks for: ``domain``, else ``label`` (a bridge's classes are its domains, so
+        ``synth sample --labels`` works), else the null domain (an unconditional sample)."""
+        if c.domain is not None:
+            return self.domain_index(c.domain)
+        if c.label is not None:
+            return self.domain_index(c.label)
+        return self.null_domain
+
     def _domains(self, idx: int, n: int, device) -> torch.Tensor:
         return torch.full((n,), idx, dtype=torch.long, device=device)
 
@@ -110,8 +119,7 @@ class BridgeGenerator:
         x0 = torch.stack([torch.randn(shape, generator=generator_for(s)) for s in seeds]) if noise is None else noise
         outs = []
         for lo, hi in self._chunks(len(seeds)):
-            dom = torch.tensor([self.domain_index(c.domain if c.domain is not None else 0) for c in conditions[lo:hi]],
-                               device=p.device)
+            dom = torch.tensor([self.condition_domain(c) for c in conditions[lo:hi]], device=p.device)
             z = integrate_flow(self.velocity, x0[lo:hi].to(p.device), 0.0, 1.0, steps, sampler=sampler, cond=dom,
                                uncond=self._domains(self.null_domain, hi - lo, p.device), guidance=guidance,
                                rng=self._rng(seeds[lo:hi], sampler, hi - lo))

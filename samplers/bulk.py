@@ -737,7 +737,8 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
     manifest = {
         "format": req.format, "n_requested": n, "n_done": len(rows), "completed_ranges": merge_ranges(ranges),
         "counts_per_label": counts, "model": {"path": req.model, "model_id": meta.get("model_id"),
-                                              "weights_sha256": meta.get("weights_sha256")},
+                                              "weights_sha256": meta.get("weights_sha256"),
+                                              "train_subset": meta.get("train_subset")},
         "settings": settings, "label_schema": schema.to_json(), "versions": _versions(), "shard_size": req.shard_size,
     }
     atomic_write_json(out / "manifest.json", manifest)

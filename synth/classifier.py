@@ -28,3 +28,65 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+# ---------------------------------------------------------------------------
+# Saved classifiers (a judge, a feature extractor, a quality filter): one safetensors file
+# whose metadata holds the class names and widths, so nothing but tensors and JSON is read.
+
+
+class ClassifierError(ValueError):
+    """A saved classifier that cannot be used; one line naming the file and the fix."""
+
+
+def save_classifier(model: SmallCNN, path, classes: list[str], info: dict | None = None) -> str:
+    """Write ``model`` to ``path`` (.safetensors, atomically); returns the weights' sha256 (16 hex)."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save
+    from synth.io import atomic_write_bytes
+
+    if len(classes) != model.num_classes:
+        raise ClassifierError(f"{len(classes)} class names for a {model.num_classes}-class model")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"format": "synth-classifier-v1", "classes": json.dumps(list(classes)), "widths": json.dumps(list(model.widths)),
+            "info": json.dumps(info or {}, sort_keys=True)}
+    data = save(tensors, metadata=meta)
+    atomic_write_bytes(Path(path), data)
+    return hashlib.sha256(save(tensors)).hexdigest()[:16]
+
+
+def load_classifier(path, device="cpu") -> tuple[SmallCNN, list[str], dict]:
+    """(model in eval mode, class names, info) from :func:`save_classifier`'s file; weights only, no pickle."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load, save
+
+    p = Path(path)
+    if not p.is_file():
+        raise ClassifierError(f"classifier '{p}' not found; train one (synth eval writes it) or pass an existing file")
+    try:
+        raw = p.read_bytes()
+        tensors = load(raw)
+        from safetensors import safe_open
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ClassifierError(f"classifier '{p}' is not a readable safetensors file ({str(e).splitlines()[0]}); "
+                              f"delete it to have it retrained") from None
+    if meta.get("format") != "synth-classifier-v1":
+        raise ClassifierError(f"'{p}' is not a synth classifier (no synth-classifier-v1 metadata)")
+    classes, widths = json.loads(meta["classes"]), tuple(json.loads(meta["widths"]))
+    model = SmallCNN(len(classes), widths)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ClassifierError(f"classifier '{p}' does not match its recorded shape ({str(e).splitlines()[0]})") from None
+    info = json.loads(meta.get("info", "{}"))
+    info["weights_sha256"] = hashlib.sha256(save(tensors)).hexdigest()[:16]
+    return model.to(device).eval(), classes, info

@@ -16,9 +16,13 @@ def _user_errors():
     from samplers.generator import ArtifactError
     from synth.data import DataError
     from synth.labels import LabelError
+    from synth.augment import AugmentError
+    from synth.classifier import ClassifierError
     from trainers.common import TrainingError
+    from trainers.evaluate import EvalError
 
-    return (ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError)
+    return (ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
+            EvalError)
 
 
 def _run(fn, *args, **kwargs):
@@ -309,6 +313,50 @@ def demo(out, overrides):
         cfg = _config(str(PRESETS / "demo.yaml"), overrides + ("data.name=phantom", "labels.prompt_template=chest x-ray phantom, {label}"))
     export = _run(train_ldm, cfg, out)
     click.echo(f"grid of samples per class: {Path(out) / 'samples' / 'final.png'}\nmodel: {export}")
+
+
+@main.group("eval")
+def eval_():
+    """Measure synthetic data: fidelity and privacy of a set, usefulness for a classifier."""
+
+
+@eval_.command("augment")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), default=None,
+              help="Generator preset with an eval: section (e.g. configs/pneumoniamnist-28-flow.yaml).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Study folder (running again resumes).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. eval.fractions=[0.1].")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report to REPORT.md/.json/.png (e.g. benchmarks/results/augment-pneumoniamnist).")
+@click.option("--device", default="cpu", show_default=True, help="Device for generators and sampling.")
+def eval_augment(config, out, overrides, report, device):
+    """RoentGen's downstream protocol: real only vs real + synthetic vs synthetic only vs pre-training, per training fraction."""
+    from trainers.evaluate import evaluate_augment
+
+    cfg = _config(config, overrides)
+    summary = _run(evaluate_augment, cfg, out, device=device, report=report)
+    for t in summary["targets"]:
+        click.echo(f"fraction {t['fraction']:g}: {t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'MISSED'}")
+
+
+@eval_.command("fidelity")
+@click.option("--set", "set_dir", type=click.Path(file_okay=False, exists=False), required=True,
+              help="A folder written by synth sample / synth translate (imagefolder).")
+@click.option("--data", required=True, help="The real data set: a MedMNIST name or a path (as data.name).")
+@click.option("--resolution", type=int, default=None, help="Default: the set's image size.")
+@click.option("--fraction", type=float, default=None,
+              help="The real training subset the generator saw (memorisation is measured against it); "
+                   "default: what the set's manifest records, else 1.0.")
+@click.option("--features", type=click.Path(dir_okay=False), default=None,
+              help="Feature extractor / judge file (trained on the full real training split once, then reused). "
+                   "Default: <set>/../features-<data>-<resolution>.safetensors")
+@click.option("--set-config", "overrides", multiple=True, metavar="KEY=VALUE", help="Data config override, e.g. data.cache_dir=DIR.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder (default: the set folder).")
+def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out):
+    """FID/KID, label fidelity, diversity, memorisation and privacy of a synthetic set against real data."""
+    from trainers.evaluate import fidelity_cli
+
+    res = _run(fidelity_cli, set_dir, data, resolution, fraction, features, list(overrides), out)
+    click.echo(res)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ class DataConfig:
     on_error: str = "raise"  # raise | skip
     hflip: bool = False  # laterality matters: never flip unless asked
     max_items: int | None = None  # deterministic subset of the training split
+    fraction: float = 1.0  # stratified share of the training split (low-data studies); recorded in exports
     val_fraction: float = 0.1  # carved from train when the source has no val split
     val_max_items: int | None = 256
     phantom_items: int = 512
@@ -153,12 +154,47 @@ class SampleConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """``synth eval augment``: RoentGen's downstream protocol around the generator this config trains.
+
+    For each training fraction f the generator is trained on the same stratified real subset
+    the classifiers see (``data.fraction=f``, ``data.seed``), once per generator seed; each
+    generator writes ``synthetic_n`` class-balanced images per guidance value; a small CNN is
+    trained per arm and classifier seed with early stopping on the real validation split and
+    scored on the official test split.
+    """
+
+    trainer: str = "bridge"  # bridge | ldm: how the generators are trained
+    fractions: list[float] = field(default_factory=lambda: [0.05, 0.1, 1.0])
+    ratios: list[float] = field(default_factory=lambda: [0.5])  # synthetic share of each batch in real+synthetic arms
+    arms: list[str] = field(default_factory=lambda: ["real", "mixed", "synthetic", "pretrain"])
+    classifier_seeds: int = 8
+    generator_seeds: int = 2
+    guidance: list[float] = field(default_factory=lambda: [1.5])  # the first: every arm; the rest: sweep_fraction only
+    sweep_fraction: float = 0.1
+    sweep_arms: list[str] = field(default_factory=lambda: ["mixed", "synthetic"])
+    synthetic_n: int = 2000  # images per generator and guidance, balanced over classes
+    classifier_steps: int = 400
+    finetune_steps: int = 200  # pretrain arm: real fine-tuning after classifier_steps on synthetic images
+    classifier_batch: int = 64
+    classifier_lr: float = 0.002
+    classifier_widths: list[int] = field(default_factory=lambda: [16, 32, 64])
+    eval_every: int = 50  # validation AUROC for early stopping
+    max_shift: int = 2  # light geometric augmentation (px); never flips
+    max_rotate: float = 10.0  # degrees
+    feature_steps: int = 600  # the fidelity yardstick (feature extractor / judge) on the full real training split
+    workers: int = 1  # classifier processes (single-threaded each); 2 on a 2-core machine
+    quality_threshold: float = 0.0  # > 0: keep synthetic images a real-subset classifier assigns to their label this surely
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 # ---------------------------------------------------------------------------
@@ -343,12 +379,40 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"sample.tau must be in [0, 1] (1 = identity, 0 = full inversion), got {cfg.sample.tau}")
     if not 0 <= cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
+    _validate_eval(cfg.eval)
+    if not 0 < cfg.data.fraction <= 1:
+        raise ConfigError(f"data.fraction must be in (0, 1] (share of the training split to use), got {cfg.data.fraction}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     if "{label}" not in cfg.labels.prompt_template:
         raise ConfigError("labels.prompt_template must contain '{label}', e.g. 'chest x-ray, {label}'")
     if len(cfg.model.unet.attention_levels) != len(cfg.model.unet.block_out_channels):
         raise ConfigError("model.unet.attention_levels needs one entry per model.unet.block_out_channels entry")
+
+
+EVAL_ARMS = ("real", "mixed", "synthetic", "pretrain")
+
+
+def _validate_eval(e: EvalConfig) -> None:
+    """One-line errors for the augmentation protocol's settings."""
+    if e.trainer not in ("bridge", "ldm"):
+        raise ConfigError(f"eval.trainer: '{e.trainer}' is not one of bridge, ldm")
+    for name, values in (("eval.fractions", e.fractions), ("eval.ratios", e.ratios)):
+        lo_open = name == "eval.fractions"
+        for v in values:
+            if not ((0 < v <= 1) if lo_open else (0 <= v <= 1)):
+                raise ConfigError(f"{name}: {v} is outside {'(0, 1]' if lo_open else '[0, 1]'}")
+    for a in list(e.arms) + list(e.sweep_arms):
+        if a not in EVAL_ARMS:
+            raise ConfigError(f"eval.arms: '{a}' is not one of {', '.join(EVAL_ARMS)}")
+    if not e.guidance:
+        raise ConfigError("eval.guidance needs at least one value (e.g. [1.5])")
+    for key in ("classifier_seeds", "generator_seeds", "synthetic_n", "classifier_steps", "classifier_batch",
+                "eval_every", "workers"):
+        if getattr(e, key) <= 0:
+            raise ConfigError(f"eval.{key} must be > 0, got {getattr(e, key)}")
+    if not 0 <= e.quality_threshold <= 1:
+        raise ConfigError(f"eval.quality_threshold must be in [0, 1] (0 = no filter), got {e.quality_threshold}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -51,6 +51,8 @@ class ImageSet:
     prompts: list[str] | None = None
     source: str = ""
     skipped: int = 0
+    indices: torch.Tensor | None = None  # rows of the source split this set keeps (None: all, in order)
+    n_source: int | None = None  # size of the source split before subsetting
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -373,8 +375,35 @@ def load_manifest(path: Path, split: str, size: int, on_error: str, classes: lis
 
 
 def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
+    rows = idx if s.indices is None else s.indices[idx]
     return ImageSet(s.images[idx], s.labels[idx], s.classes, [s.prompts[i] for i in idx.tolist()] if s.prompts else None,
-                    s.source, s.skipped)
+                    s.source, s.skipped, rows, s.n_source)
+
+
+def fraction_subset(s: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """Stratified ``fraction`` of a training split, fixed by ``seed``; refuses to empty a class."""
+    n = int(round(fraction * len(s)))
+    counts = torch.bincount(s.labels, minlength=len(s.classes)).tolist()
+    for k, c in enumerate(counts):
+        if c and int(round(n * c / len(s))) == 0:
+            raise DataError(f"data.fraction={fraction} leaves class '{s.classes[k]}' empty ({c} of {len(s)} training "
+                            f"images); use data.fraction >= {0.5 / c:.3g}")
+    return _subset(s, _stratified_subset(s.labels, n, seed))
+
+
+def subset_record(s: ImageSet, data_cfg) -> dict:
+    """What an export records about its training subset: enough to refuse a classifier trained on another.
+
+    ``indices_sha256`` hashes the source, the size of the full split and the kept row numbers, so it does not
+    depend on the resolution the images were prepared at.
+    """
+    n_source = s.n_source or len(s)
+    rows = s.indices if s.indices is not None else torch.arange(len(s))
+    source = Path(str(data_cfg.name)).name.lower().removesuffix(".npz")  # "pneumoniamnist" == ".../pneumoniamnist.npz"
+    h = hashlib.sha256(f"{source}|{n_source}|".encode())
+    h.update(rows.to(torch.int64).numpy().tobytes())
+    return {"data": data_cfg.name, "fraction": data_cfg.fraction, "max_items": data_cfg.max_items, "seed": data_cfg.seed,
+            "n": len(s), "n_source": n_source, "indices_sha256": h.hexdigest()[:16]}
 
 
 def _carve(s: ImageSet, split: str, fraction: float, seed: int) -> ImageSet:
@@ -405,10 +434,14 @@ def load_split(data_cfg, split: str = "train", classes: list[str] | None = None)
     else:
         raise DataError(f"data path '{name}' does not exist; pass an existing .npz, image folder, manifest, "
                         f"a MedMNIST name (e.g. pneumoniamnist) or 'phantom'")
+    n_source = len(s)
     if split == "train" and data_cfg.max_items and len(s) > data_cfg.max_items:
         s = _subset(s, _stratified_subset(s.labels, data_cfg.max_items, data_cfg.seed))
     if split != "train" and data_cfg.val_max_items and len(s) > data_cfg.val_max_items:
         s = _subset(s, _stratified_subset(s.labels, data_cfg.val_max_items, data_cfg.seed))
+    if split == "train" and getattr(data_cfg, "fraction", 1.0) < 1.0:
+        s = fraction_subset(s, data_cfg.fraction, data_cfg.seed)
+    s.n_source = n_source
     if len(s) == 0:
         raise DataError(f"the {split} split of '{name}' is empty{f' ({s.skipped} unreadable files skipped)' if s.skipped else ''}; "
                         f"check the path and its contents")

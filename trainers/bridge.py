@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from samplers.bridge import BridgeGenerator
 from synth.config import Config, ConfigError
-from synth.data import load_split
+from synth.data import subset_record, load_split
 from synth.io import make_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
@@ -184,7 +184,7 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     export = run / "export"
     if main:
         final = fitted.averaged("unet")
-        export_bridge(export, final, codec, domains, cfg)
+        export_bridge(export, final, codec, domains, cfg, subset_record(train, cfg.data))
         preview_domains(make_gen(final), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples per domain in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

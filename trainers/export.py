@@ -27,7 +27,8 @@ def weights_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int) -> Path:
+def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int,
+               train_subset: dict | None = None) -> Path:
     """Write the pipeline folder atomically (temp folder + rename)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
@@ -57,6 +58,7 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
         "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
         "weights_sha256": weights_hash(tmp),
         "config": config_to_dict(cfg),
+        "train_subset": train_subset,
     }
     meta["model_id"] = f"synth-ldm-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
@@ -64,7 +66,7 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
     return out
 
 
-def export_bridge(out: Path, unet, codec, domains: list[str], cfg) -> Path:
+def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset: dict | None = None) -> Path:
     """Write a bridge artifact atomically: ``unet/`` (diffusers UNet2DModel, safetensors),
     ``vae/`` for latent models, ``labels.json``, ``config.yaml`` and ``synth.json``."""
     from synth.labels import LabelSchema
@@ -93,6 +95,7 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg) -> Path:
         "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
         "weights_sha256": weights_hash(tmp),
         "config": config_to_dict(cfg),
+        "train_subset": train_subset,
     }
     meta["model_id"] = f"synth-bridge-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from samplers.generator import LDMGenerator
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
-from synth.data import ImageSet, fingerprint, load_split
+from synth.data import ImageSet, fingerprint, load_split, subset_record
 from synth.distributed import main_first
 from synth.io import atomic_replace_dir, make_grid, save_png, to_float
 from synth.labels import LabelSchema
@@ -407,7 +407,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if main:
         final_unet = fitted.averaged("unet")
         final_te = fitted.averaged("text_encoder") if train_text else text_encoder
-        export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length)
+        export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length,
+                   subset_record(train, cfg.data))
         preview_grid(make_gen(final_unet, final_te), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

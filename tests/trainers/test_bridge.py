@@ -106,3 +106,24 @@ def test_sigkill_resume_is_bit_exact(tmp_path):
         a = load_file(str(tmp_path / "a" / "checkpoints" / "step-00000024" / f))
         b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000024" / f))
         assert all(torch.equal(a[k], b[k]) for k in a), f
+
+
+def test_a_class_label_selects_its_domain_in_bulk_sampling(bridge_export, tmp_path):
+    """`synth sample --labels` on a bridge: Condition(label=k) is domain k (was silently domain 0)."""
+    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.labels import LabelSchema
+
+    g = load_generator(bridge_export)
+    by_label = g.sample([Condition(label=k) for k in range(3)], [5, 5, 5], steps=4).images
+    by_domain = g.sample([Condition(domain=k) for k in range(3)], [5, 5, 5], steps=4).images
+    assert torch.equal(by_label, by_domain) and not torch.equal(by_label[0], by_label[2])
+    schema = LabelSchema.from_json(json.loads((bridge_export / "synth.json").read_text())["labels"])
+    req = BulkRequest(model=str(bridge_export), out=str(tmp_path / "set"), n=4, sampler="euler", steps=4,
+                      spec=parse_label_spec("inverted", schema), seed=0)
+    run_bulk(req, generator=g, progress=False, log=lambda *a: None)
+    rows = [json.loads(line) for line in (tmp_path / "set" / "metadata.jsonl").read_text().splitlines()]
+    from synth.seeds import image_seed
+    want = g.sample([Condition(domain=2)], [image_seed(0, 0)], steps=4, sampler="euler").images[0, 0].numpy()
+    from PIL import Image
+    got = np.asarray(Image.open(tmp_path / "set" / rows[0]["file_name"]))
+    assert rows[0]["label"] == "inverted" and np.array_equal(got, want)

@@ -1,0 +1,96 @@
+"""`synth eval augment` / `synth eval fidelity`: the protocol end to end on tiny phantoms, resume, refusals."""
+import json
+
+import pytest
+import torch
+
+from synth.config import ConfigError, load_config
+from tests.conftest import TINY
+from tests.trainers.test_ldm import cli
+from trainers.evaluate import (EvalError, check_subset, light_geometric, plan_cells, real_splits,
+                              read_results)
+
+BRIDGE = ["model.unet.attention_levels=[false,false]", "train.steps=6", "sample.sampler=euler", "sample.steps=3"]
+EVAL = ["eval.fractions=[0.5,1.0]", "eval.classifier_seeds=2", "eval.generator_seeds=1", "eval.guidance=[1.5,1.0]",
+        "eval.sweep_fraction=0.5", "eval.synthetic_n=24", "eval.classifier_steps=8", "eval.finetune_steps=4",
+        "eval.eval_every=4", "eval.classifier_batch=16", "eval.feature_steps=10", "eval.workers=1",
+        "eval.classifier_widths=[8,8,8]"]
+
+
+def args(*extra):
+    return [a for kv in (TINY + BRIDGE + EVAL + list(extra)) for a in ("--set", kv)]
+
+
+def test_plan_has_every_arm_seed_and_the_full_data_reference():
+    e = load_config(None, EVAL + ["eval.fractions=[0.5]", "eval.generator_seeds=2"]).eval
+    cells = plan_cells(e)
+    real = [c for c in cells if c.arm == "real"]
+    assert {c.fraction for c in real} == {0.5, 1.0}  # the full-data reference is added when not asked for
+    main = [c for c in cells if c.arm != "real" and c.guidance == 1.5]
+    assert len(main) == 3 * 2 * 2  # mixed, synthetic, pretrain x 2 generators x 2 classifier seeds
+    sweep = [c for c in cells if c.guidance == 1.0]
+    assert {c.arm for c in sweep} == {"mixed", "synthetic"} and all(c.fraction == 0.5 for c in sweep)
+    assert len({c.key() for c in cells}) == len(cells)
+
+
+@pytest.mark.parametrize("bad, needle", [("eval.ratios=[1.5]", "eval.ratios: 1.5 is outside [0, 1]"),
+                                         ("eval.fractions=[0]", "eval.fractions: 0.0 is outside (0, 1]"),
+                                         ("eval.arms=[real,magic]", "'magic' is not one of"),
+                                         ("data.fraction=1.2", "data.fraction must be in (0, 1]")])
+def test_bad_settings_are_one_line_errors(bad, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config(None, [bad])
+    assert needle in str(e.value)
+
+
+def test_geometric_augmentation_moves_but_never_mirrors():
+    x = torch.full((64, 1, 16, 16), -1.0)
+    x[:, :, 4:12, 2:5] = 1.0  # a bar on the left: a mirror would put it on the right
+    y = light_geometric(x, torch.Generator().manual_seed(0), max_shift=2, max_rotate=10)
+    left, right = y[..., :8].mean(), y[..., 8:].mean()
+    assert left > right + 0.2 and not torch.equal(y, x)
+    assert torch.equal(light_geometric(x, torch.Generator(), 0, 0), x)
+
+
+def test_generator_trained_on_another_subset_is_refused():
+    cfg = load_config(None, TINY)
+    half, full = real_splits(cfg, 0.5), real_splits(cfg, 1.0)
+    manifest = {"model": {"train_subset": half.subset}}
+    check_subset(manifest, half, "set")  # the same subset passes
+    with pytest.raises(EvalError, match="trained on another real subset.*data.fraction=1.0"):
+        check_subset(manifest, full, "set")
+    with pytest.raises(EvalError, match="records no training subset"):
+        check_subset({"model": {}}, full, "set")
+
+
+def test_protocol_end_to_end_resumes_and_reports(tmp_path):
+    out = tmp_path / "study"
+    p = cli("eval", "augment", "--out", str(out), "--report", str(tmp_path / "report"), *args(), timeout=600)
+    rows = read_results(out / "results.jsonl")
+    assert len(rows) == len(plan_cells(load_config(None, EVAL).eval))
+    assert all(0.0 <= r["auroc"] <= 1.0 and r["cpu_s"] >= 0 for r in rows.values())
+    manifest = json.loads((out / "synthetic" / "f0.5-g0-w1.5" / "manifest.json").read_text())
+    assert manifest["model"]["train_subset"]["fraction"] == 0.5  # the generator saw the classifier's half
+    md = (tmp_path / "report.md").read_text()
+    assert "(a) real only" in md and "(d) synthetic pre-train" in md and "## Targets" in md
+    assert "privacy score" in md and "f0.5-g0-w1" in md
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and (out / "synthetic" / "f0.5-g0-w1.5" / "fidelity.json").is_file()
+    assert "fraction 0.5:" in p.stdout
+    again = cli("eval", "augment", "--out", str(out), *args(), timeout=600)
+    assert f"{len(rows)} already done" in again.stdout + again.stderr
+    assert read_results(out / "results.jsonl") == rows
+
+    fid = cli("eval", "fidelity", "--set", str(out / "synthetic" / "f0.5-g0-w1.5"), "--data", "phantom",
+              "--features", str(out / "features.safetensors"), "--set-config", "data.phantom_items=64",
+              "--out", str(tmp_path / "fid"))
+    assert "label fidelity" in fid.stdout and (tmp_path / "fid" / "closest-pairs.png").is_file()
+
+
+def test_eval_bad_inputs_are_one_line(tmp_path):
+    (tmp_path / "half-written" / "shard-00000").mkdir(parents=True)
+    p = cli("eval", "fidelity", "--set", str(tmp_path / "half-written"), "--data", "phantom", check=False)
+    assert p.returncode == 2 and "still being written" in p.stderr and "Traceback" not in p.stderr
+    p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.ratios=[2]"), check=False)
+    assert p.returncode == 2 and "eval.ratios" in p.stderr and "Traceback" not in p.stderr
+    p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.fractions=[0.001]"), check=False)
+    assert p.returncode == 2 and "leaves class" in p.stderr and "Traceback" not in p.stderr

@@ -1,0 +1,481 @@
+"""``synth eval augment``: does synthetic data help a classifier?  RoentGen's downstream protocol.
+
+For each training fraction f of a real data set (stratified, fixed by ``data.seed``):
+
+* the generator this config describes is trained on exactly that real subset, once per generator
+  seed (its export records the subset's index hash; a mismatch is refused);
+* each generator writes ``eval.synthetic_n`` class-balanced images per guidance value with the bulk
+  sampler (a normal ``synth sample`` set: resumable, manifest, metadata);
+* a small CNN is trained per arm and classifier seed — ``real`` (real subset only), ``mixed``
+  (each batch ``ratio`` synthetic), ``synthetic`` (synthetic only), ``pretrain`` (synthetic, then
+  real fine-tuning) — with light geometric augmentation (shifts, small rotations, never flips),
+  early stopping on the real validation split, and AUROC/accuracy on the official test split.
+
+``real`` at fraction 1.0 is the full-data reference: the *gap closed* by an arm at fraction f is
+``(AUROC_arm - AUROC_real(f)) / (AUROC_real(1.0) - AUROC_real(f))``.  Every finished classifier is
+one line of ``results.jsonl``, so running the command again resumes where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from synth.classifier import SmallCNN
+from synth.config import Config, EvalConfig, config_to_dict
+from synth.data import DataError, ImageSet, load_split, subset_record
+from synth.io import atomic_write_json, to_float
+
+
+class EvalError(ValueError):
+    """A bad evaluation input; one line naming the problem and the fix."""
+
+
+# ---------------------------------------------------------------------------
+# Data: the classifier's real splits and the generator's synthetic sets
+
+
+@dataclass
+class RealSplits:
+    """Real images for one fraction: uint8 (N, 1, R, R) tensors and int64 labels."""
+
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    subset: dict  # subset_record of ``train``
+
+
+def real_splits(cfg: Config, fraction: float) -> RealSplits:
+    """The stratified training fraction the classifier (and its generator) see; full val and test splits."""
+    data = dataclasses.replace(cfg.data, fraction=fraction, val_max_items=None)
+    classes = cfg.labels.classes or None
+    train = load_split(data, "train", classes)
+    val, test = load_split(data, "val", classes), load_split(data, "test", classes)
+    return RealSplits(train, val, test, subset_record(train, data))
+
+
+def check_subset(manifest: dict, splits: RealSplits, where: str) -> None:
+    """Refuse a synthetic set whose generator was trained on another real subset than the classifier's."""
+    rec = (manifest.get("model") or {}).get("train_subset")
+    if not rec:
+        raise EvalError(f"{where}: its generator records no training subset (exported before data.fraction existed); "
+                        f"retrain it with this version so the evaluation can check it saw only the classifier's data")
+    mine = splits.subset
+    if rec.get("indices_sha256") != mine["indices_sha256"]:
+        raise EvalError(f"{where}: the generator was trained on another real subset (fraction {rec.get('fraction')}, "
+                        f"seed {rec.get('seed')}, {rec.get('n')} images of '{rec.get('data')}') than the classifier "
+                        f"(fraction {mine['fraction']}, seed {mine['seed']}, {mine['n']} images); a generator must "
+                        f"see only the real images the classifier sees — retrain it with data.fraction={mine['fraction']}")
+
+
+def synthetic_tensors(path: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """uint8 images (N, 1, R, R), labels (N,) mapped onto ``classes`` by name, and the set's manifest."""
+    from synth.augment import SyntheticSet
+
+    s = SyntheticSet(path, classes=classes)
+    images, labels = s.tensors()
+    return images, labels, s.manifest
+
+
+# ---------------------------------------------------------------------------
+# Classifier training (one arm, one seed)
+
+
+def light_geometric(x: torch.Tensor, gen: torch.Generator, max_shift: int, max_rotate: float) -> torch.Tensor:
+    """Random shift (up to ``max_shift`` px) and rotation (up to ``max_rotate`` degrees); no flips.
+
+    x: (B, 1, H, W) float in [-1, 1] -> same shape; outside the image is black (-1), like the padding
+    the data loader adds.  One batched affine resample instead of a loop over images.
+    """
+    if max_shift <= 0 and max_rotate <= 0:
+        return x
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_rotate)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * max_shift
+    cos, sin = angle.cos(), angle.sin()
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0] * 2 / w], 1),
+                         torch.stack([sin, cos, shift[:, 1] * 2 / h], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
+@torch.no_grad()
+def predict_proba(model: SmallCNN, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """uint8 (N, 1, H, W) -> class probabilities (N, K)."""
+    model.eval()
+    return torch.cat([model(to_float(images[i:i + batch_size])).softmax(1) for i in range(0, len(images), batch_size)])
+
+
+def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """AUROC (binary: positive = class 1; else macro one-vs-rest) and accuracy of probabilities (N, K)."""
+    from torchmetrics.functional import auroc
+
+    k = probs.shape[1]
+    if k == 2:
+        a = auroc(probs[:, 1], labels, task="binary")
+    else:
+        a = auroc(probs, labels, task="multiclass", num_classes=k, average="macro")
+    return {"auroc": float(a), "accuracy": float((probs.argmax(1) == labels).float().mean())}
+
+
+@dataclass
+class Pool:
+    """Training images drawn from in one arm: uint8 (N, 1, R, R) and labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+def draw_batch(real: Pool | None, syn: Pool | None, ratio: float, batch: int, gen: torch.Generator):
+    """A batch with ``round(batch * ratio)`` synthetic images and the rest real (uint8, labels)."""
+    n_syn = batch if real is None else (0 if syn is None else int(round(batch * ratio)))
+    parts = []
+    for pool, n in ((real, batch - n_syn), (syn, n_syn)):
+        if pool is not None and n > 0:
+            idx = torch.randint(0, len(pool.labels), (n,), generator=gen)
+            parts.append((pool.images[idx], pool.labels[idx]))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: ImageSet, num_classes: int, e: EvalConfig,
+                   *, seed: int, steps: int, lr: float, init: SmallCNN | None = None) -> tuple[SmallCNN, dict]:
+    """Train (or fine-tune ``init``) with early stopping on validation AUROC; returns the best model.
+
+    Batches are drawn with replacement from the pools by a generator fixed by ``seed``, so a result
+    depends only on (arm, seed, data) and never on what ran before it.
+    """
+    torch.manual_seed(seed)
+    model = SmallCNN(num_classes, tuple(e.classifier_widths))
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    gen = torch.Generator().manual_seed(seed * 7919 + 17)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    best = {"val_auroc": -1.0, "step": 0}
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    for step in range(1, steps + 1):
+        model.train()
+        x, y = draw_batch(real, syn, ratio, e.classifier_batch, gen)
+        x = light_geometric(to_float(x), gen, e.max_shift, e.max_rotate)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % e.eval_every == 0 or step == steps:
+            v = scores(predict_proba(model, val.images), val.labels)["auroc"]
+            if v > best["val_auroc"]:
+                best = {"val_auroc": v, "step": step}
+                best_state = {k: t.clone() for k, t in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    return model.eval(), best
+
+
+def run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
+    """Train one classifier of ``arm`` and score it on the test split."""
+    k = len(splits.train.classes)
+    real = Pool(splits.train.images, splits.train.labels)
+    t0 = time.process_time()
+    if arm == "real":
+        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
+                                     lr=e.classifier_lr)
+    elif arm == "mixed":
+        model, best = fit_classifier(real, syn, ratio, splits.val, k, e, seed=seed, steps=e.classifier_steps,
+                                     lr=e.classifier_lr)
+    elif arm == "synthetic":
+        model, best = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
+                                     lr=e.classifier_lr)
+    elif arm == "pretrain":
+        pre, _ = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
+                                lr=e.classifier_lr)
+        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed + 500, steps=e.finetune_steps,
+                                     lr=e.classifier_lr / 4, init=pre)
+    else:
+        raise EvalError(f"unknown arm '{arm}'")
+    res = scores(predict_proba(model, splits.test.images), splits.test.labels)
+    return {**res, "val_auroc": best["val_auroc"], "best_step": best["step"], "cpu_s": time.process_time() - t0}
+
+
+# ---------------------------------------------------------------------------
+# The protocol
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One classifier to train: which fraction, arm, synthetic set and seed."""
+
+    fraction: float
+    arm: str
+    ratio: float
+    gen_seed: int | None
+    guidance: float | None
+    seed: int
+
+    def key(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def plan_cells(e: EvalConfig) -> list[Cell]:
+    """Every classifier the protocol trains, in an order that finishes whole fractions first."""
+    cells = []
+    main_w = e.guidance[0]
+    for f in e.fractions:
+        for seed in range(e.classifier_seeds):
+            if "real" in e.arms:
+                cells.append(Cell(f, "real", 0.0, None, None, seed))
+        for w in e.guidance:
+            arms = e.arms if w == main_w else (e.sweep_arms if math.isclose(f, e.sweep_fraction) else [])
+            for arm in arms:
+                if arm == "real":
+                    continue
+                for g in range(e.generator_seeds):
+                    for r in (e.ratios if arm == "mixed" else [1.0]):
+                        for seed in range(e.classifier_seeds):
+                            cells.append(Cell(f, arm, r, g, w, seed))
+    if 1.0 not in [float(f) for f in e.fractions] and "real" in e.arms:
+        cells += [Cell(1.0, "real", 0.0, None, None, s) for s in range(e.classifier_seeds)]  # the full-data reference
+    return cells
+
+
+def read_results(path: Path) -> dict[str, dict]:
+    """results.jsonl -> {cell key: result}; a torn last line (a killed run) is ignored."""
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[row["key"]] = row
+    return out
+
+
+def append_result(path: Path, row: dict) -> None:
+    """One line per finished classifier, flushed and fsynced (cheap next to a training run)."""
+    import os
+
+    with open(path, "a") as fh:
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def generator_cfg(cfg: Config, fraction: float, gen_seed: int) -> Config:
+    """The generator's config for one fraction and seed: same data subset as the classifier."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fraction=fraction),
+                               train=dataclasses.replace(cfg.train, seed=gen_seed))
+
+
+def train_generator(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
+    """Train (or resume, or just re-export) one generator; returns its export folder."""
+    if cfg.eval.trainer == "bridge":
+        from trainers.bridge import train_bridge
+
+        return train_bridge(cfg, run, log=log)
+    from trainers.ldm import train_ldm
+
+    return train_ldm(cfg, run, log=log)
+
+
+def sample_set(export: Path, out: Path, classes: list[str], cfg: Config, guidance: float, seed: int,
+               device: str, log: Callable[[str], None]) -> Path:
+    """Write (or finish) a class-balanced synthetic set with the bulk sampler."""
+    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from samplers.generator import read_artifact
+    from synth.labels import LabelSchema
+
+    schema = LabelSchema.from_json(read_artifact(str(export))["labels"])
+    spec = parse_label_spec(",".join(f"{c}=1" for c in schema.classes), schema, log=lambda m: None)
+    sampler = "euler" if cfg.sample.sampler == "ddim" and cfg.eval.trainer == "bridge" else cfg.sample.sampler
+    req = BulkRequest(model=str(export), out=str(out), n=cfg.eval.synthetic_n, spec=spec, sampler=sampler,
+                      steps=cfg.sample.steps, guidance=guidance, seed=seed, batch_size=64)
+    run_bulk(req, device=device, progress=False, log=log)
+    return out
+
+
+def fmt_g(x: float) -> str:
+    return f"{x:g}"
+
+
+class Protocol:
+    """State of one ``synth eval augment`` run folder: generators, synthetic sets, results."""
+
+    def __init__(self, cfg: Config, out: Path, device: str = "cpu", log: Callable[[str], None] = print):
+        self.cfg, self.e, self.out, self.device, self.log = cfg, cfg.eval, Path(out), device, log
+        self.results_file = self.out / "results.jsonl"
+        self._splits: dict[float, RealSplits] = {}
+        self._pools: dict[tuple, Pool] = {}
+
+    def splits(self, f: float) -> RealSplits:
+        if f not in self._splits:
+            self._splits[f] = real_splits(self.cfg, f)
+        return self._splits[f]
+
+    def set_dir(self, f: float, g: int, w: float) -> Path:
+        return self.out / "synthetic" / f"f{fmt_g(f)}-g{g}-w{fmt_g(w)}"
+
+    def gen_run(self, f: float, g: int) -> Path:
+        return self.out / "generators" / f"f{fmt_g(f)}-s{g}"
+
+    def pool(self, f: float, g: int, w: float) -> Pool:
+        """The synthetic images of generator (f, g) at guidance w: trained, sampled and checked on demand."""
+        key = (f, g, w)
+        if key not in self._pools:
+            splits = self.splits(f)
+            d = self.set_dir(f, g, w)
+            if not (d / "manifest.json").is_file() or json.loads((d / "manifest.json").read_text()).get(
+                    "n_done", 0) < self.e.synthetic_n:
+                t0 = time.perf_counter()
+                export = train_generator(generator_cfg(self.cfg, f, g), self.gen_run(f, g), self.log)
+                self.log(f"generator f={f:g} seed {g}: ready ({time.perf_counter() - t0:.0f}s in this call)")
+                t0 = time.perf_counter()
+                sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
+                self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({time.perf_counter() - t0:.0f}s)")
+            images, labels, manifest = synthetic_tensors(d, splits.train.classes)
+            check_subset(manifest, splits, str(d))
+            self._pools[key] = Pool(images, labels)
+        return self._pools[key]
+
+    def run(self) -> list[dict]:
+        """Train every planned classifier not yet in results.jsonl; returns all results.
+
+        Generators and synthetic sets are made first, one fraction at a time (they use every core);
+        then that fraction's classifiers run on ``eval.workers`` single-threaded processes, because
+        small CNNs use two threads badly and two processes well.
+        """
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.out / "eval-config.json", config_to_dict(self.cfg))
+        done = read_results(self.results_file)
+        cells = plan_cells(self.e)
+        todo = [c for c in cells if c.key() not in done]
+        self.log(f"augmentation protocol: {len(cells)} classifiers, {len(cells) - len(todo)} already done")
+        n_done = 0
+        for f in sorted({c.fraction for c in todo}):
+            batch = [c for c in todo if c.fraction == f]
+            jobs = [(c, self.splits(f), None if c.arm == "real" else self.pool(f, c.gen_seed, c.guidance))
+                    for c in batch]
+            for c, res in run_cells(jobs, self.e, self.e.workers):
+                row = {"key": c.key(), **dataclasses.asdict(c), **res, "n_real": len(self.splits(f).train)}
+                append_result(self.results_file, row)
+                done[c.key()] = row
+                n_done += 1
+                self.log(f"[{n_done}/{len(todo)}] f={c.fraction:g} {c.arm}"
+                         + (f" share {c.ratio:g} gen {c.gen_seed} w {c.guidance:g}" if c.arm != "real" else "")
+                         + f" seed {c.seed}: AUROC {res['auroc']:.4f} acc {res['accuracy']:.3f} ({res['cpu_s']:.0f} CPU s)")
+        return [done[c.key()] for c in cells]
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _run_cell(job: tuple, e: EvalConfig) -> tuple[Cell, dict]:
+    c, splits, syn = job
+    return c, run_arm(c.arm, splits, syn, c.ratio, e, c.seed)
+
+
+def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
+    """Yield (cell, result) as classifiers finish; ``workers`` > 1 uses spawned single-thread processes."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield _run_cell(job, e)
+        return
+    import concurrent.futures as cf
+    import functools
+    import multiprocessing as mp
+
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=_one_thread) as ex:
+        futures = [ex.submit(functools.partial(_run_cell, e=e), job) for job in jobs]
+        for fut in cf.as_completed(futures):
+            yield fut.result()
+
+
+def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print,
+                     report: str | Path | None = None) -> dict:
+    """Run (or resume) the whole protocol and write ``augment.{md,json,png}`` into ``out`` (and ``report``)."""
+    from trainers.augment_report import summarise, write_report
+
+    out = Path(out)
+    try:
+        rows = Protocol(cfg, out, device, log).run()
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    summary = summarise(rows, cfg.eval)
+    summary["fidelity"] = fidelity_of_sets(cfg, out, log)
+    paths = write_report(summary, cfg, out / "augment")
+    if report:
+        write_report(summary, cfg, Path(report))
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return summary
+
+
+def fidelity_of_sets(cfg: Config, out: Path, log: Callable[[str], None]) -> dict:
+    """Label fidelity, diversity, FID/KID and privacy of each synthetic set, next to its usefulness."""
+    from trainers.fidelity import feature_net, fidelity_report
+
+    sets = sorted((out / "synthetic").glob("f*-g*-w*"))
+    if not sets:
+        return {}
+    data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
+    net, classes, _ = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps,
+                                  log=log)  # one yardstick for every set
+    res = {}
+    for d in sets:
+        cache = d / "fidelity.json"
+        if cache.is_file():
+            res[d.name] = json.loads(cache.read_text())
+            continue
+        f = float(d.name.split("-")[0][1:])
+        splits = real_splits(cfg, f)  # memorisation and privacy against what THIS generator was trained on
+        images, labels, _ = synthetic_tensors(d, classes)
+        res[d.name] = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=d)
+    return res
+
+
+def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: float | None, features: str | None,
+                 overrides: list[str], out: str | None) -> str:
+    """``synth eval fidelity``: the report of one synthetic set; returns a one-paragraph summary."""
+    from synth.augment import SyntheticSet
+    from synth.config import load_config
+    from trainers.fidelity import feature_net, fidelity_report
+
+    s = SyntheticSet(set_dir)
+    rec = (s.manifest.get("model") or {}).get("train_subset") or {}
+    if fraction is None:
+        fraction = float(rec.get("fraction") or 1.0)
+    seed = rec.get("seed", 0) if rec else 0
+    probe = s.tensors()[0]
+    res = resolution or int(probe.shape[-1])
+    cfg = load_config(None, [f"data.name={data}", f"data.resolution={res}", "data.val_max_items=null",
+                             f"data.fraction={fraction}", f"data.seed={seed}"] + list(overrides))
+    features = Path(features) if features else Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}.safetensors"
+    try:
+        net, classes, _ = feature_net(features, cfg.data)
+        splits = real_splits(cfg, fraction)
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:
+        raise EvalError(f"{set_dir}: its generator was trained on another subset of '{rec.get('data')}' (fraction "
+                        f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
+                        f"gives; pass the generator's training data so memorisation is measured against it")
+    images, labels, _ = synthetic_tensors(Path(set_dir), classes)
+    if images.shape[-1] != res:
+        raise EvalError(f"{set_dir} holds {images.shape[-1]} px images but --resolution is {res}; drop --resolution")
+    rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=Path(out or set_dir))
+    lf = rep.get("label_fidelity", {}).get("per_class", {})
+    return (f"FID {rep['fid']['fid']:.2f}, KID {rep['fid']['kid_mean']:.4f}; label fidelity "
+            + ", ".join(f"{k} {v:.3f}" for k, v in lf.items())
+            + f"; privacy score {rep['privacy']['score']:.3f} (real baseline {rep['privacy']['real_rate']:.3f}); "
+            f"report in {Path(out or set_dir) / 'fidelity.md'}")
+
+
+__all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",
+           "light_geometric", "scores"]
