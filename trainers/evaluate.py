@@ -75,11 +75,14 @@ def check_subset(manifest: dict, splits: RealSplits, where: str) -> None:
                         f"see only the real images the classifier sees — retrain it with data.fraction={mine['fraction']}")
 
 
-def synthetic_tensors(path: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """uint8 images (N, 1, R, R), labels (N,) mapped onto ``classes`` by name, and the set's manifest."""
+def synthetic_tensors(path: Path, classes: list[str], quality: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """uint8 images (N, 1, R, R), labels (N,) mapped onto ``classes`` by name, and the set's manifest.
+
+    ``quality="keep"``: only the images the set's quality filter kept.
+    """
     from synth.augment import SyntheticSet
 
-    s = SyntheticSet(path, classes=classes)
+    s = SyntheticSet(path, classes=classes, quality=quality)
     images, labels = s.tensors()
     return images, labels, s.manifest
 
@@ -217,6 +220,7 @@ class Cell:
     gen_seed: int | None
     guidance: float | None
     seed: int
+    quality: float = 0.0  # the synthetic set's quality-filter threshold (0: unfiltered)
 
     def key(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -238,7 +242,7 @@ def plan_cells(e: EvalConfig) -> list[Cell]:
                 for g in range(e.generator_seeds):
                     for r in (e.ratios if arm == "mixed" else [1.0]):
                         for seed in range(e.classifier_seeds):
-                            cells.append(Cell(f, arm, r, g, w, seed))
+                            cells.append(Cell(f, arm, r, g, w, seed, e.quality_threshold))
     if 1.0 not in [float(f) for f in e.fractions] and "real" in e.arms:
         cells += [Cell(1.0, "real", 0.0, None, None, s) for s in range(e.classifier_seeds)]  # the full-data reference
     return cells
@@ -312,6 +316,7 @@ class Protocol:
         self.results_file = self.out / "results.jsonl"
         self._splits: dict[float, RealSplits] = {}
         self._pools: dict[tuple, Pool] = {}
+        self._judges: dict[float, SmallCNN] = {}
 
     def splits(self, f: float) -> RealSplits:
         if f not in self._splits:
@@ -338,10 +343,38 @@ class Protocol:
                 t0 = time.perf_counter()
                 sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
                 self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({time.perf_counter() - t0:.0f}s)")
-            images, labels, manifest = synthetic_tensors(d, splits.train.classes)
+            manifest = synthetic_tensors(d, splits.train.classes)[2]
             check_subset(manifest, splits, str(d))
+            quality = None
+            if self.e.quality_threshold > 0:
+                self.filter_set(f, d)
+                quality = "keep"
+            images, labels, _ = synthetic_tensors(d, splits.train.classes, quality)
             self._pools[key] = Pool(images, labels)
         return self._pools[key]
+
+    def filter_set(self, f: float, d: Path) -> dict:
+        """Keep the synthetic images that a classifier trained on the SAME real subset recognises surely.
+
+        The judge sees only the classifier's real images (a full-data judge would leak the data the
+        study pretends not to have); it is saved under ``filters/`` and its decisions in the set.
+        """
+        from synth.augment import quality_filter
+        from synth.classifier import save_classifier
+
+        if f not in self._judges:
+            splits = self.splits(f)
+            judge, best = fit_classifier(Pool(splits.train.images, splits.train.labels), None, 0.0, splits.val,
+                                         len(splits.train.classes), self.e, seed=10_007, steps=self.e.classifier_steps,
+                                         lr=self.e.classifier_lr)
+            path = self.out / "filters" / f"f{fmt_g(f)}.safetensors"
+            judge.weights_sha256 = save_classifier(judge, path, splits.train.classes,
+                                                   {"fraction": f, "subset": splits.subset, **best})
+            self._judges[f] = judge
+        summary = quality_filter(d, self._judges[f], threshold=self.e.quality_threshold,
+                                 classes=self.splits(f).train.classes)
+        self.log(f"quality filter on {d.name}: {summary}")
+        return summary
 
     def run(self) -> list[dict]:
         """Train every planned classifier not yet in results.jsonl; returns all results.

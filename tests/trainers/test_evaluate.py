@@ -80,6 +80,14 @@ def test_protocol_end_to_end_resumes_and_reports(tmp_path):
     assert f"{len(rows)} already done" in again.stdout + again.stderr
     assert read_results(out / "results.jsonl") == rows
 
+    filtered = cli("eval", "augment", "--out", str(out), *args("eval.quality_threshold=0.6", "eval.guidance=[1.5]"),
+                   timeout=600)
+    assert "quality filter on f0.5-g0-w1.5" in filtered.stdout + filtered.stderr
+    decisions = [json.loads(x) for x in (out / "synthetic" / "f0.5-g0-w1.5" / "quality.jsonl").read_text().splitlines()]
+    assert len(decisions) == 24 and {"confidence", "kept"} <= set(decisions[0])
+    assert (out / "filters" / "f0.5.safetensors").is_file()
+    assert any(r["quality"] == 0.6 for r in read_results(out / "results.jsonl").values())
+
     fid = cli("eval", "fidelity", "--set", str(out / "synthetic" / "f0.5-g0-w1.5"), "--data", "phantom",
               "--features", str(out / "features.safetensors"), "--set-config", "data.phantom_items=64",
               "--out", str(tmp_path / "fid"))
