@@ -604,12 +604,18 @@ def _real_labels(real) -> torch.Tensor:
     """Real labels (N,) from ``.targets``/``.labels`` (torchvision style), a Subset's parent, or a scan."""
     for attr in ("targets", "labels"):
         v = getattr(real, attr, None)
-        if v is not None and not callable(v):
-            try:
-                if len(v) == len(real):
-                    return torch.as_tensor(np.asarray(v), dtype=torch.long).reshape(-1)
-            except (TypeError, ValueError):  # not integer ids (e.g. names): read the items instead
-                pass
+        if v is None or callable(v):
+            continue
+        try:
+            arr = np.asarray(v) if len(v) == len(real) else None
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.dtype.kind not in "iub":  # not integer ids (e.g. names): read the items instead
+            continue
+        if arr.ndim > 1 and arr.shape[1:] != (1,) * (arr.ndim - 1):
+            raise AugmentError(f"the real dataset's .{attr} has shape {arr.shape}: multi-label targets; "
+                               f"mixing and balancing need one class per image")
+        return torch.as_tensor(arr, dtype=torch.long).reshape(-1)
     if isinstance(real, torch.utils.data.Subset):
         return _real_labels(real.dataset)[torch.as_tensor(list(real.indices), dtype=torch.long)]
     return torch.tensor([int(real[i][1]) for i in range(len(real))], dtype=torch.long)  # reads every item once
@@ -850,6 +856,9 @@ class MixedBatchSampler(Sampler):
                                f"synthetic_per_batch={self.batch_size} (= batch_size)")
         if self.s > 0 and len(mixed.syn_labels) == 0:
             raise AugmentError("the MixedDataset's synthetic set is empty; use synthetic_per_batch=0")
+        if self.r == 0 and mixed.n_real > 0:
+            raise AugmentError(f"synthetic_per_batch={self.s} = batch_size leaves no room for the {mixed.n_real} real "
+                               f"items (they would never be used); lower synthetic_per_batch, or mix with fraction=1")
         self.shuffle, self.seed, self.drop_last, self.epoch = bool(shuffle), int(seed), bool(drop_last), mixed.epoch
         self.rank, self.world = dist_rank_world(rank, world_size)
         self.n_batches = self._count_batches()
@@ -873,7 +882,8 @@ class MixedBatchSampler(Sampler):
         n = self.mixed.n_real
         if not self.shuffle:
             return torch.arange(n)
-        return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("mixed-batches", self.seed, self.epoch)))
+        epoch = max(self.epoch, self.mixed.epoch)  # mixed.set_epoch(e) alone (as the README shows) also reshuffles
+        return torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed("mixed-batches", self.seed, epoch)))
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.n_batches == 0:

@@ -407,8 +407,16 @@ def _validate_eval(e: EvalConfig) -> None:
             raise ConfigError(f"eval.arms: '{a}' is not one of {', '.join(EVAL_ARMS)}")
     if not e.guidance:
         raise ConfigError("eval.guidance needs at least one value (e.g. [1.5])")
+    if len(e.guidance) > 1 and not any(abs(f - e.sweep_fraction) < 1e-9 for f in e.fractions):
+        raise ConfigError(f"eval.sweep_fraction {e.sweep_fraction} is not one of eval.fractions {list(e.fractions)}: "
+                          f"the guidance sweep would not run; set it to one of them")
+    if not e.classifier_widths or min(e.classifier_widths) <= 0:
+        raise ConfigError(f"eval.classifier_widths must be positive channel counts, e.g. [16, 32, 64], got "
+                          f"{list(e.classifier_widths)}")
+    if e.classifier_lr <= 0:
+        raise ConfigError(f"eval.classifier_lr must be > 0, got {e.classifier_lr}")
     for key in ("classifier_seeds", "generator_seeds", "synthetic_n", "classifier_steps", "classifier_batch",
-                "eval_every", "workers"):
+                "eval_every", "workers", "finetune_steps", "feature_steps"):
         if getattr(e, key) <= 0:
             raise ConfigError(f"eval.{key} must be > 0, got {getattr(e, key)}")
     if not 0 <= e.quality_threshold <= 1:

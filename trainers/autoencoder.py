@@ -14,7 +14,7 @@ import torch
 
 from synth.codecs import VAECodec
 from synth.config import Config
-from synth.data import load_split
+from synth.data import load_split, subset_record
 from synth.io import atomic_replace_dir, atomic_write_json, to_float
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
@@ -133,7 +133,7 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         scaling = 1.0 / max(1e-6, latent_std(model, train.images))
         model.register_to_config(scaling_factor=scaling)
         m = reconstruction_metrics(VAECodec(model), val.images)
-        m.update({"step": fitted.step, "scaling_factor": scaling})
+        m.update({"step": fitted.step, "scaling_factor": scaling, "train_subset": subset_record(train, cfg.data)})
         Logger(run, True).log(fitted.step, val_psnr=m["psnr"], val_ssim=m["ssim"])
         export_vae(run, model, m, scaling)
         say(f"autoencoder validation: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} (gate {cfg.train.ssim_gate}); "

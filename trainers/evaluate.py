@@ -17,6 +17,7 @@ one line of ``results.jsonl``, so running the command again resumes where it sto
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from synth.classifier import SmallCNN
 from synth.config import Config, EvalConfig, config_to_dict
 from synth.data import DataError, ImageSet, load_split, subset_record
-from synth.io import atomic_write_json, to_float
+from synth.io import atomic_write_json, atomic_write_text, to_float
 
 
 class EvalError(ValueError):
@@ -181,8 +182,25 @@ def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: Image
     return model.eval(), best
 
 
+@contextlib.contextmanager
+def single_thread():
+    """Classifiers train on one thread wherever they run (main process or a worker), so a result never
+    depends on ``eval.workers``; small CNNs also use a second thread badly."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
-    """Train one classifier of ``arm`` and score it on the test split."""
+    """Train one classifier of ``arm`` and score it on the test split (single-threaded)."""
+    with single_thread():
+        return _run_arm(arm, splits, syn, ratio, e, seed)
+
+
+def _run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
     k = len(splits.train.classes)
     real = Pool(splits.train.images, splits.train.labels)
     t0 = time.process_time()
@@ -223,7 +241,10 @@ class Cell:
     quality: float = 0.0  # the synthetic set's quality-filter threshold (0: unfiltered)
 
     def key(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        d = dataclasses.asdict(self)
+        if not d["quality"]:
+            del d["quality"]  # unfiltered cells keep the key they had before filtering existed
+        return json.dumps(d, sort_keys=True)
 
 
 def plan_cells(e: EvalConfig) -> list[Cell]:
@@ -304,6 +325,67 @@ def sample_set(export: Path, out: Path, classes: list[str], cfg: Config, guidanc
     return out
 
 
+# Settings that decide a study's numbers.  Changing one under an existing --out would mix results made
+# two ways, so it is refused; adding fractions, arms, guidance values or seeds only adds cells.
+_FREE = {"data.cache_dir", "data.download", "data.on_error", "data.val_max_items", "data.fraction",
+         "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every",
+         "train.num_workers", "train.seed", "sample.per_class", "eval.fractions", "eval.ratios", "eval.arms",
+         "eval.guidance", "eval.sweep_fraction", "eval.sweep_arms", "eval.classifier_seeds", "eval.generator_seeds",
+         "eval.workers", "eval.quality_threshold", "eval.feature_steps"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k in ("data", "labels", "model", "train", "sample", "eval") and not prefix:
+            out.update(_flat(v, k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def check_study_settings(out: Path, cfg: Config) -> None:
+    """Record the study's settings on its first run; refuse to resume it with others (names the keys)."""
+    path = out / "eval-config.json"
+    new = _flat(config_to_dict(cfg))
+    if not path.is_file():
+        atomic_write_json(path, config_to_dict(cfg))
+        return
+    old = _flat(json.loads(path.read_text()))
+    changed = [k for k in sorted(set(old) & set(new)) if k not in _FREE and old[k] != new[k]]
+    if changed:
+        raise EvalError(f"'{out}' holds a study made with other settings ("
+                        + ", ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed[:4])
+                        + (", ..." if len(changed) > 4 else "") + "); use a new --out or the same settings")
+
+
+def check_generator_data(cfg: Config) -> None:
+    """A study's generators may see only the classifier's real images: a shared project codec must say so."""
+    if cfg.model.codec != "pixel" and cfg.model.autoencoder and not cfg.model.pretrained:
+        meta = Path(cfg.model.autoencoder) / "export" / "metrics.json"
+        meta = meta if meta.is_file() else Path(cfg.model.autoencoder) / "metrics.json"
+        rec = json.loads(meta.read_text()).get("train_subset") if meta.is_file() else None
+        if rec is None or any(f != rec.get("fraction") for f in cfg.eval.fractions):
+            seen = "unrecorded real data" if rec is None else f"data.fraction={rec.get('fraction')}"
+            raise EvalError(f"model.autoencoder '{cfg.model.autoencoder}' is one codec (trained on {seen}) shared by "
+                            f"every fraction: the low-data generators would see real images their classifier does not; "
+                            f"evaluate a pixel-space generator (model.codec=pixel) or one fraction per codec")
+
+
+def record_cost(out: Path, name: str, what: str, seconds: float) -> None:
+    """Accumulate wall seconds spent making a generator or a set (``costs.json``): the price of an arm."""
+    path = out / "costs.json"
+    costs = json.loads(path.read_text()) if path.is_file() else {}
+    costs.setdefault(name, {})
+    costs[name][what] = costs[name].get(what, 0.0) + seconds
+    atomic_write_json(path, costs)
+
+
+def read_costs(out: Path) -> dict:
+    path = out / "costs.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def fmt_g(x: float) -> str:
     return f"{x:g}"
 
@@ -339,10 +421,14 @@ class Protocol:
                     "n_done", 0) < self.e.synthetic_n:
                 t0 = time.perf_counter()
                 export = train_generator(generator_cfg(self.cfg, f, g), self.gen_run(f, g), self.log)
-                self.log(f"generator f={f:g} seed {g}: ready ({time.perf_counter() - t0:.0f}s in this call)")
+                t_gen = time.perf_counter() - t0
+                self.log(f"generator f={f:g} seed {g}: ready ({t_gen:.0f}s in this call)")
                 t0 = time.perf_counter()
                 sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
-                self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({time.perf_counter() - t0:.0f}s)")
+                t_sample = time.perf_counter() - t0
+                self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({t_sample:.0f}s)")
+                record_cost(self.out, self.gen_run(f, g).name, "generator_s", t_gen)
+                record_cost(self.out, d.name, "sample_s", t_sample)
             manifest = synthetic_tensors(d, splits.train.classes)[2]
             check_subset(manifest, splits, str(d))
             quality = None
@@ -350,6 +436,11 @@ class Protocol:
                 self.filter_set(f, d)
                 quality = "keep"
             images, labels, _ = synthetic_tensors(d, splits.train.classes, quality)
+            counts = torch.bincount(labels, minlength=len(splits.train.classes)).tolist()
+            if quality and min(counts) == 0:
+                empty = splits.train.classes[counts.index(0)]
+                raise EvalError(f"the quality filter (eval.quality_threshold={self.e.quality_threshold}) kept no "
+                                f"'{empty}' image of {d.name}; lower the threshold or improve the generator")
             self._pools[key] = Pool(images, labels)
         return self._pools[key]
 
@@ -364,9 +455,10 @@ class Protocol:
 
         if f not in self._judges:
             splits = self.splits(f)
-            judge, best = fit_classifier(Pool(splits.train.images, splits.train.labels), None, 0.0, splits.val,
-                                         len(splits.train.classes), self.e, seed=10_007, steps=self.e.classifier_steps,
-                                         lr=self.e.classifier_lr)
+            with single_thread():
+                judge, best = fit_classifier(Pool(splits.train.images, splits.train.labels), None, 0.0, splits.val,
+                                             len(splits.train.classes), self.e, seed=10_007,
+                                             steps=self.e.classifier_steps, lr=self.e.classifier_lr)
             path = self.out / "filters" / f"f{fmt_g(f)}.safetensors"
             judge.weights_sha256 = save_classifier(judge, path, splits.train.classes,
                                                    {"fraction": f, "subset": splits.subset, **best})
@@ -384,7 +476,8 @@ class Protocol:
         small CNNs use two threads badly and two processes well.
         """
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "eval-config.json", config_to_dict(self.cfg))
+        check_generator_data(self.cfg)
+        check_study_settings(self.out, self.cfg)
         done = read_results(self.results_file)
         cells = plan_cells(self.e)
         todo = [c for c in cells if c.key() not in done]
@@ -395,7 +488,10 @@ class Protocol:
             jobs = [(c, self.splits(f), None if c.arm == "real" else self.pool(f, c.gen_seed, c.guidance))
                     for c in batch]
             for c, res in run_cells(jobs, self.e, self.e.workers):
-                row = {"key": c.key(), **dataclasses.asdict(c), **res, "n_real": len(self.splits(f).train)}
+                row = {"key": c.key(), **dataclasses.asdict(c), **res, "n_real": len(self.splits(f).train),
+                       "n_val": len(self.splits(f).val)}
+                if c.arm != "real":
+                    row["n_synthetic"] = len(self.pool(f, c.gen_seed, c.guidance).labels)
                 append_result(self.results_file, row)
                 done[c.key()] = row
                 n_done += 1
@@ -442,7 +538,11 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
     except DataError as e:
         raise EvalError(str(e)) from None
     summary = summarise(rows, cfg.eval)
-    summary["fidelity"] = fidelity_of_sets(cfg, out, log)
+    p = Protocol(cfg, out, device, log)
+    planned = sorted({p.set_dir(c.fraction, c.gen_seed, c.guidance) for c in plan_cells(cfg.eval) if c.arm != "real"})
+    summary["fidelity"] = fidelity_of_sets(cfg, out, planned, log)
+    summary["costs"] = read_costs(out)
+    summary["n_val"] = len(p.splits(max(cfg.eval.fractions)).val)
     paths = write_report(summary, cfg, out / "augment")
     if report:
         write_report(summary, cfg, Path(report))
@@ -450,26 +550,47 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
     return summary
 
 
-def fidelity_of_sets(cfg: Config, out: Path, log: Callable[[str], None]) -> dict:
-    """Label fidelity, diversity, FID/KID and privacy of each synthetic set, next to its usefulness."""
-    from trainers.fidelity import feature_net, fidelity_report
+def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[str], None]) -> dict:
+    """Label fidelity, diversity, FID/KID and privacy of each planned synthetic set, next to its usefulness.
 
-    sets = sorted((out / "synthetic").glob("f*-g*-w*"))
+    One yardstick for all: the extractor is trained once on the full real training split and FID/KID
+    compare against that split (FID depends on the reference's size); memorisation and privacy compare
+    against what each generator was trained on.  Reports go to ``<out>/fidelity/<set>/`` and are reused
+    only while the extractor, the set and the filter are the ones they were made with.
+    """
+    from trainers.fidelity import closest_pairs_png, feature_net, fidelity_report
+    from trainers.fidelity import markdown as fidelity_md
+
+    sets = [d for d in sets if (d / "manifest.json").is_file()]
     if not sets:
         return {}
     data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
-    net, classes, _ = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps,
-                                  log=log)  # one yardstick for every set
+    net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log)
+    full = load_split(data, "train", cfg.labels.classes or None)
+    if classes != full.classes:
+        raise EvalError(f"the feature extractor's classes {classes} are not the data's {full.classes}; "
+                        f"delete {out / 'features.safetensors'} to retrain it")
+    quality = "keep" if cfg.eval.quality_threshold > 0 else None
     res = {}
     for d in sets:
-        cache = d / "fidelity.json"
-        if cache.is_file():
+        manifest = json.loads((d / "manifest.json").read_text())
+        key = {"extractor": info.get("weights_sha256"), "set": (manifest.get("model") or {}).get("weights_sha256"),
+               "n_done": manifest.get("n_done"), "quality": cfg.eval.quality_threshold, "reference": "full-train"}
+        rep_dir = out / "fidelity" / d.name
+        cache = rep_dir / "fidelity.json"
+        if cache.is_file() and json.loads(cache.read_text()).get("cache_key") == key:
             res[d.name] = json.loads(cache.read_text())
             continue
         f = float(d.name.split("-")[0][1:])
         splits = real_splits(cfg, f)  # memorisation and privacy against what THIS generator was trained on
-        images, labels, _ = synthetic_tensors(d, classes)
-        res[d.name] = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=d)
+        images, labels, _ = synthetic_tensors(d, classes, quality)
+        rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, fid_reference=full)
+        rep["cache_key"] = key
+        rep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, rep)
+        atomic_write_text(rep_dir / "fidelity.md", fidelity_md(rep))
+        closest_pairs_png(rep_dir / "closest-pairs.png", images, splits.train.images, rep["closest_pairs"])
+        res[d.name] = rep
     return res
 
 
@@ -485,10 +606,16 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     if fraction is None:
         fraction = float(rec.get("fraction") or 1.0)
     seed = rec.get("seed", 0) if rec else 0
-    probe = s.tensors()[0]
-    res = resolution or int(probe.shape[-1])
+    if len(s) < 2:
+        raise EvalError(f"{set_dir} holds {len(s)} image(s); fidelity needs at least 2 (FID, diversity)")
+    size = int(s.uint8(0).shape[-1])
+    res = resolution or size
+    if size != res:
+        raise EvalError(f"{set_dir} holds {size} px images but --resolution is {res}; drop --resolution")
+    max_items = rec.get("max_items") if rec else None
     cfg = load_config(None, [f"data.name={data}", f"data.resolution={res}", "data.val_max_items=null",
-                             f"data.fraction={fraction}", f"data.seed={seed}"] + list(overrides))
+                             f"data.fraction={fraction}", f"data.seed={seed}",
+                             f"data.max_items={max_items if max_items else 'null'}"] + list(overrides))
     features = Path(features) if features else Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}.safetensors"
     try:
         net, classes, _ = feature_net(features, cfg.data)
@@ -500,8 +627,6 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
                         f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
                         f"gives; pass the generator's training data so memorisation is measured against it")
     images, labels, _ = synthetic_tensors(Path(set_dir), classes)
-    if images.shape[-1] != res:
-        raise EvalError(f"{set_dir} holds {images.shape[-1]} px images but --resolution is {res}; drop --resolution")
     rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=Path(out or set_dir))
     lf = rep.get("label_fidelity", {}).get("per_class", {})
     return (f"FID {rep['fid']['fid']:.2f}, KID {rep['fid']['kid_mean']:.4f}; label fidelity "

@@ -138,13 +138,16 @@ def _named(per_class: dict, classes: list[str]) -> dict:
 def fidelity_report(real_train, real_test, syn_images: torch.Tensor, syn_labels: torch.Tensor, classes: list[str],
                     net: SmallCNN, *, out_dir=None, seed: int = 0, kid_subset_size: int = 1000,
                     diversity_pairs: int = 200, privacy_quantile: float = 0.01, inception_weights=None,
-                    extractor_info: dict | None = None) -> dict:
+                    extractor_info: dict | None = None, fid_reference=None) -> dict:
     """Fidelity, diversity, memorisation and privacy of one synthetic set, side by side with real data.
 
     real_train: the real images the generator was trained on (ImageSet or (uint8 (N, 1, R, R), labels));
     real_test: held-out real images of the same data (the reference for FID, memorisation and the
     privacy threshold; must not be the set passed as synthetic); syn_images uint8 (M, 1, R, R) with
     requested labels (M,) in [0, len(classes)); ``net``: the extractor/judge from :func:`feature_net`.
+    ``fid_reference``: real images FID/KID compare against (default ``real_train``); pass one fixed set (e.g. the
+    full training split) to compare generators trained on subsets of different sizes, since FID is biased by the
+    reference's size.
     Returns a JSON-able dict (also written to ``out_dir/fidelity.json`` with ``fidelity.md`` and
     ``closest-pairs.png`` when ``out_dir`` is given).  Distances are cosine distances between the
     extractor's features.  Held-out images that are byte-identical to a training image (leakage in the
@@ -174,8 +177,10 @@ def fidelity_report(real_train, real_test, syn_images: torch.Tensor, syn_labels:
                                                                "val_accuracy", "weights_sha256") if k in extractor_info}
 
     # FID / KID: synthetic vs the training images, and held-out real vs the same for scale
-    rep["fid"] = fid_kid(tr_x, syn_images, net, kid_subset_size=kid_subset_size, seed=seed)
-    rep["fid_real_test"] = fid_kid(tr_x, te_x, net, kid_subset_size=kid_subset_size, seed=seed)
+    ref_x = tr_x if fid_reference is None else _tensors(fid_reference)[0]
+    rep["fid_reference"] = "the generator's training images" if fid_reference is None else f"{len(ref_x)} fixed real images"
+    rep["fid"] = fid_kid(ref_x, syn_images, net, kid_subset_size=kid_subset_size, seed=seed)
+    rep["fid_real_test"] = fid_kid(ref_x, te_x, net, kid_subset_size=kid_subset_size, seed=seed)
     if inception_weights is not None:
         inc = _GreyInception(inception_weights)
         rep["fid_inception"] = fid_kid(tr_x, syn_images, inc, kid_subset_size=kid_subset_size, seed=seed)

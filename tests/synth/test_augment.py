@@ -559,3 +559,20 @@ def test_remaining_bad_inputs_are_one_line_errors(tmp_path, tiny_bridge):
     tar.write_bytes(tar.read_bytes()[:5 * 512 + 100])
     with pytest.raises(AugmentError, match="shard .*shard-00000.tar' (is unreadable|holds)"):
         list(SyntheticStream(cut))
+
+
+def test_multilabel_real_targets_and_wasted_real_items_are_refused():
+    import torch as _t
+    from synth.augment import AugmentError, _real_labels
+
+    class MultiLabel(_t.utils.data.Dataset):
+        targets = np.zeros((4, 3), dtype=np.int64)
+
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return _t.zeros(1, 4, 4), self.targets[i]
+
+    with pytest.raises(AugmentError, match="multi-label"):
+        _real_labels(MultiLabel())

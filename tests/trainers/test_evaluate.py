@@ -73,20 +73,23 @@ def test_protocol_end_to_end_resumes_and_reports(tmp_path):
     assert manifest["model"]["train_subset"]["fraction"] == 0.5  # the generator saw the classifier's half
     md = (tmp_path / "report.md").read_text()
     assert "(a) real only" in md and "(d) synthetic pre-train" in md and "## Targets" in md
-    assert "privacy score" in md and "f0.5-g0-w1" in md
-    assert (tmp_path / "report.png").stat().st_size > 10_000 and (out / "synthetic" / "f0.5-g0-w1.5" / "fidelity.json").is_file()
+    assert "privacy (baseline)" in md and "| f0.5-g0-w1 |" in md and "1 then 0" in md
+    assert (tmp_path / "report.png").stat().st_size > 10_000 and (out / "fidelity" / "f0.5-g0-w1.5" / "fidelity.json").is_file()
     assert "fraction 0.5:" in p.stdout
     again = cli("eval", "augment", "--out", str(out), *args(), timeout=600)
     assert f"{len(rows)} already done" in again.stdout + again.stderr
     assert read_results(out / "results.jsonl") == rows
 
-    filtered = cli("eval", "augment", "--out", str(out), *args("eval.quality_threshold=0.6", "eval.guidance=[1.5]"),
+    changed = cli("eval", "augment", "--out", str(out), *args("eval.classifier_steps=9"), check=False)
+    assert changed.returncode == 2 and "eval.classifier_steps: 8 -> 9" in changed.stderr
+
+    filtered = cli("eval", "augment", "--out", str(out), *args("eval.quality_threshold=0.01", "eval.guidance=[1.5]"),
                    timeout=600)
     assert "quality filter on f0.5-g0-w1.5" in filtered.stdout + filtered.stderr
     decisions = [json.loads(x) for x in (out / "synthetic" / "f0.5-g0-w1.5" / "quality.jsonl").read_text().splitlines()]
     assert len(decisions) == 24 and {"confidence", "kept"} <= set(decisions[0])
     assert (out / "filters" / "f0.5.safetensors").is_file()
-    assert any(r["quality"] == 0.6 for r in read_results(out / "results.jsonl").values())
+    assert any(r["quality"] == 0.01 for r in read_results(out / "results.jsonl").values())
 
     fid = cli("eval", "fidelity", "--set", str(out / "synthetic" / "f0.5-g0-w1.5"), "--data", "phantom",
               "--features", str(out / "features.safetensors"), "--set-config", "data.phantom_items=64",
@@ -100,5 +103,5 @@ def test_eval_bad_inputs_are_one_line(tmp_path):
     assert p.returncode == 2 and "still being written" in p.stderr and "Traceback" not in p.stderr
     p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.ratios=[2]"), check=False)
     assert p.returncode == 2 and "eval.ratios" in p.stderr and "Traceback" not in p.stderr
-    p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.fractions=[0.001]"), check=False)
+    p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.fractions=[0.001]", "eval.guidance=[1.5]"), check=False)
     assert p.returncode == 2 and "leaves class" in p.stderr and "Traceback" not in p.stderr
