@@ -367,12 +367,16 @@ def validate(cfg: Config) -> None:
         v = d[section][name]
         if v not in choices:
             raise ConfigError(f"{key}: '{v}' is not one of {', '.join(choices)}")
-    positives = ["data.resolution", "train.steps", "train.batch_size", "train.grad_accum",
-                 "train.checkpoint_every", "train.keep_checkpoints", "sample.steps"]
+    positives = ["data.resolution", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
+                 "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "sample.steps"]
     for key in positives:
         section, name = key.split(".")
         if d[section][name] <= 0:
             raise ConfigError(f"{key} must be > 0, got {d[section][name]}")
+    if cfg.train.text_lr is not None and cfg.train.text_lr <= 0:
+        raise ConfigError(f"train.text_lr must be > 0 (or null to freeze the text encoder), got {cfg.train.text_lr}")
+    if cfg.train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay}")
     if not 0 <= cfg.train.cond_drop_prob < 1:
         raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {cfg.train.cond_drop_prob}")
     if not 0 <= cfg.sample.tau <= 1:

@@ -260,6 +260,9 @@ def load_npz(path: Path, split: str, size: int, classes: list[str] | None) -> Im
     if key not in z:
         raise DataError(f"'{path}' has no '{key}'; it holds {sorted(z.files)}")
     imgs = z[key]
+    if f"{split}_labels" not in z:
+        raise DataError(f"'{path}' has '{key}' but no '{split}_labels'; a MedMNIST-format .npz needs both "
+                        f"(it holds {sorted(z.files)})")
     labels = z[f"{split}_labels"].reshape(len(imgs), -1)[:, 0].astype(np.int64)
     if imgs.ndim == 4 and imgs.shape[-1] == 3:
         imgs = np.stack([to_grey(a) for a in imgs])

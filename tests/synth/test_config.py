@@ -61,3 +61,27 @@ def test_diff_configs():
     a = config_to_dict(load_config())
     b = config_to_dict(load_config(None, ["model.unet.layers_per_block=2", "train.steps=5"]))
     assert diff_configs(a, b) == ["model.unet.layers_per_block", "train.steps"]
+
+
+@pytest.mark.parametrize("bad, needle", [("train.lr=-1", "train.lr must be > 0"),
+                                         ("train.log_every=0", "train.log_every must be > 0"),
+                                         ("train.text_lr=0", "train.text_lr must be > 0"),
+                                         ("train.weight_decay=-0.1", "train.weight_decay must be >= 0")])
+def test_nonsense_training_numbers_are_refused_before_set_up(bad, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [bad])
+    assert needle in str(e.value)
+
+
+def test_written_files_follow_the_umask_not_0600(tmp_path):
+    import os
+    import stat
+
+    from synth.io import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

@@ -139,3 +139,9 @@ def test_empty_dataset(tmp_path):
     (tmp_path / "m.csv").write_text("file_name,label\n")
     with pytest.raises(DataError, match="is empty"):
         load_split(data_cfg(str(tmp_path / "m.csv"), "data.val_fraction=0.5"), "train")
+
+
+def test_npz_without_labels_is_a_one_line_error(tmp_path):
+    np.savez(tmp_path / "x.npz", train_images=np.zeros((4, 28, 28), np.uint8))
+    with pytest.raises(DataError, match="no 'train_labels'"):
+        load_split(data_cfg(str(tmp_path / "x.npz")), "train")
