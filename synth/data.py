@@ -115,7 +115,11 @@ def prepare(arr: np.ndarray, size: int, name: str = "image", window=None) -> np.
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """DICOM file -> (float array (H, W) in modality units, window or None)."""
+    """DICOM file -> (float array (H, W) in modality units, window or None).
+
+    MONOCHROME1 (low values bright, common for CR/DX) comes back already windowed and inverted as
+    uint8 with no window: the file's window is in stored units, so it must be applied BEFORE inverting.
+    """
     import pydicom
 
     ds = pydicom.dcmread(str(path))
@@ -132,7 +136,7 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
         w = float(w[0] if isinstance(w, pydicom.multival.MultiValue) else w)
         window = (c - w / 2, c + w / 2)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr + arr.min()
+        return 255 - scale_intensity(arr, window), None
     return arr, window
 
 

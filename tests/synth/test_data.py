@@ -145,3 +145,29 @@ def test_npz_without_labels_is_a_one_line_error(tmp_path):
     np.savez(tmp_path / "x.npz", train_images=np.zeros((4, 28, 28), np.uint8))
     with pytest.raises(DataError, match="no 'train_labels'"):
         load_split(data_cfg(str(tmp_path / "x.npz")), "train")
+
+
+def test_dicom_monochrome1_is_windowed_then_inverted(tmp_path):
+    """CR/DX MONOCHROME1: the window is in stored units, so window first, then invert (hand-computed)."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from synth.data import read_image
+
+    stored = np.array([[0, 1000], [1500, 4000]], dtype=np.uint16)
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = FileDataset(str(tmp_path / "cr.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.WindowCenter, ds.WindowWidth = 1000, 1000  # window [500, 1500] in stored units
+    ds.PixelData = stored.tobytes()
+    ds.save_as(str(tmp_path / "cr.dcm"), enforce_file_format=True)
+    got = read_image(tmp_path / "cr.dcm", 2)
+    lo, hi = 500.0, 1500.0
+    want = 255 - np.clip(np.round((stored.astype(float) - lo) / (hi - lo) * 255), 0, 255)
+    assert got.tolist() == want.astype(np.uint8).tolist()  # [[255, 128], [0, 0]]: 0 stored is bright
