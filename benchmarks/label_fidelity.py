@@ -27,7 +27,7 @@ from samplers.generator import load_generator  # noqa: E402
 from synth.config import load_config  # noqa: E402
 from devdata import dev_data_overrides  # noqa: E402
 from synth.data import load_split  # noqa: E402
-from synth.io import make_grid, save_png  # noqa: E402
+from synth.io import labelled_grid, save_png  # noqa: E402
 from synth.seeds import image_seed  # noqa: E402
 from trainers.autoencoder import train_autoencoder  # noqa: E402
 from trainers.classifier import accuracy, train_classifier  # noqa: E402
@@ -124,9 +124,12 @@ def main() -> None:
 
     per = 12
     pick = torch.cat([torch.nonzero(labels == k)[:per, 0] for k in range(gen.schema.num_classes)])
-    save_png(out_dir / f"{args.name}-samples.png", make_grid(images[pick], nrow=per))
+    classes = list(gen.schema.classes)
+    save_png(out_dir / f"{args.name}-samples.png",
+             labelled_grid(images[pick], per, classes, f"{args.name}: synthetic, one row per requested class"))
     real_pick = torch.cat([torch.nonzero(test.labels == k)[:per, 0] for k in range(gen.schema.num_classes)])
-    save_png(out_dir / f"{args.name}-real.png", make_grid(test.images[real_pick], nrow=per))
+    save_png(out_dir / f"{args.name}-real.png",
+             labelled_grid(test.images[real_pick], per, classes, f"{args.name}: real test images, one row per class"))
     (out_dir / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(out_dir / f"{args.name}.md", args.name, res, cfg, gen.schema.classes)
 

@@ -102,6 +102,38 @@ def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
+def labelled_grid(images: torch.Tensor, nrow: int, row_labels: list[str], title: str, pad: int = 2,
+                  min_cell: int = 64) -> np.ndarray:
+    """uint8 (B, C, H, W) -> a grid (H', W') grey or (H', W', 3) RGB with a title band and a label per row.
+
+    Small images are enlarged by an integer factor (nearest neighbour, no smoothing: pixels stay what the
+    model drew) so each cell is at least ``min_cell`` px and the text stays readable next to them.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    grid = make_grid(images, nrow=nrow, pad=pad)
+    h = images.shape[-2]
+    k = max(1, -(-min_cell // h))
+    img = Image.fromarray(grid)
+    if k > 1:
+        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    label_w = max([int(draw.textlength(t, font=font)) for t in row_labels] + [0]) + 12
+    title_h = 24
+    width = max(img.width + label_w, int(draw.textlength(title, font=font)) + 12)
+    canvas = Image.new(img.mode, (width, img.height + title_h), 255 if img.mode == "L" else (255,) * 3)
+    canvas.paste(img, (label_w, title_h))
+    draw = ImageDraw.Draw(canvas)
+    black = 0 if canvas.mode == "L" else (0, 0, 0)
+    draw.text((6, 6), title, fill=black, font=font)
+    row_h = (h + pad) * k
+    for r, text in enumerate(row_labels):
+        y = title_h + pad * k + r * row_h + (h * k) // 2 - 6
+        draw.text((6, y), text, fill=black, font=font)
+    return np.asarray(canvas)
+
+
 def save_png(path: str | Path, array: np.ndarray) -> None:
     """Atomically write a uint8 (H, W) or (H, W, C) array as PNG."""
     import io

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from samplers.bridge import BridgeGenerator
 from synth.config import Config, ConfigError
 from synth.data import subset_record, load_split
-from synth.io import make_grid, save_png, to_float
+from synth.io import labelled_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
 from synth.seeds import image_seed
@@ -94,7 +94,9 @@ def preview_domains(gen: BridgeGenerator, cfg: Config, path: Path) -> torch.Tens
             seeds.append(image_seed(cfg.sample.seed, k * 100_000 + j))
     batch = gen.sample(conds, seeds, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
                        sampler=_bridge_sampler(cfg.sample.sampler))
-    save_png(path, make_grid(batch.images, nrow=cfg.sample.per_class))
+    title = (f"{cfg.data.name}: {path.stem} - one row per domain, {cfg.sample.sampler} {cfg.sample.steps} steps, "
+             f"guidance {cfg.sample.guidance:g}")
+    save_png(path, labelled_grid(batch.images, cfg.sample.per_class, list(gen.domains), title))
     return batch.images
 
 

@@ -20,7 +20,7 @@ from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, fingerprint, load_split, subset_record
 from synth.distributed import main_first
-from synth.io import atomic_replace_dir, make_grid, save_png, to_float
+from synth.io import atomic_replace_dir, labelled_grid, save_png, to_float
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
@@ -257,7 +257,9 @@ def preview_grid(gen: LDMGenerator, cfg: Config, path: Path) -> torch.Tensor:
             conds.append(gen.schema.condition(k))
             seeds.append(image_seed(cfg.sample.seed, k * 100_000 + j))
     batch = gen.sample(conds, seeds, steps=cfg.sample.steps, guidance=cfg.sample.guidance, sampler=cfg.sample.sampler)
-    save_png(path, make_grid(batch.images, nrow=cfg.sample.per_class))
+    title = (f"{cfg.data.name}: {path.stem} - one row per class, {cfg.sample.sampler} {cfg.sample.steps} steps, "
+             f"guidance {cfg.sample.guidance:g}")
+    save_png(path, labelled_grid(batch.images, cfg.sample.per_class, list(gen.schema.classes), title))
     return batch.images
 
 

@@ -40,3 +40,20 @@ def test_codecs():
     assert c.decode(m).shape == (2, 1, 16, 16)
     rgb = VAECodec(build_vae(3, [16, 16], 1, 4, 8, 16))  # grey image through an RGB autoencoder
     assert rgb.decode(rgb.encode(x)).shape == (2, 1, 16, 16)
+
+
+def test_labelled_grid_has_title_band_row_labels_and_keeps_grey():
+    import numpy as np
+    import torch
+
+    from synth.io import labelled_grid, make_grid
+
+    x = torch.full((4, 1, 16, 16), 200, dtype=torch.uint8)
+    plain = make_grid(x, nrow=2)
+    g = labelled_grid(x, 2, ["normal", "pneumonia"], "a title long enough to be wider than two small images")
+    assert g.ndim == 2 and g.dtype == np.uint8  # grey stays grey
+    assert g.shape[0] > plain.shape[0] * 4 - 1 and g.shape[1] > plain.shape[1]
+    assert (g[:20] < 100).any()  # text in the title band
+    assert (g[30:, :40] < 100).any()  # row labels on the left
+    rgb = labelled_grid(torch.full((2, 3, 16, 16), 200, dtype=torch.uint8), 2, ["a"], "t")
+    assert rgb.ndim == 3 and rgb.shape[-1] == 3  # colour stays colour
