@@ -45,8 +45,8 @@ class BridgeGenerator:
             raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
                                 f"translation needs an export of 'synth train bridge'")
         p = Path(meta["path"])
-        unet = UNet2DModel.from_pretrained(p / "unet", use_safetensors=True).to(device, dtype).eval()
-        codec = (VAECodec(AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True).to(device, dtype).eval())
+        unet = UNet2DModel.from_pretrained(p / "unet", use_safetensors=True, torch_dtype=dtype).to(device).eval()
+        codec = (VAECodec(AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True, torch_dtype=dtype).to(device).eval())
                  if meta["codec"] == "vae" else PixelCodec())
         return cls(unet, codec, meta["domains"], meta["resolution"], meta.get("channels", 1),
                    model_id=meta.get("model_id", str(p)))

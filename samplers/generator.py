@@ -87,11 +87,12 @@ class LDMGenerator:
 
         meta = read_artifact(path)
         p = Path(meta["path"])
-        unet = UNet2DConditionModel.from_pretrained(p / "unet").to(device, dtype).eval()
-        text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder").to(device, dtype).eval()
+        unet = UNet2DConditionModel.from_pretrained(p / "unet", use_safetensors=True,
+                                                    torch_dtype=dtype).to(device).eval()
+        text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder", use_safetensors=True).to(device, dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(p / "tokenizer")
         if meta["codec"] == "vae":
-            codec = VAECodec(AutoencoderKL.from_pretrained(p / "vae").to(device, dtype).eval())
+            codec = VAECodec(AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True, torch_dtype=dtype).to(device).eval())
         else:
             codec = PixelCodec()
         sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())

@@ -50,6 +50,9 @@ def _config(config: str | None, overrides: tuple[str, ...]):
 @click.version_option(package_name="synth")
 def main():
     """synth: labelled synthetic medical images."""
+    from synth.quiet import install
+
+    install()
 
 
 @main.group()

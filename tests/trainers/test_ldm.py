@@ -146,3 +146,15 @@ def test_demo_falls_back_to_phantom(tmp_path):
             "--set", "sample.steps=2", "--set", "sample.per_class=2", "--set", "train.progress=false")
     assert "falling back to the built-in phantom" in p.stderr
     assert (tmp_path / "samples" / "final.png").is_file() and (tmp_path / "export" / "synth.json").is_file()
+
+
+def test_cli_output_has_no_library_noise_but_keeps_notes_about_input(tmp_path, tiny_export):
+    from synth.quiet import HARMLESS
+
+    run = cli("train", "ldm", "--run", str(tmp_path / "run"), *sets("train.steps=2"))
+    out = run.stdout + run.stderr
+    p = cli("sample", "--model", str(tiny_export), "--n", "2", "--out", str(tmp_path / "s"), "--steps", "2",
+            "--labels", "normal=1,pneumonia=1")
+    out += p.stdout + p.stderr
+    assert not [h for h in HARMLESS if h in out] and "Loading weights" not in out and "Traceback" not in out
+    assert "label weights sum to 2" in out  # a note about the user's own input stays
