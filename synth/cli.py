@@ -304,18 +304,26 @@ def _batch_size_arg(value: str, out: str) -> int | None:
 @click.option("--out", type=click.Path(file_okay=False), default="runs/demo", show_default=True)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 def demo(out, overrides):
-    """Main job on the embedded default: a small model on PneumoniaMNIST (phantom if absent), grid per class."""
-    from synth.data import DataError, load_split
-    from trainers.ldm import train_ldm
+    """First run: a small class-conditional model on PneumoniaMNIST (phantom if absent), judged and drawn."""
+    import time
 
+    from synth.data import DataError, load_split
+    from trainers.demo import run_demo
+
+    t0 = time.perf_counter()
     cfg = _config(str(PRESETS / "demo.yaml"), overrides)
     try:
         load_split(cfg.data, "train")
     except DataError as e:
         click.echo(f"note: {e}\nnote: falling back to the built-in phantom data set", err=True)
-        cfg = _config(str(PRESETS / "demo.yaml"), overrides + ("data.name=phantom", "labels.prompt_template=chest x-ray phantom, {label}"))
-    export = _run(train_ldm, cfg, out)
-    click.echo(f"grid of samples per class: {Path(out) / 'samples' / 'final.png'}\nmodel: {export}")
+        cfg = _config(str(PRESETS / "demo.yaml"), overrides + ("data.name=phantom",))
+    res = _run(run_demo, cfg, out, t_start=t0)
+    fid = ", ".join(f"{k} {v:.0%}" for k, v in res["label_fidelity"].items())
+    click.echo(f"\ndone in {res['seconds']:.0f} s. Label fidelity (a classifier trained on the real images agrees with "
+               f"the requested class; it scores {res['judge_test_accuracy']:.0%} on real test images): {fid}\n"
+               f"grid (per class: real test images left, synthetic right): {res['grid']}\nmodel: {res['export']}\n\n"
+               f"next:\n  synth sample --model {res['export']} --n 1000 --out runs/demo-synthetic   # a labelled set\n"
+               f"  synth eval augment --config configs/pneumoniamnist-28-flow.yaml --out runs/eval   # does it help a classifier?")
 
 
 @main.group("eval")

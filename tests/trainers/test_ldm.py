@@ -145,7 +145,8 @@ def test_demo_falls_back_to_phantom(tmp_path):
     p = cli("demo", "--out", str(tmp_path), "--set", "data.name=/no/such/data.npz", "--set", "train.steps=2",
             "--set", "sample.steps=2", "--set", "sample.per_class=2", "--set", "train.progress=false")
     assert "falling back to the built-in phantom" in p.stderr
-    assert (tmp_path / "samples" / "final.png").is_file() and (tmp_path / "export" / "synth.json").is_file()
+    assert (tmp_path / "samples" / "demo.png").is_file() and (tmp_path / "export" / "synth.json").is_file()
+    assert "Label fidelity" in p.stdout and "next:" in p.stdout and "Traceback" not in p.stderr
 
 
 def test_cli_output_has_no_library_noise_but_keeps_notes_about_input(tmp_path, tiny_export):
