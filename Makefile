@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 install: $(VENV)/.installed
 
+# The development checkout keeps MedMNIST beside it (../shared/data/medmnist); elsewhere the demo looks in
+# $SYNTH_DATA_DIR and ~/.cache/synth, downloads when online, else falls back to phantom data.
+DEMO_DATA ?= $(or $(SYNTH_DATA_DIR),$(wildcard ../shared/data/medmnist))
+
 demo: install
-	$(VENV)/bin/synth demo --out runs/demo
+	SYNTH_DATA_DIR="$(DEMO_DATA)" $(VENV)/bin/synth demo --out runs/demo
 
 test: install
 	$(PY) -m pytest -q tests
