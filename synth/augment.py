@@ -581,15 +581,19 @@ class SyntheticStream(IterableDataset):
 # Mixing real and synthetic data
 
 
-def _check_fraction(f) -> float:
+def _unit_interval(value, name: str, hint: str, what: str = "a number") -> float:
+    """``value`` as a float in [0, 1], else a one-line AugmentError naming ``name`` and ``hint``."""
     try:
-        f = float(f)
+        v = float(value)
     except (TypeError, ValueError):
-        raise AugmentError(f"synthetic_fraction must be a number in [0, 1], got {f!r}") from None
-    if not 0.0 <= f <= 1.0:
-        raise AugmentError(f"synthetic_fraction={f} is outside [0, 1]; use e.g. 0.3 for 30% synthetic items "
-                           f"(0: real only, 1: synthetic only)")
-    return f
+        raise AugmentError(f"{name} must be {what} in [0, 1], got {value!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise AugmentError(f"{name}={v} is outside [0, 1]; {hint}")
+    return v
+
+
+def _check_fraction(f) -> float:
+    return _unit_interval(f, "synthetic_fraction", "use e.g. 0.3 for 30% synthetic items (0: real only, 1: synthetic only)")
 
 
 def _synthetic_labels(synthetic) -> torch.Tensor:
@@ -940,14 +944,8 @@ def module_hash(model: torch.nn.Module) -> str:
 
 
 def _check_threshold(threshold) -> float:
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise AugmentError(f"threshold must be a confidence in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= t <= 1.0:
-        raise AugmentError(f"threshold={t} is outside [0, 1]; it is the minimum softmax confidence of the requested "
-                           f"label, e.g. 0.5")
-    return t
+    return _unit_interval(threshold, "threshold", "it is the minimum softmax confidence of the requested label, e.g. 0.5",
+                          what="a confidence")
 
 
 def _load_judge(classifier, classes):

@@ -67,3 +67,14 @@ def run_cli_and_kill_when(args: list[str], marker: Path, env_extra: dict | None 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return proc
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread (a second one only adds barrier waits on a busy 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

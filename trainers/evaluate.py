@@ -429,8 +429,9 @@ class Protocol:
                 self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({t_sample:.0f}s)")
                 record_cost(self.out, self.gen_run(f, g).name, "generator_s", t_gen)
                 record_cost(self.out, d.name, "sample_s", t_sample)
-            manifest = synthetic_tensors(d, splits.train.classes)[2]
-            check_subset(manifest, splits, str(d))
+            from synth.augment import read_set_manifest
+
+            check_subset(read_set_manifest(d), splits, str(d))  # before reading any image
             quality = None
             if self.e.quality_threshold > 0:
                 self.filter_set(f, d)
@@ -533,12 +534,12 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
     from trainers.augment_report import summarise, write_report
 
     out = Path(out)
+    p = Protocol(cfg, out, device, log)
     try:
-        rows = Protocol(cfg, out, device, log).run()
+        rows = p.run()
     except DataError as e:
         raise EvalError(str(e)) from None
     summary = summarise(rows, cfg.eval)
-    p = Protocol(cfg, out, device, log)
     planned = sorted({p.set_dir(c.fraction, c.gen_seed, c.guidance) for c in plan_cells(cfg.eval) if c.arm != "real"})
     summary["fidelity"] = fidelity_of_sets(cfg, out, planned, log)
     summary["costs"] = read_costs(out)

@@ -10,13 +10,7 @@ from synth.metrics import (FeatureNet, exact_copies, fid_kid, memorisation, ms_s
                            nearest_neighbours, privacy_score)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (several threads spin for ages on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

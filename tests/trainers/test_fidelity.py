@@ -10,13 +10,7 @@ from synth.data import phantom_set
 from trainers.fidelity import FidelityError, feature_net, fidelity_report
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread (several threads spin for ages on a busy 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def data_cfg(*extra):
