@@ -44,6 +44,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -185,6 +186,7 @@ class BulkRequest:
     shard_size: int = 1000
     dtype: str = "float32"
     overwrite: bool = False
+    shrink: bool = False  # allow a smaller --n than the folder holds: the images past it are deleted
 
     def identity(self, meta: dict, schema: LabelSchema, device: str | torch.device = "cpu") -> dict:
         """Everything that decides the pixels and layout (never ``n`` or the process count).
@@ -240,17 +242,49 @@ def deterministic_kernels(device: str | torch.device) -> None:
 
 
 OUR_NAMES = ("manifest.json", "metadata.jsonl", ".synth")
+SHARD_DIR_RE = re.compile(r"^shard-\d{5}$")
+SHARD_TAR_RE = re.compile(r"^shard-\d{5}\.tar$")
+OUR_FILE_RE = re.compile(r"^(\d{8}\.png|\..+\.tmp)$")  # a shard folder's images and write temps
 
 
 def _ran_on(ident: dict) -> str:
     return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU (no batch size recorded)"
 
 
+def _foreign_entries(out: Path) -> list[str]:
+    """Entries of ``out`` that synth did not make (a shard folder counts as ours only if every file in it is)."""
+    bad = []
+    for p in sorted(out.iterdir()):
+        if p.name in OUR_NAMES or (SHARD_TAR_RE.match(p.name) and p.is_file()) or p.name.startswith(".shard-"):
+            continue
+        if SHARD_DIR_RE.match(p.name) and p.is_dir() and not p.is_symlink():
+            bad += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if not (OUR_FILE_RE.match(q.name) and q.is_file())]
+            continue
+        bad.append(p.name)
+    return bad
+
+
+def _remove_ours(out: Path) -> None:
+    """Delete what an earlier ``synth sample`` wrote into ``out`` (checked by :func:`_foreign_entries` first)."""
+    for p in out.iterdir():
+        if p.name in OUR_NAMES or SHARD_DIR_RE.match(p.name) or SHARD_TAR_RE.match(p.name) or p.name.startswith(".shard-"):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
-    """Refuse to mix with another model's or other settings' images unless ``overwrite``."""
+    """Refuse to mix with another model's or other settings' images unless ``overwrite``; never write
+    into, or delete from, a folder holding files synth did not make."""
     req_file = out / ".synth" / "request.json"
-    if req_file.is_file():
-        old = json.loads(req_file.read_text())
+    if not req_file.is_file():
+        entries = sorted(p.name for p in out.iterdir() if p.name != ".synth") if out.is_dir() else []
+        if entries:
+            raise BulkError(f"output folder '{out}' is not empty ({len(entries)} entries, e.g. '{entries[0]}') and was not "
+                            f"made by synth; choose a new or empty --out (--overwrite only replaces synth's own sets)")
+    else:
+        try:
+            old = json.loads(req_file.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            old = {"damaged": True}  # treated as other settings: refused unless --overwrite
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
         if diff == ["batch_size"] and not overwrite:
             raise BulkError(f"output folder '{out}' was sampled {_ran_on(old)} and this run is {_ran_on(identity)}; "
@@ -260,14 +294,84 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
             raise BulkError(f"output folder '{out}' holds images from another model or settings (differs in: "
                             f"{', '.join(diff)}); use another --out or pass --overwrite to replace them")
         if diff and overwrite and main:
-            for p in out.iterdir():
-                if p.name in OUR_NAMES or p.name.startswith("shard-"):
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-    elif out.is_dir() and any(p.name.startswith("shard-") for p in out.iterdir()) and not overwrite:
-        raise BulkError(f"output folder '{out}' holds shards without a synth request record; "
-                        f"use another --out or pass --overwrite")
+            foreign = _foreign_entries(out)
+            if foreign:
+                raise BulkError(f"--overwrite: output folder '{out}' also holds files synth did not make (e.g. "
+                                f"'{foreign[0]}', {len(foreign)} in all); nothing was deleted; move them away or use another --out")
+            _remove_ours(out)
     if main:
         atomic_write_json(req_file, identity)
+
+
+def existing_extent(out: Path, shard_size: int) -> int:
+    """One past the highest image index this folder's shards hold (done records, shard folders or tars)."""
+    hi = 0
+    for p in out.iterdir() if out.is_dir() else []:
+        if SHARD_DIR_RE.match(p.name) or SHARD_TAR_RE.match(p.name):
+            s = int(p.name[6:11])
+            r = read_done(out, s)
+            if r is not None:
+                hi = max(hi, int(r["stop"]))
+            elif p.is_dir():
+                idx = [int(q.name[:8]) for q in p.iterdir() if re.match(r"^\d{8}\.png$", q.name)]
+                hi = max([hi] + [i + 1 for i in idx])
+            else:
+                hi = max(hi, (s + 1) * shard_size)
+    return hi
+
+
+def shrink_out(out: Path, n: int, shard_size: int) -> int:
+    """Delete images ``>= n`` (whole shards past it; the rest of the last one) and their records; returns how many
+    indices were dropped.  The kept part of a cut shard is re-recorded by the run (its PNGs are kept, not redrawn)."""
+    extent = existing_extent(out, shard_size)
+    last = (n - 1) // shard_size
+    for p in sorted(out.iterdir()):
+        if not (SHARD_DIR_RE.match(p.name) or SHARD_TAR_RE.match(p.name)):
+            continue
+        s = int(p.name[6:11])
+        if s > last or (s == last and p.is_file()):  # a tar holds the cut images inside it: redone whole
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            done_record(out, s).unlink(missing_ok=True)
+        elif s == last:
+            for q in p.iterdir():
+                if re.match(r"^\d{8}\.png$", q.name) and int(q.name[:8]) >= n:
+                    q.unlink()
+            r = read_done(out, s)
+            if r is not None and r["stop"] > n:
+                done_record(out, s).unlink()
+    for rec in (out / ".synth" / "done").glob("shard-*.json") if (out / ".synth" / "done").is_dir() else []:
+        if int(rec.stem[6:11]) > last:
+            rec.unlink()
+    return max(0, extent - n)
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``<out>/.synth/lock`` held by the main process for the whole run:
+    a second ``synth sample``/``translate`` into the same folder stops at once instead of redoing the work."""
+
+    def __init__(self, out: Path):
+        import fcntl
+        import socket
+
+        path = out / ".synth" / "lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise BulkError(f"output folder '{out}' is being written by {holder}; wait for it to finish (then run the "
+                            f"same command to extend or check it) or use another --out") from None
+        except OSError:
+            pass  # a file system without locks (some network mounts): run unguarded, as before
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"synth (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
 
 
 # ---------------------------------------------------------------------------
@@ -310,9 +414,13 @@ def done_record(out: Path, s: int) -> Path:
 def read_done(out: Path, s: int) -> dict | None:
     rec = done_record(out, s)
     try:
-        return json.loads(rec.read_text())
+        r = json.loads(rec.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None  # damaged (not written by a finished durable_write): the shard is redone, same bytes
+    ok = isinstance(r, dict) and all(k in r for k in ("start", "stop", "rows")) and isinstance(r["rows"], list)
+    return r if ok else None
 
 
 def file_entry(name: str, data: bytes) -> dict:
@@ -832,12 +940,32 @@ class BulkResult:
     timings: dict = field(default_factory=dict)
 
 
-def _make_out(out: Path, identity: dict, overwrite: bool) -> None:
+def _make_out(out: Path, identity: dict, req: BulkRequest, log: Callable[[str], None]) -> OutputLock:
+    """Create or check ``out`` under its lock (returned; the caller releases it when the run ends)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        prepare_out_check_only = not (out / ".synth" / "request.json").is_file()
+        if prepare_out_check_only:
+            prepare_out(out, identity, req.overwrite, False)  # refuse a user's folder before making .synth in it
+        lock = OutputLock(out)
     except OSError as e:
-        raise BulkError(f"cannot create output folder '{out}' ({e.strerror}); choose a writable --out") from None
-    prepare_out(out, identity, overwrite, True)
+        raise BulkError(f"cannot use output folder '{out}' ({e.strerror or e}); choose a writable --out") from None
+    try:
+        prepare_out(out, identity, req.overwrite, True)
+        extent = existing_extent(out, req.shard_size)
+        if extent > req.n:
+            if not (req.shrink or req.overwrite):
+                raise BulkError(f"output folder '{out}' already holds images 0..{extent - 1} and --n is {req.n}: the "
+                                f"other {extent - req.n} would stay on disk outside the metadata; pass --n {extent} to "
+                                f"resume or extend it, or --shrink to delete images {req.n}..{extent - 1}")
+            log(f"--shrink: deleted {shrink_out(out, req.n, req.shard_size)} images (index {req.n} and above)")
+    except OSError as e:
+        lock.release()
+        raise BulkError(f"cannot prepare output folder '{out}' ({e.strerror or e}); fix the cause and run again") from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress: bool = True,
@@ -858,7 +986,7 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
     identity = req.identity(meta, schema, device)
     with process_group(world):
         pad = is_cuda(device) if pad_batches is None else pad_batches
-        return _run(req, generator, device, meta, schema, identity, rank, world, progress, job, pad)
+        return _run(req, generator, device, meta, schema, identity, rank, world, progress, job, pad, log)
 
 
 class SampleJob:
@@ -914,14 +1042,33 @@ def _sample_into(writer: ShardWriter, plan: ShardPlan, job, req: BulkRequest, ba
     return t_model
 
 
+def _write_manifest_or_say(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema, identity: dict) -> dict:
+    """:func:`write_manifest`; a full or read-only disk is one line (the shards are recorded, a rerun only rewrites this)."""
+    try:
+        return write_manifest(out, req, meta, schema, identity, req.n)
+    except OSError as e:
+        raise BulkError(f"every image is written but '{out}/manifest.json' could not be ({e.strerror or e}); free "
+                        f"space and run the same command again to write it") from None
+
+
 def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int, world: int,
-         progress: bool, job=None, pad: bool = True) -> BulkResult:
-    """run_bulk's body, once the request is checked: prepare, plan, sample, write, record."""
+         progress: bool, job=None, pad: bool = True, log: Callable[[str], None] = print) -> BulkResult:
+    """run_bulk's body, once the request is checked: prepare and lock ``out``, then :func:`_run_locked`."""
+    out = Path(req.out)
+    lock = main_first(world, lambda: _make_out(out, identity, req, log), rank)
+    try:
+        return _run_locked(req, generator, device, meta, schema, identity, rank, world, progress, job, pad)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int,
+                world: int, progress: bool, job=None, pad: bool = True) -> BulkResult:
+    """The run once ``out`` is prepared and locked: plan, sample, write, record."""
     from samplers.generator import load_generator
 
-    main = rank == 0
-    out = Path(req.out)
-    main_first(world, lambda: _make_out(out, identity, req.overwrite), rank)
+    main, out = rank == 0, Path(req.out)
 
     n_shards = math.ceil(req.n / req.shard_size)
     mine = [s for s in range(n_shards) if s % world == rank and not shard_is_done(out, s, req.n, req.shard_size)]
@@ -944,7 +1091,7 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
         writer.shutdown()
     seconds = time.perf_counter() - t0
     _barrier(world)  # every rank's shards are recorded before the manifest reads them
-    manifest = main_first(world, lambda: write_manifest(out, req, meta, schema, identity, req.n), rank) or {}
+    manifest = main_first(world, lambda: _write_manifest_or_say(out, req, meta, schema, identity), rank) or {}
     if main:
         gaps = req.n - manifest["n_done"]
         if gaps:

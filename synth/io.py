@@ -66,17 +66,111 @@ def atomic_save_with(path: str | Path, save_fn) -> None:
         raise
 
 
-def atomic_replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a fully written folder into place; an older folder is removed after."""
+class ForeignFolderError(FileExistsError):
+    """A folder synth would replace or remove does not look like one synth wrote."""
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL / ENOSYS / EOPNOTSUPP: this file system cannot swap; fall back
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def check_ours(folder: Path, marker: str | None, what: str = "folder") -> None:
+    """Refuse to replace or delete ``folder`` unless it holds ``marker`` (a file synth always writes there).
+
+    A run folder may be a user's own folder (``--run .``); without this a folder named ``export/``
+    or ``checkpoints/step-...`` that synth did not write would be deleted.
+    """
+    folder = Path(folder)
+    if marker is None or not folder.exists():
+        return
+    if not (folder / marker).exists():
+        raise ForeignFolderError(f"refusing to replace {what} '{folder}': it has no '{marker}', so synth did not write it; "
+                                 f"move it away or choose another folder")
+
+
+def fresh_tmp_dir(final_dir: Path) -> Path:
+    """An empty, uniquely named folder beside ``final_dir`` to write into before :func:`atomic_replace_dir`.
+
+    Unique (``.<name>.tmp-XXXX``) so nothing already there is ever removed to make room.
+    """
     final_dir = Path(final_dir)
-    if final_dir.exists():
-        old = final_dir.with_name(final_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final_dir, old)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def remove_stale_tmp_dirs(final_dir: Path) -> None:
+    """Remove ``.<name>.tmp-*`` folders left beside ``final_dir`` by a run killed while writing."""
+    final_dir = Path(final_dir)
+    if final_dir.parent.is_dir():
+        for stale in final_dir.parent.glob(f".{final_dir.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def atomic_replace_dir(tmp_dir: Path, final_dir: Path, marker: str | None = None) -> None:
+    """Move a fully written folder into place; there is no moment without a ``final_dir``.
+
+    ``marker``: a file every folder of this kind holds; an existing ``final_dir`` without it is
+    not synth's and is refused (:class:`ForeignFolderError`) instead of deleted.  On Linux the
+    old and new folders are swapped in one step; elsewhere two renames leave a moment where
+    only ``<final>.old`` exists.
+    """
+    tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
+    if not final_dir.exists():
         os.replace(tmp_dir, final_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp_dir, final_dir)
+        return
+    check_ours(final_dir, marker)
+    if _exchange(tmp_dir, final_dir):
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # now holds the old folder
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.old-", dir=final_dir.parent))
+    os.replace(final_dir, old / final_dir.name)
+    os.replace(tmp_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file in ``folder`` (recursively) and the folder entries to disk: after this a
+    power loss or node crash cannot leave a folder that looks complete but holds truncated files."""
+    folder = Path(folder)
+    for p in sorted(folder.rglob("*"), reverse=True):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from synth.codecs import VAECodec
 from synth.config import Config
 from synth.data import load_split, subset_record
-from synth.io import atomic_replace_dir, atomic_write_json, to_float
+from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs, to_float
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
 from trainers.common import Logger
@@ -77,14 +77,13 @@ def latent_std(vae, images: torch.Tensor, n: int = 512) -> float:
 
 def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     out = run / "export"
-    tmp = run / "export.tmp"
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_ours(out, "metrics.json", "autoencoder export")  # before the work, not after it
+    remove_stale_tmp_dirs(out)
+    tmp = fresh_tmp_dir(out)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
     atomic_write_json(tmp / "metrics.json", metrics)
-    atomic_replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out, marker="metrics.json")
     return out
 
 

@@ -6,10 +6,12 @@ holds weights, EMA, optimizer, LR scheduler, RNG states and the step.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import time
@@ -20,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synth.config import Config, ConfigError, config_to_dict, diff_configs, save_config
-from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json
+from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json, fsync_tree, sha256_file
 from synth.seeds import generator_for, image_seed
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
@@ -64,7 +66,18 @@ def check_global_batch(old_cfg: dict, old_world: int, cfg: Config, world: int, r
                       f"{cfg.train.batch_size} x {cfg.train.grad_accum}); {fix}, or use a new --run folder")
 
 
-def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1) -> Path:
+def _read_run_meta(path: Path) -> dict:
+    """``run.json`` of an earlier run; a damaged one is a one-line error (it decides what a resume may change)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read '{path}' ({e}); restore it, or delete it to resume without the config checks") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ConfigError(f"'{path}' is not a synth run record; restore it, or use another --run folder")
+    return meta
+
+
+def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1, say=print) -> Path:
     """Create ``run_dir`` or check a resumed run's config; write ``config.yaml``.
 
     A resume whose config changed a field in :data:`RESUME_BREAKING` is refused,
@@ -79,12 +92,13 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1
         raise ConfigError(f"cannot create run folder '{run}' ({e.strerror}); choose a writable --run") from None
     meta_path = run / "run.json"
     if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+        meta = _read_run_meta(meta_path)
         if meta.get("stage") != stage:
             raise ConfigError(f"run folder '{run}' holds a '{meta.get('stage')}' run, not '{stage}'; use another --run folder")
         old = meta["config"]
         changed = diff_configs(old, config_to_dict(cfg))
         bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]
+        quarantine_corrupt_checkpoints(run, say)
         if latest_checkpoint(run) is not None:
             if bad:
                 raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
@@ -135,6 +149,44 @@ def latest_checkpoint(run: Path) -> tuple[int, Path] | None:
     return cps[-1] if cps else None
 
 
+CHECKSUMS = "checksums"  # state.json key: {file name: sha256} of every other file of the checkpoint
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why the checkpoint folder ``path`` cannot be trusted (a file missing, truncated or changed), or None.
+
+    Checkpoints written before checksums were recorded are trusted as they are.
+    """
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"state.json unreadable ({e})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "state.json is not a checkpoint record"
+    for name, digest in (state.get(CHECKSUMS) or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if sha256_file(f) != digest:
+            return f"{name} does not match its recorded SHA-256 (truncated or changed)"
+    return None
+
+
+def quarantine_corrupt_checkpoints(run: Path, say=print) -> None:
+    """Newest first, rename checkpoints that fail :func:`checkpoint_problem` to ``corrupt-step-N[-k]``
+    (kept for inspection, never counted or pruned as checkpoints) until a good one is found."""
+    for step, path in reversed(list_checkpoints(run)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return
+        target = path.with_name(f"corrupt-{path.name}")
+        k = 1
+        while target.exists():
+            target, k = path.with_name(f"corrupt-{path.name}-{k}"), k + 1
+        os.replace(path, target)
+        say(f"checkpoint {path} is damaged ({problem}); skipped and moved to {target.name}")
+
+
 def _rng_state() -> dict[str, torch.Tensor]:
     out = {"torch_cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -161,20 +213,39 @@ def save_checkpoint(run: Path, step: int, modules: dict[str, torch.nn.Module], o
         save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optim.pt")
     save_file(_rng_state(), str(tmp / "rng.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time(), **extra}, indent=2))
-    atomic_replace_dir(tmp, final)
+    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time(), **extra, CHECKSUMS: sums}, indent=2))
+    fsync_tree(tmp)  # a node crash must not leave a checkpoint that looks complete with truncated files
+    atomic_replace_dir(tmp, final, marker="state.json")
     for _, old in list_checkpoints(run)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
+@contextlib.contextmanager
+def _reading_checkpoint(path: Path):
+    """Damage that checksums cannot catch (a checkpoint from before they were recorded, another
+    model's checkpoint) becomes one line naming the folder and the way out."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, EOFError, SafetensorError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError) as e:
+        if isinstance(e, torch.OutOfMemoryError):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TrainingError(f"checkpoint '{path}' cannot be loaded ({first[:200]}); move that folder out of "
+                            f"{path.parent} to resume from the one before, or use a new --run folder") from None
+
+
 def load_weights(path: Path, modules: dict[str, torch.nn.Module], ema: "EMA | None") -> dict:
     """Restore module weights and EMA (before ``accelerator.prepare``); returns ``state.json``."""
-    for name, m in modules.items():
-        m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
-    if ema is not None:
-        ema.load_state_dict(load_file(str(path / "ema.safetensors")))
-    return json.loads((path / "state.json").read_text())
+    with _reading_checkpoint(path):
+        for name, m in modules.items():
+            m.load_state_dict(load_file(str(path / f"{name}.safetensors")))
+        if ema is not None:
+            ema.load_state_dict(load_file(str(path / "ema.safetensors")))
+        return json.loads((path / "state.json").read_text())
 
 
 def load_optimizer(path: Path, optimizer, lr_scheduler) -> None:
@@ -183,10 +254,11 @@ def load_optimizer(path: Path, optimizer, lr_scheduler) -> None:
     Loaded before prepare, AdamW's ``step`` counters would follow the parameters to
     the GPU, and torch would then sync the host twice per parameter per step.
     """
-    opt = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(opt["optimizer"])
-    lr_scheduler.load_state_dict(opt["lr_scheduler"])
-    rng = load_file(str(path / "rng.safetensors"))
+    with _reading_checkpoint(path):
+        opt = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(opt["optimizer"])
+        lr_scheduler.load_state_dict(opt["lr_scheduler"])
+        rng = load_file(str(path / "rng.safetensors"))
     torch.set_rng_state(rng["torch_cpu"])
     if torch.cuda.is_available():
         states = [rng[k] for k in sorted(k for k in rng if k.startswith("torch_cuda_"))]

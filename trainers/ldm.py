@@ -7,7 +7,6 @@ built from the config (with an offline-trained tokenizer).
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, fingerprint, load_split, subset_record
 from synth.distributed import main_first
-from synth.io import atomic_replace_dir, labelled_grid, save_png, to_float
+from synth.io import atomic_replace_dir, fresh_tmp_dir, labelled_grid, save_png, to_float
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
@@ -114,12 +113,9 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
     else:
         tok = build_tokenizer(corpus, cfg.model.text.vocab_size, cfg.model.text.max_length)
         if save:  # into a temp folder, then renamed: another rank may be reading run/tokenizer
-            import shutil
-
-            tmp = run / f".tokenizer.tmp-{os.getpid()}"
-            shutil.rmtree(tmp, ignore_errors=True)
+            tmp = fresh_tmp_dir(tok_dir)
             tok.save_pretrained(tmp)
-            atomic_replace_dir(tmp, tok_dir)
+            atomic_replace_dir(tmp, tok_dir, marker="tokenizer_config.json")
     t = cfg.model.text
     text_encoder = build_text_encoder(len(tok), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
     c, h, _ = codec.latent_shape(res)

@@ -114,7 +114,7 @@ def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run
 
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
     r = Run(accelerator, Path(run_dir), log if accelerator.is_main_process else (lambda *a, **k: None))
-    r.once(lambda: prepare_run_dir(cfg, r.folder, stage, r.world))
+    r.once(lambda: prepare_run_dir(cfg, r.folder, stage, r.world, say=r.say))
     return r
 
 

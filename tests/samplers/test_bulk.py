@@ -136,10 +136,10 @@ def test_bad_inputs(tiny_export, tmp_path):
 
 def test_write_error_mid_run_keeps_done_shards(tiny_export, tmp_path):
     out = tmp_path / "w"
-    out.mkdir()
-    (out / "shard-00001").write_text("a file where a folder must go")  # like a full disk: an OSError mid-run
     req = BulkRequest(model=str(tiny_export), out=str(out), n=20, spec=parse_label_spec("normal", SCHEMA), steps=3,
-                      shard_size=8, batch_size=4, overwrite=True)
+                      shard_size=8, batch_size=4)
+    run_bulk(BulkRequest(**{**req.__dict__, "n": 8}), load_generator(tiny_export), progress=False)
+    (out / "shard-00001").write_text("a file where a folder must go")  # an OSError mid-run, like a full disk
     with pytest.raises(BulkError, match=r"writing images to .* failed .*run the same command again to resume"):
         run_bulk(req, load_generator(tiny_export), progress=False)
     done = sorted(p.name for p in (out / ".synth" / "done").glob("*.json"))

@@ -1,0 +1,71 @@
+"""Damaged training state: a checkpoint cut short or changed is detected by its recorded SHA-256, skipped
+with a message naming it, and the run resumes from the one before and ends where an uninterrupted run ends."""
+import json
+
+import pytest
+import torch
+
+from synth.config import ConfigError
+from tests.conftest import tiny_cfg
+from tests.trainers.test_ldm import _final_state
+from trainers.common import TrainingError, checkpoint_problem, list_checkpoints
+from trainers.ldm import train_ldm
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _train(run, steps, log=None):
+    return train_ldm(tiny_cfg(f"train.steps={steps}", "data.phantom_items=32"), run, log=log or (lambda *a: None))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ckpt-ref")
+    _train(run, 6)
+    return _final_state(run, 6)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damaged_latest_checkpoint_is_skipped_and_resume_matches(tmp_path, uninterrupted, damage):
+    _train(tmp_path, 4)
+    victim = tmp_path / "checkpoints" / "step-00000004" / ("unet.safetensors" if damage != "flip" else "optim.pt")
+    data = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        victim.write_bytes(data[:-10] + bytes(b ^ 0xFF for b in data[-10:]))
+    else:
+        victim.unlink()
+    assert checkpoint_problem(victim.parent) is not None
+    said = []
+    _train(tmp_path, 6, log=said.append)
+    msg = " ".join(map(str, said))
+    assert "step-00000004 is damaged" in msg and "corrupt-step-00000004" in msg, msg
+    assert (tmp_path / "checkpoints" / "corrupt-step-00000004").is_dir()  # kept for inspection, never pruned
+    b = _final_state(tmp_path, 6)
+    assert all(torch.equal(uninterrupted[k], b[k]) for k in uninterrupted)
+
+
+def test_old_checkpoint_without_checksums_that_cannot_load_is_one_line(tmp_path):
+    _train(tmp_path, 2)
+    ck = tmp_path / "checkpoints" / "step-00000002"
+    state = json.loads((ck / "state.json").read_text())
+    state.pop("checksums")  # as written before checksums were recorded
+    (ck / "state.json").write_text(json.dumps(state))
+    (ck / "unet.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(TrainingError, match=r"checkpoint '.*step-00000002' cannot be loaded .*move that folder out"):
+        _train(tmp_path, 4)
+
+
+def test_damaged_run_record_is_one_line(tmp_path):
+    _train(tmp_path, 2)
+    (tmp_path / "run.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"cannot read '.*run.json'.*restore it"):
+        _train(tmp_path, 4)
+
+
+def test_checkpoint_records_checksums_of_every_file(tmp_path):
+    _train(tmp_path, 2)
+    (_, ck), = list_checkpoints(tmp_path)
+    sums = json.loads((ck / "state.json").read_text())["checksums"]
+    assert sorted(sums) == sorted(p.name for p in ck.iterdir() if p.name != "state.json")
