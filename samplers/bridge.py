@@ -15,7 +15,8 @@ from typing import Sequence
 import torch
 
 from samplers.flow import integrate_flow, translate_latents
-from samplers.generator import ArtifactError, SampleBatch, read_artifact
+from samplers.generator import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
+                                verify_export)
 from samplers.integrators import model_evals
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_float, to_uint8
@@ -34,22 +35,28 @@ class BridgeGenerator:
         self.domains = tuple(domains)
         self.resolution, self.channels, self.model_id = resolution, channels, model_id
         self.chunk_size: int | None = None
+        self.weights_sha256: str | None = None  # set by from_export: the verified hash of the loaded weights
 
     # -- loading -----------------------------------------------------------
     @classmethod
-    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    *, allow_pickle: bool = False):
+        """Load a bridge export, checked like :meth:`LDMGenerator.from_export` (safetensors only, hashes verified)."""
         from diffusers import AutoencoderKL, UNet2DModel
 
         meta = read_artifact(path)
         if meta.get("kind") != "bridge":
             raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
                                 f"translation needs an export of 'synth train bridge'")
-        p = Path(meta["path"])
-        unet = UNet2DModel.from_pretrained(p / "unet", use_safetensors=True, torch_dtype=dtype).to(device).eval()
-        codec = (VAECodec(AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True, torch_dtype=dtype).to(device).eval())
+        digest = verify_export(meta, allow_pickle)
+        unet = load_component(meta, UNet2DModel.from_pretrained, "unet", use_safetensors=True,
+                              torch_dtype=dtype).to(device).eval()
+        codec = (VAECodec(load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True,
+                                         torch_dtype=dtype).to(device).eval())
                  if meta["codec"] == "vae" else PixelCodec())
-        return cls(unet, codec, meta["domains"], meta["resolution"], meta.get("channels", 1),
-                   model_id=meta.get("model_id", str(p)))
+        gen = cls(unet, codec, meta["domains"], meta["resolution"], meta.get("channels", 1),
+                  model_id=meta.get("model_id", meta["path"]))
+        return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
                  chunk_size: int | None = None) -> "BridgeGenerator":
@@ -163,8 +170,10 @@ class BridgeGenerator:
         return torch.cat(outs)
 
 
-def load_bridge(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> BridgeGenerator:
-    return BridgeGenerator.from_export(path, device, dtype)
+def load_bridge(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                *, allow_pickle: bool = False) -> BridgeGenerator:
+    """:meth:`BridgeGenerator.from_export`."""
+    return BridgeGenerator.from_export(path, device, dtype, allow_pickle=allow_pickle)
 
 
 __all__ = ["BridgeGenerator", "load_bridge"]

@@ -109,6 +109,8 @@ def parse_label_spec(spec: str, schema: LabelSchema, log: Callable[[str], None] 
             raise LabelError(f"label '{schema.classes[k]}' appears twice in '{spec}'")
         weights[k] = weight
     total = sum(weights.values())
+    if not math.isfinite(total):
+        raise LabelError(f"label weights in '{spec}' are too large to add up; use weights like 0.5 or 1")
     if total <= 0:
         raise LabelError(f"label weights in '{spec}' sum to 0; give at least one label a positive weight")
     if abs(total - 1) > 1e-6 and len(items) > 1:
@@ -125,8 +127,15 @@ def parse_prompt_file(path: str | Path, schema: LabelSchema) -> ConditionSpec:
     p = Path(path)
     if not p.is_file():
         raise LabelError(f"prompts file '{p}' not found; pass a text file with one prompt or label per line")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LabelError(f"prompts file '{p}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         f"save it as UTF-8") from None
+    except OSError as e:
+        raise LabelError(f"cannot read prompts file '{p}' ({e.strerror}); check its permissions") from None
     lines = []
-    for raw in p.read_text().splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -187,6 +196,7 @@ class BulkRequest:
     dtype: str = "float32"
     overwrite: bool = False
     shrink: bool = False  # allow a smaller --n than the folder holds: the images past it are deleted
+    allow_pickle: bool = False  # load an export that also holds pickle weights (never unpickled; see load_generator)
 
     def identity(self, meta: dict, schema: LabelSchema, device: str | torch.device = "cpu") -> dict:
         """Everything that decides the pixels and layout (never ``n`` or the process count).
@@ -982,6 +992,10 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
     deterministic_kernels(device)
     rank, world = dist_info()
     meta = read_artifact(req.model)
+    loaded = getattr(generator, "weights_sha256", None)
+    if loaded is not None and loaded != meta.get("weights_sha256"):
+        raise BulkError(f"the generator passed in holds weights {loaded[:12]}, not those of '{req.model}' "
+                        f"({str(meta.get('weights_sha256'))[:12]}); pass the generator loaded from that export")
     schema = LabelSchema.from_json(meta["labels"])
     identity = req.identity(meta, schema, device)
     with process_group(world):
@@ -1075,7 +1089,10 @@ def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSc
     plan = plan_shards(out, req, req.n, mine)
     if generator is None and plan.batches:
         dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[req.dtype]
-        generator = load_generator(meta["path"], device=device, dtype=dtype)
+        generator = load_generator(meta["path"], device=device, dtype=dtype, allow_pickle=req.allow_pickle)
+        if getattr(generator, "weights_sha256", identity["weights_sha256"]) != identity["weights_sha256"]:
+            raise BulkError(f"'{req.model}' changed since this run started (its weights hash differs); "
+                            f"run the same command again")
 
     writer = ShardWriter(out, req, req.n)
     from tqdm.auto import tqdm

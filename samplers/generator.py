@@ -19,13 +19,36 @@ from samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_si
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_uint8
 from synth.labels import Condition, LabelSchema
+from synth.models import (WeightsDigest, changed_since, check_safetensors_files, digest_weights, first_line, load_part,
+                          refuse_pickle, weights_mismatch)
 from synth.seeds import derive_seed, generator_for
 
 ARTIFACT_FILE = "synth.json"
+FORMAT_VERSION = 1  # the newest synth.json format this version reads
+MAX_ARTIFACT_BYTES = 64 << 20  # a synth.json is a few KB; a huge one is not ours
+KINDS = ("ldm", "bridge")
+PICKLE_HINT = "pass --allow-pickle (allow_pickle=True in Python)"
 
 
 class ArtifactError(ValueError):
-    """A model folder that is missing or is not a synth export."""
+    """A model folder that is missing, damaged or not a synth export; the message is one line naming the fix."""
+
+    def __init__(self, message: object = ""):
+        # messages quote paths and file contents, which may hold line breaks
+        super().__init__("\\n".join(str(message).splitlines()))
+
+
+def show(value) -> str:
+    """A short one-line repr of a value read from a file, for messages."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = 60
+    r.maxlist = r.maxdict = 6
+    try:
+        return "\\n".join(r.repr(value).splitlines())
+    except ValueError:  # an int past Python's str() digit limit
+        return f"<{type(value).__name__} too large to print>"
 
 
 @dataclass
@@ -49,21 +72,237 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: 
     return text_encoder(ids.to(p.device))[0]
 
 
-def read_artifact(path: str | Path) -> dict:
-    """The artifact's ``synth.json`` (codec, resolution, schema, ...); clear errors otherwise."""
+# ---------------------------------------------------------------------------
+# Reading and checking an export
+
+
+def _os_message(e: OSError, path: Path) -> str:
+    """One line for an OSError met while reading ``path``: the file it names and the system's reason."""
+    return (f"cannot read '{e.filename or path}': {e.strerror or first_line(e)}; check its permissions "
+            f"and that the disk is readable")
+
+
+def _fix(kind: str = "ldm") -> str:
+    return f"re-export the model (run the same 'synth train {kind}' command again) or restore the file"
+
+
+def _run_stage(run_json: Path) -> str:
+    """The stage a run folder's ``run.json`` records ('ldm', 'bridge', ...), or 'ldm' when unreadable."""
+    try:
+        stage = json.loads(run_json.read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return "ldm"
+    return stage if isinstance(stage, str) else "ldm"
+
+
+def _not_an_export(p: Path) -> ArtifactError:
+    """Why folder ``p`` (holding no synth.json, nor export/synth.json) is not a generator export."""
+    if any((d / "metrics.json").is_file() and (d / "vae").is_dir() for d in (p, p / "export")):
+        return ArtifactError(f"'{p}' holds an autoencoder export, not a generator; use it as model.autoencoder of "
+                             f"'synth train ldm' or 'synth train bridge'")
+    if (p / "run.json").is_file():
+        stage = _run_stage(p / "run.json")
+        if (p / "export").is_dir():
+            return ArtifactError(f"'{p / 'export'}' has no {ARTIFACT_FILE}: its export was interrupted or damaged; "
+                                 f"run 'synth train {stage} --run {p}' again to re-export it")
+        return ArtifactError(f"'{p}' is a run folder of 'synth train {stage}' without an export (its training has not "
+                             f"finished); run 'synth train {stage} --run {p}' again to finish it, then pass {p / 'export'}")
+    missing = [n for n in (ARTIFACT_FILE, "model_index.json", "unet") if not (p / n).exists()]
+    return ArtifactError(f"'{p}' is not a synth export (missing {', '.join(missing)}); "
+                         f"pass <run>/export written by 'synth train ldm'")
+
+
+def export_folder(path: str | Path) -> Path:
+    """The export folder ``path`` names: itself, or ``<run>/export`` for a run folder; clear errors otherwise."""
     p = Path(path)
     if not p.exists():
         raise ArtifactError(f"model folder '{p}' does not exist; pass the export folder of a run (<run>/export)")
-    if not (p / ARTIFACT_FILE).is_file():
-        if (p / "export" / ARTIFACT_FILE).is_file():
-            p = p / "export"
-        else:
-            missing = [n for n in (ARTIFACT_FILE, "model_index.json", "unet") if not (p / n).exists()]
-            raise ArtifactError(f"'{p}' is not a synth export (missing {', '.join(missing)}); "
-                                f"pass <run>/export written by 'synth train ldm'")
-    meta = json.loads((p / ARTIFACT_FILE).read_text())
+    if not p.is_dir():
+        hint = (f"pass its folder '{p.parent}'" if p.name == ARTIFACT_FILE
+                else "pass the export folder of a run (<run>/export)")
+        raise ArtifactError(f"'{p}' is a file, not a model folder; {hint}")
+    if (p / ARTIFACT_FILE).is_file():
+        return p
+    if (p / "export" / ARTIFACT_FILE).is_file():
+        return p / "export"
+    raise _not_an_export(p)
+
+
+def _load_meta(f: Path) -> dict:
+    """``synth.json`` parsed: a JSON object of sane size, or a one-line ArtifactError."""
+    size = f.stat().st_size
+    if size > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(f"'{f}' is {size} bytes, far too large for a {ARTIFACT_FILE}; {_fix()}")
+    try:
+        meta = json.loads(f.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ArtifactError(f"'{f}' is not valid JSON (not UTF-8 text); {_fix()}") from None
+    except ValueError as e:
+        raise ArtifactError(f"'{f}' is not valid JSON ({first_line(e)}); {_fix()}") from None
+    except RecursionError:
+        raise ArtifactError(f"'{f}' is not a {ARTIFACT_FILE} (JSON nested too deeply); {_fix()}") from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"'{f}' holds a JSON {type(meta).__name__}, not an object; {_fix()}")
+    return meta
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_sha256(v) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+def check_meta(meta: dict, f: Path) -> None:
+    """Every field the loaders and samplers read has the type they need; the format is not newer than ours."""
+    version = meta.get("format_version", 1)
+    kind = meta.get("kind", "ldm")
+
+    def bad(key: str, expected: str):
+        got = "missing" if key not in meta else show(meta[key])
+        raise ArtifactError(f"'{f}': '{key}' is {got}, expected {expected}; {_fix(kind if kind in KINDS else 'ldm')}")
+
+    if not _is_int(version) or version < 1:
+        bad("format_version", "a positive integer")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(f"'{f}' has format_version {version}, newer than this synth reads ({FORMAT_VERSION}); "
+                            f"upgrade synth to load it")
+    if not isinstance(kind, str):
+        bad("kind", "'ldm' or 'bridge'")
+    if kind not in KINDS:
+        raise ArtifactError(f"'{f.parent}' holds a '{kind}' model, which this version cannot load; upgrade synth")
+    if meta.get("codec") not in ("pixel", "vae"):
+        bad("codec", "'pixel' or 'vae'")
+    if not _is_int(meta.get("resolution")) or not 1 <= meta["resolution"] <= 65536:
+        bad("resolution", "a positive integer")
+    if "channels" in meta and (not _is_int(meta["channels"]) or meta["channels"] < 1):
+        bad("channels", "a positive integer")
+    if not isinstance(meta.get("labels"), dict):
+        bad("labels", "a label schema (JSON object)")
+    try:
+        LabelSchema.from_json(meta["labels"])
+    except (TypeError, ValueError) as e:
+        bad("labels", f"a valid label schema ({first_line(e)})")
+    if not _is_sha256(meta.get("weights_sha256")):
+        bad("weights_sha256", "the 64-hex-digit SHA-256 of the weights")
+    files = meta.get("weights_files")
+    if files is not None and not (isinstance(files, dict)
+                                  and all(isinstance(k, str) and _is_sha256(v) for k, v in files.items())):
+        bad("weights_files", "an object of file -> SHA-256")
+    if "default_sampling" in meta and not isinstance(meta["default_sampling"], dict):
+        bad("default_sampling", "a JSON object")
+    if "model_id" in meta and not isinstance(meta["model_id"], str):
+        bad("model_id", "a string")
+    if kind == "ldm":
+        if meta.get("prediction_type") not in ("epsilon", "v_prediction", "sample"):
+            bad("prediction_type", "'epsilon', 'v_prediction' or 'sample'")
+        if not _is_int(meta.get("max_length")) or meta["max_length"] < 1:
+            bad("max_length", "a positive integer")
+    else:
+        doms = meta.get("domains")
+        if not isinstance(doms, list) or not doms or not all(isinstance(d, str) for d in doms):
+            bad("domains", "a non-empty list of domain names")
+
+
+def _has_weights(folder: Path, name: str) -> bool:
+    """``name`` (a safetensors file) or its sharded form (``name.index.json``) is in ``folder``."""
+    return (folder / name).is_file() or (folder / f"{name}.index.json").is_file()
+
+
+def check_files(p: Path, meta: dict) -> None:
+    """Every file or folder the loaders read is there: labels, config, each component's config and weights."""
+    kind = meta.get("kind", "ldm")
+    parts = {"unet": ("config.json", "diffusion_pytorch_model.safetensors")}
+    if kind == "ldm":
+        parts.update({"text_encoder": ("config.json", "model.safetensors"), "tokenizer": (),
+                      "scheduler": ("scheduler_config.json",)})
+    if meta["codec"] == "vae":
+        parts["vae"] = ("config.json", "diffusion_pytorch_model.safetensors")
+    for name in ("labels.json", "config.yaml"):
+        if not (p / name).is_file():
+            raise ArtifactError(f"export '{p}' is incomplete: '{name}' is missing; {_fix(kind)}")
+    for sub, files in parts.items():
+        if not (p / sub).is_dir():
+            raise ArtifactError(f"export '{p}' is incomplete: the '{sub}' folder is missing; {_fix(kind)}")
+        for name in files:
+            there = _has_weights(p / sub, name) if name.endswith(".safetensors") else (p / sub / name).is_file()
+            if not there:
+                raise ArtifactError(f"export '{p}' is incomplete: '{sub}/{name}' is missing; {_fix(kind)}")
+
+
+def read_artifact(path: str | Path) -> dict:
+    """The artifact's ``synth.json`` (codec, resolution, schema, ...), checked; ``path`` may be the run folder.
+
+    Cheap (no weights are read).  Missing, unreadable, malformed, newer-format or incomplete
+    exports raise a one-line :class:`ArtifactError`.
+    """
+    p = Path(path)
+    try:
+        p = export_folder(p)
+        meta = _load_meta(p / ARTIFACT_FILE)
+        check_meta(meta, p / ARTIFACT_FILE)
+        check_files(p, meta)
+    except OSError as e:
+        raise ArtifactError(_os_message(e, p)) from None
     meta["path"] = str(p)
     return meta
+
+
+def verify_export(meta: dict, allow_pickle: bool = False) -> WeightsDigest:
+    """Before loading the weights of the export ``meta`` describes: no pickle weights (unless allowed),
+    every safetensors file complete, and their SHA-256 equal to what ``synth.json`` records.
+
+    Returns the digest (hashed once here); :func:`finish_loading` checks nothing changed meanwhile.
+    """
+    p = Path(meta["path"])
+    kind = meta.get("kind", "ldm")
+    try:
+        refuse_pickle(p, allow_pickle, PICKLE_HINT, ArtifactError)
+        check_safetensors_files(p, _fix(kind), ArtifactError)
+        digest = digest_weights(p)
+    except OSError as e:
+        raise ArtifactError(_os_message(e, p)) from None
+    bad = weights_mismatch(digest, meta["weights_sha256"], meta.get("weights_files"))
+    if bad:
+        rel, problem = bad
+        if rel is None:
+            raise ArtifactError(f"the weights in '{p}' ({', '.join(digest.files) or 'none'}) {problem} (their SHA-256 "
+                                f"differs from {ARTIFACT_FILE}'s weights_sha256); {_fix(kind)}")
+        raise ArtifactError(f"'{p / rel}' {problem} (SHA-256 differs from {ARTIFACT_FILE}); {_fix(kind)}")
+    return digest
+
+
+def load_component(meta: dict, load, sub: str, **kwargs):
+    """``load(<export>/<sub>, **kwargs)`` (a ``from_pretrained``, offline); failures become one-line ArtifactErrors."""
+    p = Path(meta["path"])
+    return load_part(load, f"'{p / sub}'", _fix(meta.get("kind", "ldm")), ArtifactError,
+                     pretrained_model_name_or_path=p / sub, local_files_only=True, **kwargs)
+
+
+def finish_loading(generator, meta: dict, digest: WeightsDigest):
+    """Refuse weights that changed while they loaded; record the verified hash on the generator
+    (``weights_sha256``: what the sampled set's manifest should name)."""
+    p = Path(meta["path"])
+    changed = changed_since(digest, p)
+    if changed:
+        raise ArtifactError(f"'{p / changed[0]}' changed while it was loaded; run again once nothing writes to the export")
+    generator.weights_sha256 = digest.sha256
+    return generator
+
+
+def _read_scheduler(meta: dict) -> torch.Tensor:
+    """``alphas_cumprod`` from the export's scheduler config; one-line errors for a damaged file."""
+    f = Path(meta["path"]) / "scheduler" / "scheduler_config.json"
+    try:
+        cfg = json.loads(f.read_bytes().decode("utf-8"))
+        if not isinstance(cfg, dict):
+            raise ValueError(f"a JSON {type(cfg).__name__}, not an object")
+        return _alphas_from_scheduler_config(cfg)
+    except OSError as e:
+        raise ArtifactError(_os_message(e, f)) from None
+    except (ValueError, TypeError, KeyError, NotImplementedError, RecursionError) as e:
+        raise ArtifactError(f"'{f}' is not a valid scheduler config ({first_line(e)}); {_fix()}") from None
 
 
 class LDMGenerator:
@@ -78,27 +317,37 @@ class LDMGenerator:
         self.model_id, self.spacing = model_id, spacing
         self.chunk_size: int | None = None  # images per network call; None: the whole batch
         self._text_cache: dict[str, torch.Tensor] = {}
+        self.weights_sha256: str | None = None  # set by from_export: the verified hash of the loaded weights
 
     # -- loading -----------------------------------------------------------
     @classmethod
-    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    *, allow_pickle: bool = False):
+        """Load ``<run>/export`` after :func:`verify_export` (no pickle unless ``allow_pickle``, complete safetensors,
+        weights equal to synth.json's hashes); weights load from safetensors only."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoTokenizer, CLIPTextModel
 
         meta = read_artifact(path)
-        p = Path(meta["path"])
-        unet = UNet2DConditionModel.from_pretrained(p / "unet", use_safetensors=True,
-                                                    torch_dtype=dtype).to(device).eval()
-        text_encoder = CLIPTextModel.from_pretrained(p / "text_encoder", use_safetensors=True).to(device, dtype).eval()
-        tokenizer = AutoTokenizer.from_pretrained(p / "tokenizer")
+        if meta.get("kind", "ldm") != "ldm":
+            raise ArtifactError(f"'{meta['path']}' holds a '{meta['kind']}' model, not a text/label diffusion model; "
+                                f"load it with samplers.generator.load_generator")
+        digest = verify_export(meta, allow_pickle)
+        unet = load_component(meta, UNet2DConditionModel.from_pretrained, "unet", use_safetensors=True,
+                              torch_dtype=dtype).to(device).eval()
+        text_encoder = load_component(meta, CLIPTextModel.from_pretrained, "text_encoder",
+                                      use_safetensors=True).to(device, dtype).eval()
+        tokenizer = load_component(meta, AutoTokenizer.from_pretrained, "tokenizer")
         if meta["codec"] == "vae":
-            codec = VAECodec(AutoencoderKL.from_pretrained(p / "vae", use_safetensors=True, torch_dtype=dtype).to(device).eval())
+            codec = VAECodec(load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True,
+                                            torch_dtype=dtype).to(device).eval())
         else:
             codec = PixelCodec()
-        sched = json.loads((p / "scheduler" / "scheduler_config.json").read_text())
-        alphas = _alphas_from_scheduler_config(sched)
-        return cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
-                   meta["prediction_type"], meta["resolution"], meta["max_length"], model_id=meta.get("model_id", str(p)))
+        alphas = _read_scheduler(meta)
+        gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
+                  meta["prediction_type"], meta["resolution"], meta["max_length"],
+                  model_id=meta.get("model_id", meta["path"]))
+        return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
                  chunk_size: int | None = None) -> "LDMGenerator":
@@ -240,14 +489,19 @@ def _alphas_from_scheduler_config(cfg: dict) -> torch.Tensor:
     return s.alphas_cumprod.clone()
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load whichever generator an export folder holds."""
+def load_generator(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                   *, allow_pickle: bool = False):
+    """Load whichever generator an export folder holds, checked (see :func:`verify_export`).
+
+    ``allow_pickle``: accept a folder that also holds pickle weights (``*.bin``, ``*.ckpt`` ...);
+    they are never loaded (exports load from safetensors only), but their presence is refused by default.
+    """
     meta = read_artifact(path)
     kind = meta.get("kind", "ldm")
     if kind == "ldm":
-        return LDMGenerator.from_export(meta["path"], device, dtype)
+        return LDMGenerator.from_export(meta["path"], device, dtype, allow_pickle=allow_pickle)
     if kind == "bridge":
         from samplers.bridge import BridgeGenerator
 
-        return BridgeGenerator.from_export(meta["path"], device, dtype)
+        return BridgeGenerator.from_export(meta["path"], device, dtype, allow_pickle=allow_pickle)
     raise ArtifactError(f"'{path}' holds a '{kind}' model, which this version cannot load; upgrade synth")

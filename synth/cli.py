@@ -20,8 +20,9 @@ def _user_errors():
     from synth.classifier import ClassifierError
     from trainers.common import TrainingError
     from trainers.evaluate import EvalError
+    from synth.io import ForeignFolderError
 
-    return (ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
+    return (ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
             EvalError)
 
 
@@ -135,9 +136,14 @@ def train_bridge_cmd(config, run_dir, overrides):
 @click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default="sdpa", show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
 @click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
+@click.option("--shrink", is_flag=True,
+              help="Allow a smaller --n than the folder already holds: the images past it are deleted.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a model folder that also holds pickle weights (*.bin, *.pt, *.ckpt ...), which can run "
+                   "code when loaded; synth still loads only the safetensors weights.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
-           compile_, channels_last, chunk_size, attention, device, overwrite, quiet):
+           compile_, channels_last, chunk_size, attention, device, overwrite, shrink, allow_pickle, quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
     import torch
 
@@ -168,12 +174,13 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
                           steps=steps if steps is not None else d.get("steps", 25),
                           guidance=guidance if guidance is not None else d.get("guidance", 1.5),
-                          seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite)
+                          seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
+                          shrink=shrink, allow_pickle=allow_pickle)
         from samplers.bulk import check_request
 
         check_request(req)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        gen = load_generator(meta["path"], device=dev, dtype=tdtype)
+        gen = load_generator(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
         if bs is None:
             from dataclasses import replace
 
@@ -222,9 +229,14 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
 @click.option("--chunk-size", type=int, default=0, show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
 @click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
+@click.option("--shrink", is_flag=True,
+              help="Allow a smaller --n than the folder already holds: the images past it are deleted.")
+@click.option("--allow-pickle", is_flag=True,
+              help="Accept a model folder that also holds pickle weights (*.bin, *.pt, *.ckpt ...), which can run "
+                   "code when loaded; synth still loads only the safetensors weights.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def translate(model, input_, source, target, tau, out, split, guidance, steps, sampler, batch_size, seed, fmt, shard_size,
-              dtype, chunk_size, device, overwrite, quiet):
+              dtype, chunk_size, device, overwrite, shrink, allow_pickle, quiet):
     """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
     import torch
 
@@ -255,13 +267,13 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
                                steps=steps if steps is not None else d.get("steps", 20),
                                guidance=guidance if guidance is not None else d.get("guidance", 1.0), seed=seed,
                                batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
-                               input=str(input_), source=source, target=target, tau=t, split=split,
+                               shrink=shrink, allow_pickle=allow_pickle, input=str(input_), source=source, target=target, tau=t, split=split,
                                input_hash=input_fingerprint(data))
         check_request(req)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         from samplers.bridge import BridgeGenerator
 
-        gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype)
+        gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
         gen.optimize(chunk_size=chunk_size or None)
         check_translate(req, gen)
         if bs is None:

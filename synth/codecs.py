@@ -6,6 +6,8 @@ saved with the artifact; it is never a literal here.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -50,6 +52,7 @@ class VAECodec:
         self.image_channels = image_channels
         self.decode_chunk = decode_chunk  # images per VAE decode call (its activations dominate memory at 512 px)
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.weights_sha256: str | None = None  # set by load_autoencoder when the export records a hash
 
     @property
     def scaling_factor(self) -> float:
@@ -102,3 +105,72 @@ class VAECodec:
     def to(self, *args, **kwargs):
         self.vae.to(*args, **kwargs)
         return self
+
+
+def _autoencoder_folder(p: Path) -> tuple[Path, Path]:
+    """(folder holding the AutoencoderKL config, the export folder around it) for ``model.autoencoder``:
+    a run folder (``<run>/export/vae``), an export folder (``vae/``) or the autoencoder folder itself."""
+    from synth.config import ConfigError
+
+    if not p.exists():
+        raise ConfigError(f"model.autoencoder '{p}' does not exist; pass the run folder of 'synth train autoencoder'")
+    if not p.is_dir():
+        raise ConfigError(f"model.autoencoder '{p}' is a file, not a folder; pass the run folder of "
+                          f"'synth train autoencoder'")
+    for cand, root in ((p / "export" / "vae", p / "export"), (p / "vae", p), (p, p)):
+        if (cand / "config.json").is_file():
+            return cand, root
+    raise ConfigError(f"model.autoencoder '{p}' holds no exported autoencoder (expected {p}/export/vae); train it first")
+
+
+def _autoencoder_record(root: Path) -> dict:
+    """The weights record of an autoencoder export (``metrics.json``: ``weights_sha256``, ``weights_files``), or {}."""
+    import json
+
+    from synth.config import ConfigError
+
+    f = root / "metrics.json"
+    if not f.is_file():
+        return {}
+    try:
+        meta = json.loads(f.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"'{f}' is not valid JSON ({e}); re-export the autoencoder or restore the file") from None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("weights_sha256"), str) else {}
+
+
+def load_autoencoder(path: str | Path, allow_pickle: bool = False) -> VAECodec:
+    """A frozen :class:`VAECodec` from ``model.autoencoder`` (an autoencoder run, export or folder).
+
+    Safetensors only: a folder holding pickle weights is refused unless ``allow_pickle``
+    (``model.allow_pickle``); a truncated or damaged file, or weights that differ from the hashes an
+    export records, is a one-line :class:`synth.config.ConfigError` naming the file.
+    """
+    from diffusers import AutoencoderKL
+
+    from synth.config import ConfigError
+    from synth.models import (changed_since, check_weights_folder, digest_weights, first_line, load_part,
+                              weights_mismatch)
+
+    p = Path(path)
+    fix = "re-export the autoencoder (run its 'synth train autoencoder' again) or restore the file"
+    try:
+        vae_dir, root = _autoencoder_folder(p)
+        check_weights_folder(root, "model.autoencoder", allow_pickle, fix)
+        record = _autoencoder_record(root)
+        digest = digest_weights(root) if record else None
+    except OSError as e:
+        raise ConfigError(f"cannot read model.autoencoder '{e.filename or p}': {e.strerror or first_line(e)}; "
+                          f"check its permissions") from None
+    if digest is not None:
+        bad = weights_mismatch(digest, record["weights_sha256"], record.get("weights_files"))
+        if bad:
+            where = f"'{root / bad[0]}'" if bad[0] else f"the weights in '{root}'"
+            raise ConfigError(f"{where} {bad[1]} (SHA-256 differs from the record in '{root / 'metrics.json'}'); {fix}")
+    vae = load_part(AutoencoderKL.from_pretrained, f"model.autoencoder '{vae_dir}'", fix,
+                    pretrained_model_name_or_path=vae_dir, use_safetensors=True, local_files_only=True)
+    if digest is not None and changed_since(digest, root):
+        raise ConfigError(f"model.autoencoder '{root}' changed while it was loaded; run again once nothing writes to it")
+    codec = VAECodec(vae.eval().requires_grad_(False))
+    codec.weights_sha256 = digest.sha256 if digest is not None else None
+    return codec

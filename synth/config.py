@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import math
+import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,8 +21,34 @@ from typing import Any
 import yaml
 
 
+# Every character str.splitlines() breaks at: the CLI prints an error as one ``error: ...`` line.
+_LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (``\\n``), so a message quoting user input stays one line."""
+    return _LINE_BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+
+
+def show(value: Any) -> str:
+    """A short one-line repr of a user value for messages (a 1000-item list or a YAML alias bomb stays short)."""
+    try:
+        return one_line(_SHORT.repr(value))
+    except ValueError:  # an int past Python's 4300-digit str() limit
+        return f"<{type(value).__name__} too large to print>"
+
+
 class ConfigError(ValueError):
     """A bad config value or key; the message is one line naming the fix."""
+
+    def __init__(self, message: object = ""):
+        # safety net: messages quote user text, which may hold line breaks
+        super().__init__(one_line(str(message)))
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,7 @@ class ModelConfig:
     pretrained: str | None = None
     codec: str = "pixel"
     autoencoder: str | None = None
+    allow_pickle: bool = False  # accept pretrained/autoencoder folders that also hold pickle weights (never unpickled)
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -205,8 +234,33 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
 def _type_name(tp: Any) -> str:
+    """How a message names the annotation ``tp`` (``a string or null``, not ``str or NoneType``)."""
+    if tp in _TYPE_WORDS:
+        return _TYPE_WORDS[tp]
+    if typing.get_origin(tp) is list:
+        return "a list"
+    if typing.get_origin(tp) is dict:
+        return "a mapping"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+class _BadNumber(ConfigError):
+    """A number that is not usable (infinite, NaN, too large): never retried as another type of a union."""
+
+
+def _finite_float(value: Any, key: str) -> float:
+    """``value`` as a finite float: NaN and infinities pass every ``x <= 0`` check, so refuse them here."""
+    try:
+        out = float(value)
+    except OverflowError:  # an int with hundreds of digits
+        raise _BadNumber(f"{key}: {show(value)} is too large for a number; use a finite value") from None
+    if not math.isfinite(out):
+        raise _BadNumber(f"{key}: expected a finite number, got {show(value)}")
+    return out
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -216,58 +270,70 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+            except _BadNumber:
+                raise  # the right type, a bad value: "expected a number or null, got nan" would mislead
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {show(value)}")
     if _is_dataclass_type(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {show(value)}")
         return _build(tp, value, key + ".")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {show(value)}")
         (inner,) = typing.get_args(tp) or (Any,)
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{key}: expected a mapping, got {show(value)}")
         _, vt = typing.get_args(tp) or (Any, Any)
-        return {str(k): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+        for k in value:
+            # str(k) would silently turn `yes:` into 'True' and `null:` into 'None'
+            if not isinstance(k, str):
+                raise ConfigError(f"{key}: key {show(k)} is not a string (YAML reads bare numbers, yes/no and null "
+                                  f"as other types); quote it")
+        return {k: _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is Any:
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        raise ConfigError(f"{key}: expected an integer, got {show(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite_float(value, key)
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
             try:
-                return float(value)
+                float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            else:
+                return _finite_float(value, key)
+        raise ConfigError(f"{key}: expected a number, got {show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
         if value is False and key.endswith("mixed_precision"):  # YAML 1.1 reads a bare `no` as false
             return "no"
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        # `--set labels.prompt_template={label}` reads as a YAML mapping: say how to pass text
+        how = ("quote each item, e.g. ['yes', '1']" if key.endswith("]") else
+               f"quote the text: --set \"{key}='...'\" or {key.split('.')[-1]}: '...' in the file")
+        raise ConfigError(f"{key}: expected a string, got {show(value)}; YAML read it as another type, so {how}")
     raise ConfigError(f"{key}: unsupported type {tp}")
 
 
 def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    """``cls(**values)`` with every key checked against the dataclass fields and every value coerced."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -275,7 +341,8 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
         if k not in names:
             close = difflib.get_close_matches(str(k), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}"
-            raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
+            shown = k if isinstance(k, str) and len(k) <= 80 else show(k)
+            raise ConfigError(f"unknown config key '{prefix}{shown}'{hint}")
         kwargs[k] = _coerce(v, hints[k], prefix + k)
     return cls(**kwargs)
 
@@ -290,33 +357,87 @@ def config_to_dict(cfg: Any) -> dict:
 
 
 def _set_path(d: dict, dotted: str, value: Any) -> None:
+    """``d[a][b][c] = value`` for ``a.b.c``; mappings on the way are copied, never mutated in place.
+
+    Copying only the path (not the whole tree) keeps the caller's data intact and works for
+    any YAML value (dates, bytes, self-referencing aliases) that a JSON round trip refuses.
+    """
     parts = dotted.split(".")
     for p in parts[:-1]:
         node = d.get(p)
-        if not isinstance(node, dict):
-            node = {}
-            d[p] = node
+        node = dict(node) if isinstance(node, dict) else {}
+        d[p] = node
         d = node
     d[parts[-1]] = value
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no Python tags) that also refuses duplicate keys.
+
+    Plain YAML keeps the last of two ``train:`` sections and silently drops the first.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # non-scalar keys: the base class refuses the unhashable ones
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {show(key)}; keep one and merge their values", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(e: Exception) -> str:
+    """The one useful line of a YAML error: the problem and where, not PyYAML's multi-line context."""
+    if isinstance(e, yaml.MarkedYAMLError) and e.problem:
+        mark = e.problem_mark or e.context_mark
+        return e.problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+class _NotYAML(ConfigError):
+    """Text the YAML reader rejects or cannot convert (an override then takes it as plain text)."""
+
+
+def parse_yaml(text: str, what: str) -> Any:
+    """``text`` read with the safe loader; any failure is a one-line ConfigError about ``what``."""
+    try:
+        return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass: safe loading only
+    except yaml.YAMLError as e:
+        raise _NotYAML(f"{what} is not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is nested too deeply to read; flatten it") from None
+    except ValueError as e:  # a date like 2024-13-45, an integer past Python's 4300-digit limit
+        reason = str(e).split(";")[0].strip() or type(e).__name__
+        raise _NotYAML(f"{what} has a value YAML cannot convert ({reason[:120]}); quote it if it is text") from None
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """Parse ``a.b=value``; the value is read as YAML (``1e-4``, ``[1,2]``, ``null``)."""
+    """Parse ``a.b=value``; the value is read as YAML (``1e-4``, ``[1,2]``, ``null``).
+
+    A value YAML rejects (``chest x-ray: {label}``, a ``!!python`` tag) is taken as plain text.
+    """
     if "=" not in item:
-        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.lr=1e-4)")
+        raise ConfigError(f"override {show(item)} is not of the form key=value (e.g. train.lr=1e-4)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override '{item}' has an empty key")
+        raise ConfigError(f"override {show(item)} has an empty key; use e.g. train.lr=1e-4")
+    if not raw.strip():
+        return key, ""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
+        return key, parse_yaml(raw, f"override {show(item)}")
+    except _NotYAML:
+        return key, raw
 
 
 def merge_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dict:
-    out = json.loads(json.dumps(values))  # deep copy of plain data
+    """``values`` with every ``key=value`` override applied in order (``values`` itself is left as it was)."""
+    out = dict(values)
     for item in overrides:
         key, value = parse_override(item)
         _set_path(out, key, value)
@@ -324,23 +445,36 @@ def merge_overrides(values: dict, overrides: list[str] | tuple[str, ...]) -> dic
 
 
 def read_yaml(path: str | Path) -> dict:
+    """The mapping in the YAML file ``path`` (empty for an empty file); one-line errors otherwise."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"config file '{p}' not found; pass an existing YAML file (see configs/)")
+    if p.is_dir():
+        raise ConfigError(f"config '{p}' is a directory; pass a YAML file (see configs/)")
+    if not p.is_file():
+        raise ConfigError(f"config '{p}' is not a regular file; pass a YAML file (see configs/)")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file '{p}' is not valid YAML: {str(e).splitlines()[0]}") from None
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file '{p}' cannot be read ({e.strerror or e}); check its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file '{p}' is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}); "
+                          f"save it as UTF-8") from None
+    data = parse_yaml(text, f"config file '{p}'")
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping at the top level")
+        raise ConfigError(f"config file '{p}' must hold a mapping at the top level (e.g. 'train: {{steps: 100}}'), "
+                          f"not a {type(data).__name__}")
     return data
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML preset (or defaults when ``path`` is None) and apply overrides."""
-    values = read_yaml(path) if path else {}
+    # `is not None`: an empty --config "" must not silently mean "defaults"
+    values = read_yaml(path) if path is not None else {}
     values = merge_overrides(values, list(overrides))
     cfg = config_from_dict(values)
     validate(cfg)
@@ -356,40 +490,104 @@ _CHOICES = {
     "train.prediction_type": ("epsilon", "v_prediction"),
     "train.coupling": ("independent", "ot"),
     "sample.sampler": ("ddim", "euler", "heun", "midpoint", "dpmpp_2m"),
+    "train.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"),  # DDPMScheduler's
 }
+
+
+def _get(cfg: Config, key: str) -> Any:
+    """The value at dotted ``key`` (``model.unet.norm_num_groups``)."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+# Numeric ranges the type system cannot express. A null (optional) value is not checked; a key
+# listed in _RANGE_HINTS says what null means.
+_POSITIVE = ("data.resolution", "data.phantom_items", "data.max_items", "data.val_max_items",
+             "model.vae.layers_per_block", "model.vae.latent_channels", "model.vae.norm_num_groups",
+             "model.unet.layers_per_block", "model.unet.attention_head_dim", "model.unet.cross_attention_dim",
+             "model.unet.norm_num_groups", "model.text.hidden_size", "model.text.num_heads", "model.text.max_length",
+             "model.text.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
+             "train.text_lr", "train.num_train_timesteps", "train.min_snr_gamma", "train.checkpoint_every",
+             "train.keep_checkpoints", "train.log_every", "sample.steps", "sample.per_class")
+_NON_NEGATIVE = ("model.text.num_layers", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
+                 "train.noise_offset", "train.kl_weight", "train.sample_every", "train.eval_every",
+                 "train.num_workers", "eval.max_shift", "eval.max_rotate")
+_RANGE_HINTS = {"train.text_lr": " (or null to freeze the text encoder)", "data.max_items": " (or null for all)",
+                "data.val_max_items": " (or null for all)",
+                "train.min_snr_gamma": " (or null for no Min-SNR weighting)"}
+# numpy refuses negative seeds and torch those past 2**64; derived seeds add small offsets
+_SEEDS = ("data.seed", "train.seed", "sample.seed")
+_SEED_LIMIT = 2**63
+_UNIT_OPEN = ("train.cond_drop_prob", "train.ema_decay", "train.adam_beta1", "train.adam_beta2")  # [0, 1)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """The per-key numeric ranges above; messages name the key, the range and the value."""
+    for key in _POSITIVE:
+        v = _get(cfg, key)
+        if v is not None and v <= 0:
+            raise ConfigError(f"{key} must be > 0{_RANGE_HINTS.get(key, '')}, got {show(v)}")
+    for key in _NON_NEGATIVE:
+        v = _get(cfg, key)
+        if v < 0:
+            raise ConfigError(f"{key} must be >= 0, got {show(v)}")
+    for key in _SEEDS:
+        v = _get(cfg, key)
+        if not 0 <= v < _SEED_LIMIT:
+            raise ConfigError(f"{key} must be in [0, 2**63), got {show(v)}")
+    for key in _UNIT_OPEN:
+        v = _get(cfg, key)
+        if not 0 <= v < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {show(v)}")
+    for key in ("model.vae.block_out_channels", "model.unet.block_out_channels"):
+        v = _get(cfg, key)
+        if not v or min(v) <= 0:
+            raise ConfigError(f"{key} must be positive channel counts, e.g. [32, 64, 64], got {show(v)}")
+
+
+def _check_labels(lc: LabelsConfig) -> None:
+    """Class/domain names and the prompt template, before any data is read."""
+    for key, names in (("labels.classes", lc.classes), ("labels.domains", lc.domains)):
+        if any(not n.strip() for n in names):
+            raise ConfigError(f"{key} has an empty name: {show(names)}; give every entry a name")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{key} has duplicate names: {show(names)}; list each once")
+    empty = [k for k, v in lc.prompts.items() if not v.strip()]
+    if empty:
+        raise ConfigError(f"labels.prompts gives {show(empty)} an empty prompt; write one or drop the entry")
+    unknown = sorted(set(lc.prompts) - set(lc.classes)) if lc.classes else []
+    if unknown:
+        raise ConfigError(f"labels.prompts names unknown classes {show(unknown)}; known: {show(lc.classes)}")
+    t = lc.prompt_template
+    if "{label}" not in t:
+        raise ConfigError("labels.prompt_template must contain '{label}', e.g. 'chest x-ray, {label}'")
+    try:
+        t.format(label="x")
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+        # every prompt is made with .format(label=...): another field or a lone brace fails at training time
+        raise ConfigError(f"labels.prompt_template {show(t)} cannot be filled in ({type(e).__name__}: {show(str(e))}); "
+                          f"'{{label}}' must be its only field (write a literal brace as '{{{{' or '}}}}')") from None
 
 
 def validate(cfg: Config) -> None:
     """Range and choice checks the type system cannot express."""
-    d = config_to_dict(cfg)
     for key, choices in _CHOICES.items():
-        section, name = key.split(".")
-        v = d[section][name]
+        v = _get(cfg, key)
         if v not in choices:
-            raise ConfigError(f"{key}: '{v}' is not one of {', '.join(choices)}")
-    positives = ["data.resolution", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
-                 "train.checkpoint_every", "train.keep_checkpoints", "train.log_every", "sample.steps"]
-    for key in positives:
-        section, name = key.split(".")
-        if d[section][name] <= 0:
-            raise ConfigError(f"{key} must be > 0, got {d[section][name]}")
-    if cfg.train.text_lr is not None and cfg.train.text_lr <= 0:
-        raise ConfigError(f"train.text_lr must be > 0 (or null to freeze the text encoder), got {cfg.train.text_lr}")
-    if cfg.train.weight_decay < 0:
-        raise ConfigError(f"train.weight_decay must be >= 0, got {cfg.train.weight_decay}")
-    if not 0 <= cfg.train.cond_drop_prob < 1:
-        raise ConfigError(f"train.cond_drop_prob must be in [0, 1), got {cfg.train.cond_drop_prob}")
+            raise ConfigError(f"{key}: {show(v)} is not one of {', '.join(choices)}")
+    _check_ranges(cfg)
     if not 0 <= cfg.sample.tau <= 1:
         raise ConfigError(f"sample.tau must be in [0, 1] (1 = identity, 0 = full inversion), got {cfg.sample.tau}")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {cfg.train.ema_decay}")
     _validate_eval(cfg.eval)
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"data.fraction must be in (0, 1] (share of the training split to use), got {cfg.data.fraction}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
-    if "{label}" not in cfg.labels.prompt_template:
-        raise ConfigError("labels.prompt_template must contain '{label}', e.g. 'chest x-ray, {label}'")
+    if not cfg.data.name.strip():
+        # Path("") is the current folder: it would be read as an image folder
+        raise ConfigError("data.name is empty; use 'phantom', a MedMNIST name (e.g. pneumoniamnist) or a data path")
+    _check_labels(cfg.labels)
     if len(cfg.model.unet.attention_levels) != len(cfg.model.unet.block_out_channels):
         raise ConfigError("model.unet.attention_levels needs one entry per model.unet.block_out_channels entry")
 
@@ -400,29 +598,31 @@ EVAL_ARMS = ("real", "mixed", "synthetic", "pretrain")
 def _validate_eval(e: EvalConfig) -> None:
     """One-line errors for the augmentation protocol's settings."""
     if e.trainer not in ("bridge", "ldm"):
-        raise ConfigError(f"eval.trainer: '{e.trainer}' is not one of bridge, ldm")
+        raise ConfigError(f"eval.trainer: {show(e.trainer)} is not one of bridge, ldm")
     for name, values in (("eval.fractions", e.fractions), ("eval.ratios", e.ratios)):
         lo_open = name == "eval.fractions"
         for v in values:
             if not ((0 < v <= 1) if lo_open else (0 <= v <= 1)):
                 raise ConfigError(f"{name}: {v} is outside {'(0, 1]' if lo_open else '[0, 1]'}")
-    for a in list(e.arms) + list(e.sweep_arms):
-        if a not in EVAL_ARMS:
-            raise ConfigError(f"eval.arms: '{a}' is not one of {', '.join(EVAL_ARMS)}")
+    for name, arms in (("eval.arms", e.arms), ("eval.sweep_arms", e.sweep_arms)):
+        for a in arms:
+            if a not in EVAL_ARMS:
+                raise ConfigError(f"{name}: {show(a)} is not one of {', '.join(EVAL_ARMS)}")
     if not e.guidance:
         raise ConfigError("eval.guidance needs at least one value (e.g. [1.5])")
     if len(e.guidance) > 1 and not any(abs(f - e.sweep_fraction) < 1e-9 for f in e.fractions):
-        raise ConfigError(f"eval.sweep_fraction {e.sweep_fraction} is not one of eval.fractions {list(e.fractions)}: "
+        raise ConfigError(f"eval.sweep_fraction {e.sweep_fraction} is not one of eval.fractions "
+                          f"{show(list(e.fractions))}: "
                           f"the guidance sweep would not run; set it to one of them")
     if not e.classifier_widths or min(e.classifier_widths) <= 0:
         raise ConfigError(f"eval.classifier_widths must be positive channel counts, e.g. [16, 32, 64], got "
-                          f"{list(e.classifier_widths)}")
+                          f"{show(list(e.classifier_widths))}")
     if e.classifier_lr <= 0:
         raise ConfigError(f"eval.classifier_lr must be > 0, got {e.classifier_lr}")
     for key in ("classifier_seeds", "generator_seeds", "synthetic_n", "classifier_steps", "classifier_batch",
                 "eval_every", "workers", "finetune_steps", "feature_steps"):
         if getattr(e, key) <= 0:
-            raise ConfigError(f"eval.{key} must be > 0, got {getattr(e, key)}")
+            raise ConfigError(f"eval.{key} must be > 0, got {show(getattr(e, key))}")
     if not 0 <= e.quality_threshold <= 1:
         raise ConfigError(f"eval.quality_threshold must be in [0, 1] (0 = no filter), got {e.quality_threshold}")
 

@@ -23,12 +23,10 @@ from trainers.loop import Task, fit, open_run
 
 
 def _load_vae(cfg: Config):
-    from diffusers import AutoencoderKL
-
     if cfg.model.pretrained:
-        p = Path(cfg.model.pretrained)
-        sub = "vae" if (p / "vae").is_dir() or not p.exists() else None
-        return AutoencoderKL.from_pretrained(cfg.model.pretrained, subfolder=sub)
+        from synth.models import allows_pickle, load_pretrained_vae
+
+        return load_pretrained_vae(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
     torch.manual_seed(cfg.train.seed)
     return vae_from_config(cfg.model, cfg.data.resolution)
 
@@ -82,7 +80,9 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     tmp = fresh_tmp_dir(out)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    atomic_write_json(tmp / "metrics.json", metrics)
+    from trainers.export import weights_record
+
+    atomic_write_json(tmp / "metrics.json", {**metrics, **weights_record(tmp)})  # hashes: checked when loaded
     atomic_replace_dir(tmp, out, marker="metrics.json")
     return out
 

@@ -7,24 +7,33 @@ A pixel-space model has no ``vae/``: load it in diffusers with ``vae=None`` and
 """
 from __future__ import annotations
 
-import hashlib
-import shutil
 from pathlib import Path
 
 from samplers.generator import ARTIFACT_FILE
 from synth.config import config_to_dict, save_config
-from synth.io import atomic_replace_dir, atomic_write_json
+from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs
+from synth.models import digest_weights
 
 
 def weights_hash(folder: Path) -> str:
-    """SHA-256 over every ``*.safetensors`` file in ``folder`` (sorted by path)."""
-    h = hashlib.sha256()
-    for f in sorted(Path(folder).rglob("*.safetensors")):
-        h.update(str(f.relative_to(folder)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 over every ``*.safetensors`` file in ``folder`` (sorted by path): synth.json's ``weights_sha256``."""
+    return digest_weights(folder).sha256
+
+
+def weights_record(folder: Path) -> dict:
+    """What an export records about its weights, for :func:`samplers.generator.verify_export` to check at load:
+    ``weights_sha256`` (all files together) and ``weights_files`` (relative path -> SHA-256, so a changed
+    file can be named).  Read once."""
+    d = digest_weights(folder)
+    return {"weights_sha256": d.sha256, "weights_files": d.files}
+
+
+def _fresh_export_dir(out: Path) -> Path:
+    """A new temp folder beside ``out``, after checking that an existing ``out`` is an export synth wrote
+    (a run folder may be a user's own folder: ``--run .``); checked before writing, not after."""
+    check_ours(out, ARTIFACT_FILE, "export")
+    remove_stale_tmp_dirs(out)
+    return fresh_tmp_dir(out)
 
 
 def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int,
@@ -33,8 +42,7 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_export_dir(out)
     scheduler = DPMSolverMultistepScheduler.from_config(noise_sched.config, prediction_type=cfg.train.prediction_type,
                                                         algorithm_type="dpmsolver++", solver_order=2,
                                                         timestep_spacing="linspace", steps_offset=1)
@@ -56,13 +64,13 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
         "labels": schema.to_json(),
         "default_sampling": {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance},
         "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
-        "weights_sha256": weights_hash(tmp),
+        **weights_record(tmp),
         "config": config_to_dict(cfg),
         "train_subset": train_subset,
     }
     meta["model_id"] = f"synth-ldm-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
-    atomic_replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
     return out
 
 
@@ -72,8 +80,7 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
     from synth.labels import LabelSchema
 
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_export_dir(out)
     unet.save_pretrained(tmp / "unet", safe_serialization=True)
     if codec.kind == "vae":
         codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -93,11 +100,11 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
         "default_sampling": {"sampler": "euler" if cfg.sample.sampler == "ddim" else cfg.sample.sampler,
                              "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "tau": cfg.sample.tau},
         "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
-        "weights_sha256": weights_hash(tmp),
+        **weights_record(tmp),
         "config": config_to_dict(cfg),
         "train_subset": train_subset,
     }
     meta["model_id"] = f"synth-bridge-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
-    atomic_replace_dir(tmp, out)
+    atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
     return out

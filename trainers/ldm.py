@@ -22,7 +22,7 @@ from synth.distributed import main_first
 from synth.io import atomic_replace_dir, fresh_tmp_dir, labelled_grid, save_png, to_float
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
-from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
+from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
 from trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
@@ -68,19 +68,15 @@ def prompts_of(data: ImageSet, schema: LabelSchema) -> list[str]:
 
 def load_codec(cfg: Config, pretrained_vae=None):
     """The pixel codec, the pretrained model's VAE, or an autoencoder stage's export."""
-    from diffusers import AutoencoderKL
-
     if cfg.model.codec == "pixel":
         return PixelCodec()
     if pretrained_vae is not None:
         return VAECodec(pretrained_vae.eval().requires_grad_(False))
     if not cfg.model.autoencoder:
         raise ConfigError("model.codec=vae needs model.autoencoder (a 'synth train autoencoder' run folder) or model.pretrained")
-    p = Path(cfg.model.autoencoder)
-    for cand in (p / "export" / "vae", p / "vae", p):
-        if (cand / "config.json").is_file():
-            return VAECodec(AutoencoderKL.from_pretrained(cand).eval().requires_grad_(False))
-    raise ConfigError(f"model.autoencoder '{p}' holds no exported autoencoder (expected {p}/export/vae); train it first")
+    from synth.codecs import load_autoencoder
+
+    return load_autoencoder(cfg.model.autoencoder, allow_pickle=allows_pickle(cfg.model))
 
 
 def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], save: bool = True) -> LDMParts:
@@ -93,7 +89,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
     res = cfg.data.resolution
     if cfg.model.pretrained:
         try:
-            comps = load_pretrained(cfg.model.pretrained)
+            comps = load_pretrained(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
         except (OSError, FileNotFoundError) as e:
             raise ConfigError(f"cannot load model.pretrained '{cfg.model.pretrained}': {str(e).splitlines()[0]}") from None
         codec = load_codec(cfg, comps["vae"]) if cfg.model.codec == "vae" else PixelCodec()

@@ -36,7 +36,7 @@ def test_stable_diffusion_pipeline_parity(tiny_export):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     g = load_generator(tiny_export)
-    pipe = StableDiffusionPipeline.from_pretrained(tiny_export, vae=None, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_export, vae=None, safety_checker=None, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     seeds = [3, 4]
     conds = [g.schema.condition(0), g.schema.condition(1)]
@@ -66,3 +66,21 @@ def test_bad_model_folders(tmp_path):
 
 def test_run_folder_resolves_to_export(tiny_export):
     assert read_artifact(tiny_export.parent)["path"] == str(tiny_export)
+
+
+def test_bad_model_paths_are_one_line(tiny_export, tmp_path):
+    """A file instead of a folder, and a run folder that has no export yet (see test_artifact_safety for damage)."""
+    with pytest.raises(ArtifactError, match=r"synth.json' is a file, not a model folder; pass its folder"):
+        read_artifact(tiny_export / "synth.json")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"stage": "bridge"}')
+    with pytest.raises(ArtifactError, match=r"is a run folder of 'synth train bridge' without an export"):
+        load_generator(tmp_path / "run")
+
+
+def test_loaded_generator_carries_the_verified_hash(tiny_export):
+    import json
+
+    meta = json.loads((tiny_export / "synth.json").read_text())
+    g = load_generator(tiny_export)
+    assert g.weights_sha256 == meta["weights_sha256"] and set(meta["weights_files"]) >= {"unet/diffusion_pytorch_model.safetensors"}

@@ -85,3 +85,141 @@ def test_written_files_follow_the_umask_not_0600(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+# ---------------------------------------------------------------------------
+# Regressions found by tests/synth/test_parser_properties.py: each input used to escape as a
+# traceback (or load silently wrong); now it is a one-line ConfigError naming the key and the fix.
+
+
+def _load_text(tmp_path, text: str | bytes, overrides=()):
+    p = tmp_path / "c.yaml"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return load_config(p, overrides)
+
+
+def _one_line_error(fn, *args) -> str:
+    with pytest.raises(ConfigError) as e:
+        fn(*args)
+    msg = str(e.value)
+    assert msg and len(msg.splitlines()) == 1, msg
+    return msg
+
+
+def test_non_utf8_file_is_a_config_error(tmp_path):
+    # was: UnicodeDecodeError
+    assert "is not UTF-8 text (byte 0xff at offset 0)" in _one_line_error(_load_text, tmp_path, b"\xff\xfetrain: 1\n")
+
+
+@pytest.mark.parametrize("text, override", [("train: {lr: .nan}\n", None), ("train: {kl_weight: .inf}\n", None),
+                                            (None, "sample.guidance=nan"), (None, "eval.guidance=[1.5, .inf]"),
+                                            (None, "train.adam_beta1=-.inf")])
+def test_nan_and_inf_are_refused(tmp_path, text, override):
+    # was: loaded; NaN passes every `x <= 0` range check
+    msg = _one_line_error(_load_text, tmp_path, text or "", [override] if override else [])
+    assert "expected a finite number" in msg
+
+
+def test_float_key_with_a_huge_integer_is_refused(tmp_path):
+    # was: OverflowError (int too large to convert to float)
+    assert "train.lr:" in _one_line_error(load_config, None, ["train.lr=" + "9" * 400])
+    assert "train.lr:" in _one_line_error(_load_text, tmp_path, "train: {lr: " + "9" * 400 + "}\n")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("a: &a [*a]\n", "unknown config key 'a'"),  # was: ValueError: Circular reference detected
+    ("data: {name: 2024-01-01}\n", "data.name: expected a string"),  # was: TypeError: date is not JSON serializable
+    ("data: {name: !!binary aGk=}\n", "data.name: expected a string"),  # was: TypeError (bytes)
+    ("data: {name: 2024-13-45}\n", "cannot convert (month must be in 1..12)"),  # was: ValueError from datetime
+    ("train: {lr: " + "9" * 5000 + "}\n", "cannot convert (Exceeds the limit"),  # was: ValueError (int digits)
+    ("[" * 2000 + "]" * 2000 + "\n", "nested too deeply"),  # was: RecursionError
+])
+def test_unusual_yaml_values_are_config_errors(tmp_path, text, needle):
+    assert needle in _one_line_error(_load_text, tmp_path, text)
+
+
+def test_deeply_nested_override_is_a_config_error():
+    # was: RecursionError
+    assert "nested too deeply" in _one_line_error(load_config, None, ["train.lr=" + "[" * 2000 + "]" * 2000])
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    # was: the second `train:` silently replaced the first (steps=5 lost)
+    msg = _one_line_error(_load_text, tmp_path, "train:\n  steps: 5\ntrain:\n  lr: 0.1\n")
+    assert "duplicate key 'train'" in msg and "line 3" in msg
+    cfg = _load_text(tmp_path, "train: &t {steps: 7}\nsample: {<<: *t, seed: 1}\n")
+    assert cfg.train.steps == 7 and cfg.sample.steps == 7  # anchors and merge keys still work
+
+
+def test_yaml_errors_name_the_problem_not_the_context(tmp_path):
+    msg = _one_line_error(_load_text, tmp_path, "train: !!python/object/apply:os.system ['true']\n")
+    assert "could not determine a constructor for the tag" in msg and "line 1" in msg
+
+
+@pytest.mark.parametrize("text, override", [
+    ('train: {attention: "sd\\npa"}\n', None),  # choice check quoted the value raw
+    ('"tra\\nin": {}\n', None),  # unknown key
+    ("", "labels.prompts.a\nb=1"),  # dict entry key
+    ("", "train.steps\n"),  # no '='
+    ("", "eval.arms=['real\\u2028x']"),
+])
+def test_messages_quoting_line_breaks_stay_one_line(tmp_path, text, override):
+    # was: the message spanned two lines
+    _one_line_error(_load_text, tmp_path, text, [override] if override else [])
+
+
+@pytest.mark.parametrize("template", ["chest x-ray, {label}, {view}", "{label} }", "{label}{0}", "{label.x}"])
+def test_prompt_template_that_cannot_be_filled_in_is_refused(template):
+    # was: loaded, then KeyError/ValueError/IndexError at the first prompt of training
+    assert "labels.prompt_template" in _one_line_error(load_config, None, [f"labels.prompt_template='{template}'"])
+
+
+@pytest.mark.parametrize("bad, needle", [
+    ("data.seed=-1", "data.seed must be in [0, 2**63)"),  # numpy's default_rng refuses it at data time
+    ("train.seed=" + str(2**64), "train.seed must be in [0, 2**63)"),
+    ("data.max_items=0", "data.max_items must be > 0 (or null for all)"),  # 0 silently meant "all"
+    ("data.val_max_items=-3", "data.val_max_items must be > 0"),
+    ("data.phantom_items=0", "data.phantom_items must be > 0"),
+    ("train.min_snr_gamma=-5", "train.min_snr_gamma must be > 0"),  # negative loss weights
+    ("train.adam_beta2=1", "train.adam_beta2 must be in [0, 1)"),  # torch.optim raises at set-up
+    ("train.grad_clip=-1", "train.grad_clip must be >= 0"),
+    ("train.warmup_steps=-1", "train.warmup_steps must be >= 0"),
+    ("model.unet.block_out_channels=[]", "model.unet.block_out_channels must be positive channel counts"),
+    ("model.text.num_heads=0", "model.text.num_heads must be > 0"),
+    ("sample.per_class=0", "sample.per_class must be > 0"),
+    ("eval.max_rotate=-10", "eval.max_rotate must be >= 0"),
+    ("train.beta_schedule=cosine", "train.beta_schedule: 'cosine' is not one of"),  # diffusers raised at set-up
+    ("data.name=", "data.name is empty"),  # Path('') is the current folder
+    ("labels.classes=[a, a]", "labels.classes has duplicate names"),
+    ("labels.prompts={normal: ' '}", "labels.prompts gives ['normal'] an empty prompt"),
+    ("eval.sweep_arms=[real, bogus]", "eval.sweep_arms: 'bogus' is not one of"),
+])
+def test_out_of_range_values_are_refused(bad, needle):
+    assert needle in _one_line_error(load_config, None, [bad])
+
+
+def test_non_string_prompt_keys_are_refused(tmp_path):
+    # was: `yes:` silently became the class 'True'
+    msg = _one_line_error(_load_text, tmp_path, "labels: {prompts: {yes: clear lungs}}\n")
+    assert "labels.prompts: key True is not a string" in msg and "quote it" in msg
+
+
+def test_text_that_yaml_reads_as_a_mapping_gets_a_quoting_hint():
+    msg = _one_line_error(load_config, None, ["labels.prompt_template={label}"])
+    assert "quote the text: --set \"labels.prompt_template='...'\"" in msg
+    assert load_config(None, ["labels.prompt_template='{label}'"]).labels.prompt_template == "{label}"
+
+
+@pytest.mark.parametrize("where", ["directory", "empty"])
+def test_directory_or_empty_config_path_is_refused(tmp_path, where):
+    # was: "" silently loaded the defaults; a directory was reported as "not found"
+    msg = _one_line_error(load_config, tmp_path if where == "directory" else "")
+    assert "is a directory" in msg
+
+
+def test_overrides_leave_the_loaded_values_unchanged():
+    values = {"train": {"steps": 5}}
+    from synth.config import merge_overrides
+
+    out = merge_overrides(values, ["train.lr=0.5", "data.name=x"])
+    assert values == {"train": {"steps": 5}} and out == {"train": {"steps": 5, "lr": 0.5}, "data": {"name": "x"}}
