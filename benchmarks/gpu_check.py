@@ -211,9 +211,9 @@ def plain_sd_loop(sd: Path, cfg, steps: int) -> dict:
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
     data = load_split(cfg.data, "train")
     tok = AutoTokenizer.from_pretrained(sd, subfolder="tokenizer")
-    te = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder")
-    vae = AutoencoderKL.from_pretrained(sd, subfolder="vae").requires_grad_(False)
-    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet")
+    te = CLIPTextModel.from_pretrained(sd, subfolder="text_encoder", use_safetensors=True)
+    vae = AutoencoderKL.from_pretrained(sd, subfolder="vae", use_safetensors=True).requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(sd, subfolder="unet", use_safetensors=True)
     sched = DDPMScheduler.from_pretrained(sd, subfolder="scheduler")
     ema = EMAModel(unet.parameters(), decay=0.999)
     opt = torch.optim.AdamW([{"params": unet.parameters(), "lr": 1e-5}, {"params": te.parameters(), "lr": 1e-5}])
@@ -372,12 +372,12 @@ def section_sampler(tmp: Path, sz: dict, tiny: bool) -> dict:
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     res = sz["sd_res"]
     sd = tmp / "sd15" if (tmp / "sd15").is_dir() else build_sd_folder(tmp / "sd15", tiny, res)
-    pipe0 = StableDiffusionPipeline.from_pretrained(sd, safety_checker=None)
+    pipe0 = StableDiffusionPipeline.from_pretrained(sd, safety_checker=None, use_safetensors=True)
     cfg = load_config(None, [f"data.resolution={res}", "model.codec=vae", "sample.steps=25", "sample.guidance=2.5"])
     export = export_ldm(tmp / "sd15-export", pipe0.unet, pipe0.text_encoder, pipe0.tokenizer, VAECodec(pipe0.vae),
                         LabelSchema(["normal", "pneumonia"]), cfg, build_noise_scheduler(1000, "scaled_linear", "epsilon"), 77)
     del pipe0
-    pipe = StableDiffusionPipeline.from_pretrained(export, safety_checker=None, torch_dtype=dtype).to(dev)
+    pipe = StableDiffusionPipeline.from_pretrained(export, safety_checker=None, torch_dtype=dtype, use_safetensors=True).to(dev)
     pipe.set_progress_bar_config(disable=True)
     gen = LDMGenerator.from_export(export, device=dev, dtype=dtype)
     b, steps, w = sz["sampler_batch"], sz["sampler_steps"], 2.5

@@ -120,7 +120,7 @@ def bench_model(name: str, export: Path, batch: int, steps: int, guidance: float
 
     gen = load_generator(export)
     pipe = StableDiffusionPipeline.from_pretrained(export, **({"vae": None} if gen.codec.kind == "pixel" else {}),
-                                                   safety_checker=None)
+                                                   safety_checker=None, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     conds = [gen.schema.condition(i % 2) for i in range(batch)]
     seeds = [image_seed(0, i) for i in range(batch)]
@@ -187,7 +187,7 @@ def kid_defaults(export: Path, n: int, log) -> dict:
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     judge = train_classifier(train.images, train.labels, len(train.classes), steps=600)
     real = classifier_features(judge, test.images)
-    pipe = StableDiffusionPipeline.from_pretrained(export, vae=None, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(export, vae=None, safety_checker=None, use_safetensors=True)
     pipe.set_progress_bar_config(disable=True)
     guidance = meta["default_sampling"]["guidance"]
     conds = [gen.schema.condition(int(test.labels[i % len(test)])) for i in range(n)]  # the test split's label mix

@@ -60,7 +60,7 @@ def plain_loop(cfg, steps: int) -> float:
     tok = build_tokenizer(sorted(set(prompts)), cfg.model.text.vocab_size, cfg.model.text.max_length)
     t = cfg.model.text
     text_encoder = build_text_encoder(len(tok), t.hidden_size, t.num_layers, t.num_heads, t.max_length).requires_grad_(False)
-    vae = AutoencoderKL.from_pretrained(Path(cfg.model.autoencoder) / "export" / "vae").requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(Path(cfg.model.autoencoder) / "export" / "vae", use_safetensors=True).requires_grad_(False)
     unet = unet_from_config(cfg.model, cfg.data.resolution // 4, 4, cross_attention_dim=t.hidden_size)
     sched = build_noise_scheduler(1000, "scaled_linear", "epsilon")
     ema = EMAModel(unet.parameters(), decay=cfg.train.ema_decay)
