@@ -1,6 +1,7 @@
 """The ``synth`` command line (click). The only module that imports trainers and samplers."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -26,6 +27,10 @@ def _user_errors():
             EvalError)
 
 
+# Faults of the machine, not of synth or the input: a full disk or quota, a read-only or vanished mount, no permission.
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def _run(fn, *args, **kwargs):
     """Call ``fn``; user errors become one-line messages with exit code 2."""
     import torch
@@ -40,6 +45,13 @@ def _run(fn, *args, **kwargs):
         sys.exit(2)
     except torch.OutOfMemoryError:
         click.echo(f"error: {oom_message('--batch-size (or --chunk-size)')}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        click.echo(f"error: cannot write or read{where} ({e.strerror}); free space or fix the permissions, then run "
+                   f"the same command again (finished work is kept)", err=True)
         sys.exit(2)
 
 

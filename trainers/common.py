@@ -203,10 +203,30 @@ def save_checkpoint(run: Path, step: int, modules: dict[str, torch.nn.Module], o
             if not torch.isfinite(p).all():
                 raise TrainingError(f"parameter {name}.{pn} is not finite at step {step}; stopped without saving. "
                                     f"Last good checkpoint: {latest_checkpoint(run)[1] if latest_checkpoint(run) else 'none'}; lower train.lr")
+    from safetensors import SafetensorError
+
     final = checkpoint_dir(run) / f"step-{step:08d}"
     tmp = checkpoint_dir(run) / f".tmp-step-{step:08d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+        _write_checkpoint(tmp, step, modules, optimizer, lr_scheduler, ema, extra)
+        atomic_replace_dir(tmp, final, marker="state.json")
+    except (OSError, RuntimeError, SafetensorError) as e:  # a full or read-only disk, a quota: say so, keep the rest
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run)
+        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise TrainingError(f"cannot write checkpoint step {step} to '{checkpoint_dir(run)}' ({reason}); free space or "
+                            f"fix the folder, then run the same command to resume from "
+                            f"{last[1] if last else 'the start (no checkpoint was written yet)'}") from None
+    for _, old in list_checkpoints(run)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_checkpoint(tmp: Path, step: int, modules: dict[str, torch.nn.Module], optimizer, lr_scheduler,
+                      ema: "EMA | None", extra: dict) -> None:
+    """Every file of a checkpoint into ``tmp``; ``state.json`` last, with the SHA-256 of each other file."""
     for name, m in modules.items():
         save_file({k: v.detach().contiguous().cpu() for k, v in m.state_dict().items()}, str(tmp / f"{name}.safetensors"))
     if ema is not None:
@@ -216,10 +236,6 @@ def save_checkpoint(run: Path, step: int, modules: dict[str, torch.nn.Module], o
     sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
     (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time(), **extra, CHECKSUMS: sums}, indent=2))
     fsync_tree(tmp)  # a node crash must not leave a checkpoint that looks complete with truncated files
-    atomic_replace_dir(tmp, final, marker="state.json")
-    for _, old in list_checkpoints(run)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """Damaged training state: a checkpoint cut short or changed is detected by its recorded SHA-256, skipped
 with a message naming it, and the run resumes from the one before and ends where an uninterrupted run ends."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,20 @@ def test_checkpoint_records_checksums_of_every_file(tmp_path):
     (_, ck), = list_checkpoints(tmp_path)
     sums = json.loads((ck / "state.json").read_text())["checksums"]
     assert sorted(sums) == sorted(p.name for p in ck.iterdir() if p.name != "state.json")
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_resume_matches(uninterrupted):
+    """A run folder on a tiny real tmpfs: the disk fills at a checkpoint; the error names it and the last good one;
+    with room again the same command resumes and ends where the uninterrupted run ends."""
+    from tests.samplers.test_bulk_safety import remount, tmpfs
+
+    with tmpfs(1200) as where:  # room for the data cache and a few checkpoints of the 0.25M-param model, not 3
+        run = Path(where) / "run"
+        with pytest.raises(TrainingError, match=r"cannot write checkpoint step \d+ .*No space left on device.*resume from"):
+            _train(run, 6)
+        assert all(checkpoint_problem(c) is None for _, c in list_checkpoints(run))
+        assert not list((run / "checkpoints").glob(".tmp-step-*"))
+        remount(where, "size=64m")
+        _train(run, 6)
+        b = _final_state(run, 6)
+        assert all(torch.equal(uninterrupted[k], b[k]) for k in uninterrupted)

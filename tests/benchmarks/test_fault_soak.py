@@ -1,0 +1,17 @@
+"""`benchmarks/fault_soak.py` in CI: 2 trials each of SIGKILLing the trainer and the bulk sampler at random
+moments (the soak runs 10 of each plus the translator); every trial must end equal to an uninterrupted run."""
+import importlib.util
+import json
+
+from tests.conftest import ROOT
+
+
+def test_two_random_sigkill_trials_per_kind_recover_exactly(tmp_path):
+    spec = importlib.util.spec_from_file_location("fault_soak", ROOT / "benchmarks" / "fault_soak.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    code = mod.main(["--trials", "2", "--kinds", "train,sample", "--seed", "1", "--out", str(tmp_path / "report"),
+                     "--work", str(tmp_path / "work")])
+    trials = json.loads((tmp_path / "report" / "fault_soak.json").read_text())
+    assert [t["problems"] for t in trials if not t["ok"]] == [] and code == 0
+    assert len(trials) == 4 and all(t["kills"] for t in trials)
