@@ -35,7 +35,7 @@ import os
 import random
 import re
 import tarfile
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from synth.data import describe, escape_problem, escaping_entry, file_name_problem, path_inside, show
 from synth.io import atomic_write_json, atomic_write_text, to_float
 from synth.labels import Condition, LabelSchema
 from synth.seeds import derive_seed, image_seed
@@ -74,16 +75,46 @@ def read_set_manifest(path: str | os.PathLike) -> dict:
         raise AugmentError(f"'{root}' is not a synth set (no manifest.json, metadata.jsonl or shard-* inside); "
                            f"pass the --out folder of `synth sample` or `synth translate`")
     try:
-        manifest = json.loads(file.read_text())
-    except (OSError, ValueError) as e:
-        raise AugmentError(f"manifest '{file}' is unreadable ({e}); {RERUN}") from None
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes; RecursionError: '[[[[...'
+        raise AugmentError(f"manifest '{file}' is unreadable ({_first_line(e)}); {RERUN}") from None
     if not isinstance(manifest, dict) or "label_schema" not in manifest or "n_requested" not in manifest:
         raise AugmentError(f"'{file}' is not a synth set manifest (no label_schema/n_requested); "
                            f"pass the --out folder of `synth sample` or `synth translate`")
-    done, want = int(manifest.get("n_done", 0)), int(manifest["n_requested"])
+    _check_manifest_fields(file, manifest)
+    done, want = manifest.get("n_done", 0), manifest["n_requested"]
     if done < want:
         raise AugmentError(f"set '{root}' is incomplete ({done} of {want} images); {RERUN}")
     return manifest
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: message`` of an exception, its first line only (messages stay one line)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _check_manifest_fields(file: Path, manifest: dict) -> None:
+    """The fields the readers use have the types synth writes: a hand-edited or foreign manifest may not
+    (``int("abc")``, ``None["classes"]`` and a 10**15-shard loop are not one-line errors)."""
+    def damaged(field: str, value, want: str) -> AugmentError:
+        return AugmentError(f"'{file}': {field} is {describe(value)}, not {want}; the manifest is "
+                            f"damaged, {RERUN}")
+
+    for field in ("n_requested", "n_done", "shard_size"):  # n_done defaults to 0; shard_size may be absent or null
+        value = manifest.get(field)
+        if field != "n_requested" and value is None and (field == "shard_size" or field not in manifest):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise damaged(field, value, "a whole number >= 0")
+    schema = manifest["label_schema"]
+    classes = schema.get("classes") if isinstance(schema, dict) else None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise damaged("label_schema.classes", classes if isinstance(schema, dict) else schema, "a list of class names")
+    if not isinstance(manifest.get("counts_per_label", {}), dict):
+        raise damaged("counts_per_label", manifest["counts_per_label"], "an object (label -> count)")
+    if not isinstance(manifest.get("model") or {}, dict):
+        raise damaged("model", manifest["model"], "an object")
 
 
 def set_format(root: Path, manifest: dict) -> str:
@@ -187,67 +218,77 @@ def _label_lookup(names: list[str], classes, label_map) -> tuple[list[int], list
 # Paths inside the set folder
 
 
-def _inside(path: str, root_real: str) -> bool:
-    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+def _read_set_text(file: Path, fix: str) -> str:
+    """A set's text file (metadata.jsonl, quality.jsonl) as UTF-8; one-line AugmentError when unreadable."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AugmentError(f"'{file}' is unreadable ({_first_line(e)}); {fix}") from None
 
 
-def _check_lexical(name: Any, where: str, root: Path) -> str:
-    """A relative POSIX path without ``..``: rows are written by us, but a set may come from anyone."""
-    if not isinstance(name, str) or not name:
-        raise AugmentError(f"{where}: file_name is missing or not a string; the set is damaged, {RERUN}")
-    if (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or name.startswith("\\")
-            or ".." in PurePosixPath(name.replace("\\", "/")).parts):
-        raise AugmentError(f"{where}: file_name '{name}' points outside the set folder '{root}' "
-                           f"(absolute or '..'); refusing to read it, regenerate the set")
+def _json_lines(text: str, where: Callable[[int], str], fix: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL text; one-line AugmentError for anything else."""
+    for n, line in enumerate(text.split("\n"), 1):  # only '\n' ends a line: a JSON string may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested beyond the parser's stack
+            raise AugmentError(f"{where(n)} is not JSON; {fix}") from None
+        if not isinstance(row, dict):
+            raise AugmentError(f"{where(n)} is {describe(row)}, not a JSON object; {fix}")
+        yield n, row
+
+
+def _check_file_name(name, where: str, root: Path) -> str:
+    """A relative file name without '..' (synth writes them so, but a set may come from anyone)."""
+    problem = file_name_problem(name)
+    if problem:
+        raise AugmentError(f"{where}: file_name {problem}; the set is damaged, {RERUN}")
+    problem = escape_problem(name)
+    if problem:
+        raise AugmentError(f"{where}: file_name {show(name)} {problem}, pointing outside the set folder '{root}'; "
+                           f"refusing to read it, regenerate the set")
     return name
 
 
-def _check_links(root: Path, names: list[str], wheres: list[str]) -> None:
-    """Reject entries whose file or folder is a symlink leading outside the set folder.
-
-    One ``scandir`` per folder (cheap ``d_type`` checks) and a ``realpath`` only for the
-    links, so a 100k-image set costs a few ms, not a resolve per file.
-    """
-    root_real = os.path.realpath(root)
-    by_dir: dict[str, list[int]] = {}
-    for k, name in enumerate(names):
-        by_dir.setdefault(os.path.dirname(name), []).append(k)
-    for d, ks in by_dir.items():
-        folder = os.path.join(root, d)
-        if not _inside(os.path.realpath(folder), root_real):
-            k = ks[0]
-            raise AugmentError(f"{wheres[k]}: '{names[k]}' is in folder '{d}', a link outside the set folder '{root}'; "
-                               f"refusing to read it, regenerate the set")
-        try:
-            links = {e.name for e in os.scandir(folder) if e.is_symlink()}
-        except OSError:
-            continue  # missing folder: reported when an image is read, with the rerun advice
-        for k in ks:
-            base = os.path.basename(names[k])
-            if base in links and not _inside(os.path.realpath(os.path.join(folder, base)), root_real):
-                raise AugmentError(f"{wheres[k]}: '{names[k]}' is a symlink pointing outside the set folder '{root}'; "
-                                   f"refusing to read it, regenerate the set")
-
-
 def read_rows(root: Path) -> list[dict]:
-    """``metadata.jsonl`` rows with safe ``file_name`` values (relative, inside ``root``)."""
+    """``metadata.jsonl`` rows with safe ``file_name`` values (relative, inside ``root``, symlinks too)."""
     meta = root / "metadata.jsonl"
     if not meta.is_file():
         raise AugmentError(f"set '{root}' has no metadata.jsonl: it was interrupted; {RERUN}")
+    def where(n: int) -> str:
+        return f"metadata.jsonl line {n} of '{root}'"
+
     rows, wheres = [], []
-    for n, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"metadata.jsonl line {n} of '{root}'"
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise AugmentError(f"{where} is not JSON; the set is damaged, {RERUN}") from None
-        _check_lexical(row.get("file_name") if isinstance(row, dict) else None, where, root)
+    fix = f"the set is damaged, {RERUN}"
+    for n, row in _json_lines(_read_set_text(meta, fix), where, fix):
+        _check_file_name(row.get("file_name"), where(n), root)
         rows.append(row)
-        wheres.append(where)
-    _check_links(root, [r["file_name"] for r in rows], wheres)
+        wheres.append(where(n))
+    hit = escaping_entry(root, [r["file_name"] for r in rows])
+    if hit:
+        k, why = hit
+        raise AugmentError(f"{wheres[k]}: {show(rows[k]['file_name'])} {why} the set folder '{root}'; refusing to "
+                           f"read it, regenerate the set")
     return rows
+
+
+def read_quality(root: Path) -> dict[str, bool]:
+    """``quality.jsonl`` decisions of a set: file name -> kept."""
+    file = root / "quality.jsonl"
+    if not file.is_file():
+        raise AugmentError(f"set '{root}' has no quality decisions (quality.jsonl); run "
+                           f"synth.augment.quality_filter('{root}', classifier, threshold=0.5) first")
+    fix = "the file is damaged, run quality_filter again"
+    decided: dict[str, bool] = {}
+    for n, q in _json_lines(_read_set_text(file, fix), lambda n: f"quality.jsonl line {n} of '{root}'", fix):
+        name, kept = q.get("file_name"), q.get("kept")
+        if not isinstance(name, str) or not isinstance(kept, bool):  # bool("false") is True: no guessing
+            raise AugmentError(f"quality.jsonl line {n} of '{root}' needs a text file_name and a true/false kept "
+                               f"(file_name={show(name)}, kept={show(kept)}); {fix}")
+        decided[name] = kept
+    return decided
 
 
 # ---------------------------------------------------------------------------
@@ -264,8 +305,9 @@ def _open_pil(data_or_path, what: str) -> Image.Image:
         img.load()
     except FileNotFoundError:
         raise AugmentError(f"image {what} is missing; {RERUN} (it restores missing files)") from None
-    except OSError as e:
-        raise AugmentError(f"image {what} is unreadable ({e}); {RERUN} (it redoes damaged shards)") from None
+    except Exception as e:  # undecodable bytes raise a zoo (OSError, SyntaxError, DecompressionBombError, ...)
+        raise AugmentError(f"image {what} is unreadable ({_first_line(e)}); {RERUN} "
+                           f"(it redoes damaged shards)") from None
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB" if img.mode in COLOUR_MODES else "L")
     return img
@@ -333,25 +375,17 @@ class SyntheticSet(Dataset):
 
     def _labelled(self, rows: list[dict]) -> list[dict]:
         """Rows all have a label of the set (free-text prompts give none: no training target)."""
-        bad = [r for r in rows if r.get("label") not in self._ids]
+        bad = [r for r in rows if not isinstance(r.get("label"), str) or r["label"] not in self._ids]
         if bad:
             raise AugmentError(f"{len(bad)} images of set '{self.root}' (first: {bad[0]['file_name']}) have no class "
-                               f"label (label={bad[0].get('label')!r}; free-text prompts?); sample with --labels "
+                               f"label (label={show(bad[0].get('label'))}; free-text prompts?); sample with --labels "
                                f"or 'label=<class>: text' prompt lines")
         return rows
 
     def _quality_kept(self, rows: list[dict], quality: str) -> list[dict]:
         if quality != "keep":
             raise AugmentError(f"quality must be None or 'keep', got {quality!r}")
-        file = self.root / "quality.jsonl"
-        if not file.is_file():
-            raise AugmentError(f"set '{self.root}' has no quality decisions (quality.jsonl); run "
-                               f"synth.augment.quality_filter('{self.root}', classifier, threshold=0.5) first")
-        decided = {}
-        for line in file.read_text().splitlines():
-            if line.strip():
-                q = json.loads(line)
-                decided[q["file_name"]] = bool(q["kept"])
+        decided = read_quality(self.root)
         undecided = [r["file_name"] for r in rows if r["file_name"] not in decided]
         if undecided:
             raise AugmentError(f"quality.jsonl of '{self.root}' has no decision for {len(undecided)} images "
@@ -426,6 +460,18 @@ def _shuffled(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buf
 
 
+def _tar_label(data: bytes, key: str, path: Path):
+    """The label in a webdataset sample's .json (None when it has none)."""
+    try:
+        meta = json.loads(data)
+    except (ValueError, RecursionError):  # ValueError covers bytes that are not UTF-8
+        meta = None
+    if not isinstance(meta, dict):
+        raise AugmentError(f"sample {show(key)} of shard '{path}': its .json is not a JSON object; the shard is "
+                           f"damaged, {RERUN} (it redoes damaged shards)")
+    return meta.get("label")
+
+
 def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[bytes, str]]:
     """(png bytes, label name) of samples ``start``..``stop - 1`` of a webdataset tar.
 
@@ -434,8 +480,9 @@ def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[bytes, str
     """
     def finish(key, parts):
         if "png" not in parts or "json" not in parts:
-            raise AugmentError(f"sample '{key}' of shard '{path}' lacks its .png or .json; the shard is damaged, {RERUN}")
-        return parts["png"], json.loads(parts["json"]).get("label")
+            raise AugmentError(f"sample {show(key)} of shard '{path}' lacks its .png or .json; the shard is damaged, "
+                               f"{RERUN}")
+        return parts["png"], _tar_label(parts["json"], key, path)
 
     k, key, parts = -1, None, {}
     try:
@@ -492,17 +539,19 @@ class SyntheticStream(IterableDataset):
 
     def _tar_shards(self) -> list[tuple[str, int]]:
         """(tar name, samples) per shard, from the manifest's size and shard size."""
-        n, size = int(self.manifest["n_requested"]), int(self.manifest.get("shard_size") or 0)
-        tars = sorted(p.name for p in self.root.glob("shard-*.tar"))
+        n, size = self.manifest["n_requested"], self.manifest.get("shard_size") or 0
+        tars = {p.name for p in self.root.glob("shard-*.tar")}
         if size <= 0:
             raise AugmentError(f"manifest of '{self.root}' has no shard_size; {RERUN} with a current synth")
-        shards = [(f"shard-{s:05d}.tar", min(n, (s + 1) * size) - s * size) for s in range(math.ceil(n / size))]
-        missing = [name for name, _ in shards if name not in tars]
-        if missing:
-            raise AugmentError(f"shard '{missing[0]}' of set '{self.root}' is missing; {RERUN}")
+        count = math.ceil(n / size)
+        # stops at the first gap, so a damaged manifest claiming 10**15 shards costs len(tars) checks, not a hang
+        missing = next((s for s in range(count) if f"shard-{s:05d}.tar" not in tars), None)
+        if missing is not None:
+            raise AugmentError(f"shard 'shard-{missing:05d}.tar' of set '{self.root}' is missing; {RERUN}")
+        shards = [(f"shard-{s:05d}.tar", min(n, (s + 1) * size) - s * size) for s in range(count)]
         root_real = os.path.realpath(self.root)
         for name, _ in shards:
-            if not _inside(os.path.realpath(self.root / name), root_real):
+            if not path_inside(os.path.realpath(self.root / name), root_real):
                 raise AugmentError(f"shard '{name}' of set '{self.root}' is a symlink pointing outside the set folder; "
                                    f"refusing to read it, regenerate the set")
         return shards
@@ -567,8 +616,8 @@ class SyntheticStream(IterableDataset):
             rng = random.Random(derive_seed("stream-buffer", self.seed, self.epoch, rank, worker))
             items = _shuffled(items, self.shuffle_buffer, rng)
         for data, name in items:
-            if name not in self._ids:
-                raise AugmentError(f"an image of set '{self.root}' has no class label (label={name!r}); "
+            if not isinstance(name, str) or name not in self._ids:
+                raise AugmentError(f"an image of set '{self.root}' has no class label (label={show(name)}); "
                                    f"sample with --labels")
             label = self._to_label[self._ids[name]]
             if label < 0:

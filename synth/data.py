@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
+import unicodedata
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -286,8 +290,8 @@ def _read_files(files: list[Path], size: int, on_error: str) -> tuple[list[np.nd
         except Exception as e:
             if on_error == "skip":
                 continue
-            raise DataError(f"cannot read image '{f}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                            f"fix or remove it, or set data.on_error=skip") from None
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise DataError(f"cannot read image {str(f)!r} ({reason}); fix or remove it, or set data.on_error=skip") from None
     return images, kept
 
 
@@ -331,50 +335,345 @@ def load_image_folder(root: Path, split: str, size: int, on_error: str, classes:
                     source=str(base), skipped=len(files) - len(kept))
 
 
-def _read_manifest_rows(path: Path) -> list[dict]:
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise DataError(f"{path}:{n}: not valid JSON; each line must be one JSON object") from None
+# ---------------------------------------------------------------------------
+# File names from manifests (shared with synth.augment's synthetic-set readers)
+#
+# A manifest or a synthetic set may come from anyone: a file name must not reach outside its
+# folder, neither by spelling (absolute, '..') nor through a symlink, and a hostile value must
+# give a one-line error, never a TypeError from ``Path / 3`` or a ValueError from ``os``.
+
+
+def show(value: Any, limit: int = 80) -> str:
+    """``repr`` of a user-supplied value for a one-line message: control characters escaped, long values cut."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe(value: Any) -> str:
+    """A parsed JSON value in words for messages: "null", "a number 3", "a list [1, 2]", ..."""
+    if value is None:
+        return "null"
+    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return f"{kinds.get(type(value), type(value).__name__)} {show(value)}"
+
+
+def path_inside(path: str, root_real: str) -> bool:
+    """Whether the resolved ``path`` is the resolved folder ``root_real`` or lies below it."""
+    return path == root_real or path.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def file_name_problem(name: Any) -> str | None:
+    """Why ``name`` is no usable file name ("is missing", "is a number 3, ..."), or None.
+
+    Checked before any disk access: a NUL or an unpaired surrogate makes ``os`` raise
+    ValueError/UnicodeEncodeError, and a control character would break one-line messages.
+    """
+    if name is None:
+        return "is missing (or null)"
+    if not isinstance(name, str):
+        return f"is {describe(name)}, not a path string"
+    if not name.strip():
+        return f"is empty ({show(name)})"
+    if not name.isprintable() and any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in name):  # fast path first
+        return f"{show(name)} contains a control character (NUL, newline, ...)"
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return f"{show(name)} cannot be a file name here (it holds an unpaired surrogate)"
+    return None
+
+
+def escape_problem(name: str) -> str | None:
+    """Why the file name ``name`` could lead outside its folder by spelling alone ("is absolute", ...), or None.
+
+    Any '..' part is refused, even one that stays inside: with symlinked folders '..' does not
+    mean what it reads as, and a path without it never needs one.
+    """
+    posix = name.replace("\\", "/")  # a manifest written on Windows: '..\\x' climbs too, '\\\\server' is absolute
+    # string tests, not pathlib: this runs for every row of a 100k-image manifest
+    if posix.startswith("/") or (len(posix) > 2 and posix[0].isascii() and posix[0].isalpha() and posix[1:3] == ":/"):
+        return "is absolute"
+    if ".." in posix.split("/"):
+        return "contains '..'"
+    return None
+
+
+def escaping_entry(root: Path, names: Sequence[str]) -> tuple[int, str] | None:
+    """First name whose folder or file is a symlink resolving outside ``root``: (index, why), else None.
+
+    ``names`` have passed :func:`file_name_problem` and :func:`escape_problem`.  One ``scandir``
+    per folder (cheap ``d_type`` checks) and a ``realpath`` only for the links, so a 100k-image
+    set costs a few ms, not a resolve per file.  ``why`` reads "... outside" + " <the folder>".
+    """
+    root_real = os.path.realpath(root)
+    by_dir: dict[str, list[int]] = {}
+    for k, name in enumerate(names):
+        by_dir.setdefault(os.path.dirname(name), []).append(k)
+    for d, ks in by_dir.items():
+        folder = os.path.join(root, d)
+        if not path_inside(os.path.realpath(folder), root_real):
+            return ks[0], f"is in folder {show(d)}, which a symlink leads outside"
+        try:
+            links = {e.name for e in os.scandir(folder) if e.is_symlink()}
+        except OSError:
+            continue  # a missing folder: reported when its images are read
+        for k in ks:
+            base = os.path.basename(names[k])
+            if base in links and not path_inside(os.path.realpath(os.path.join(folder, base)), root_real):
+                return k, "is a symlink resolving outside"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# CSV/JSONL manifests
+
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+MAX_CLASS_INDEX = 9999  # a larger numeric label is an ID column or a typo, and would make that many classes
+JSONL_EXAMPLE = '{"file_name": "a.png", "label": "normal"}'
+
+
+@dataclass
+class ManifestRow:
+    """One checked manifest row; ``line`` (1-based, in the file) names it in messages."""
+
+    line: int
+    file_name: str
+    label: str  # stripped text: a class name, or a class index written in digits
+    prompt: str
+    split: str  # train | val | test
+
+
+@dataclass
+class ManifestSplit:
+    """One split of a checked manifest, not yet decoded: image paths inside the manifest's folder, label ids."""
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+    prompts: list[str]
+
+
+def _manifest_text(path: Path) -> str:
+    """The manifest as text (UTF-8, a BOM dropped); one-line DataError for folders, permissions and bad bytes."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"manifest '{path}' is a folder, not a file; pass the .csv/.jsonl file itself") from None
+    except PermissionError:
+        raise DataError(f"manifest '{path}' is not readable (permission denied); fix its permissions "
+                        f"(e.g. chmod +r) or pass a readable copy") from None
+    except OSError as e:
+        raise DataError(f"cannot read manifest '{path}' ({e.strerror or type(e).__name__}); check the path") from None
+    try:
+        return data.decode("utf-8-sig")  # Excel writes a BOM before the first column name
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"manifest '{path}' line {line}: byte 0x{data[e.start]:02x} is not UTF-8 text; "
+                        f"save the manifest as UTF-8") from None
+
+
+def _csv_header(path: Path, cells: list[str], line: int) -> list[str]:
+    """Column names (stripped: 'file_name, label' is a common slip); a repeated name is an error."""
+    names = [c.strip() for c in cells]
+    repeated = [n for n, c in Counter(names).items() if c > 1]
+    if repeated:
+        raise DataError(f"manifest '{path}' line {line}: column {show(repeated[0])} appears {names.count(repeated[0])} "
+                        f"times in the header {show(names, 200)}; rename or remove the repeats")
+    return names
+
+
+def _csv_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(columns, [(line, row)]) of a CSV manifest.  Blank lines are skipped; a short row's missing
+    trailing fields are empty; a row with more fields than the header (an unquoted comma) is an error."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)  # strict: an unclosed quote is an error, not
+    # a field that silently swallows the rest of the file
+    header: list[str] | None = None
+    rows: list[tuple[int, dict]] = []
+    try:
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue
+            if header is None:
+                header = _csv_header(path, cells, reader.line_num)
+            elif len(cells) > len(header):
+                raise DataError(f"manifest '{path}' line {reader.line_num}: {len(cells)} fields but the header has "
+                                f"{len(header)} columns; quote fields that contain commas")
+            else:
+                rows.append((reader.line_num, dict(zip(header, cells + [""] * (len(header) - len(cells))))))
+    except csv.Error as e:
+        raise DataError(f"manifest '{path}' line {reader.line_num}: not valid CSV ({e}); check the quotes in and "
+                        f"before that line") from None
+    if header is None:
+        raise DataError(f"manifest '{path}' is empty; write a header line 'file_name,label' and one row per image")
+    return header, rows
+
+
+def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(keys seen, [(line, row)]) of a JSONL manifest; every non-blank line must be one JSON object."""
+    rows: list[tuple[int, dict]] = []
+    keys: dict[str, None] = {}
+    for n, line in enumerate(text.split("\n"), 1):  # only '\n' ends a line: a JSON string may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested beyond the parser's stack
+            raise DataError(f"manifest '{path}' line {n}: not valid JSON; each line must be one JSON object "
+                            f"like {JSONL_EXAMPLE}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"manifest '{path}' line {n}: {describe(row)}, not a JSON object; each line "
+                            f"must be one object like {JSONL_EXAMPLE}")
+        rows.append((n, row))
+        keys.update(dict.fromkeys(row))
+    return list(keys), rows
+
+
+def _require_columns(path: Path, columns: list[str]) -> None:
+    """Without a ``label`` column every image would be one class named '': refuse, naming what is there."""
+    for col, holding in (("file_name", "each image's path relative to the manifest's folder"),
+                         ("label", "each image's class (a name, or an index 0..K-1)")):
+        if col not in columns:
+            raise DataError(f"manifest '{path}' has no '{col}' column (columns found: {show(sorted(columns), 200)}); "
+                            f"add a '{col}' column holding {holding}")
+
+
+def _row_file_name(path: Path, where: str, name: Any) -> str:
+    """A row's file name, relative and inside the manifest's folder by spelling (links: :func:`escaping_entry`)."""
+    problem = file_name_problem(name)
+    if problem:
+        raise DataError(f"{where}: file_name {problem}; write the image's path relative to the manifest's folder")
+    problem = escape_problem(name)
+    if problem:
+        raise DataError(f"{where}: file_name {show(name)} {problem}; file names must be relative to the manifest's "
+                        f"folder '{path.parent}' and stay inside it (put the manifest next to the images)")
+    return name
+
+
+def _row_label(where: str, name: str, value: Any) -> str:
+    """A row's label as stripped text: a class name, or a class index (JSON number or digits)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise DataError(f"{where}: {show(name)} has an empty label; fill in its class (a name or an index) "
+                        f"or remove the row")
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, int) and value < 0):
+        raise DataError(f"{where}: label of {show(name)} is {describe(value)}; write a class name "
+                        f"(text) or a class index (a whole number >= 0)")
+    return value.strip() if isinstance(value, str) else str(value)
+
+
+def _row_text(where: str, name: str, column: str, value: Any) -> str:
+    """An optional text field (prompt): missing or null is ''."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise DataError(f"{where}: {column} of {show(name)} is {describe(value)}; write it as text "
+                    f"or leave it empty")
+
+
+def _row_split(where: str, name: str, value: Any) -> str:
+    """A row's split, normalised to train | val | test; missing, null or empty means train."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return "train"
+    split = SPLIT_NAMES.get(value.strip().lower()) if isinstance(value, str) else None
+    if split is None:  # a silently unknown split would drop the row from every split
+        raise DataError(f"{where}: split {show(value)} of {show(name)} is not train, val or test; fix the row "
+                        f"(valid/validation also mean val)")
+    return split
+
+
+def _manifest_row(path: Path, line: int, raw: dict) -> ManifestRow:
+    """One raw CSV/JSONL row -> a checked :class:`ManifestRow`."""
+    where = f"manifest '{path}' line {line}"
+    name = _row_file_name(path, where, raw.get("file_name"))
+    return ManifestRow(line, name, _row_label(where, name, raw.get("label")),
+                       _row_text(where, name, "prompt", raw.get("prompt")), _row_split(where, name, raw.get("split")))
+
+
+def _read_manifest_rows(path: Path) -> list[ManifestRow]:
+    """Every row of a CSV/JSONL manifest, checked: named columns, a label per row, file names inside the
+    manifest's folder (spelling and symlinks).  Anything else is a one-line DataError naming the row."""
+    text = _manifest_text(path)
+    columns, raw = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
+    if columns:  # an empty JSONL has none: reported as an empty split
+        _require_columns(path, columns)
+    rows = [_manifest_row(path, line, r) for line, r in raw]
+    hit = escaping_entry(path.parent, [r.file_name for r in rows])
+    if hit:
+        k, why = hit
+        raise DataError(f"manifest '{path}' line {rows[k].line}: file_name {show(rows[k].file_name)} {why} the "
+                        f"manifest's folder '{path.parent}'; copy the image into that folder instead of linking it")
     return rows
+
+
+def _is_index(label: str) -> bool:
+    """ASCII digits only: '²'.isdigit() is True but int('²') fails."""
+    return label.isascii() and label.isdigit()
+
+
+def _index_value(label: str) -> int:
+    """The value of a digit label, capped at 10**9: int() of a 5000-digit string raises, and any index that
+    large is refused anyway."""
+    digits = label.lstrip("0") or "0"
+    return int(digits) if len(digits) <= 9 else 10**9
+
+
+def _class_names(path: Path, rows: list[ManifestRow], classes: list[str] | None) -> list[str]:
+    """``classes`` when given; else from every row's label, all splits together (so every split numbers the
+    classes alike): class_0..class_K when all labels are indices, else the sorted names."""
+    if classes:
+        return list(classes)
+    found = sorted({r.label for r in rows})
+    if found and all(_is_index(x) for x in found):
+        top = max(rows, key=lambda r: _index_value(r.label))
+        if _index_value(top.label) > MAX_CLASS_INDEX:
+            raise DataError(f"manifest '{path}' line {top.line}: label {show(top.label)} of {show(top.file_name)} is a "
+                            f"class index above {MAX_CLASS_INDEX}; labels are class indices 0..K-1 or class names")
+        return [f"class_{k}" for k in range(_index_value(top.label) + 1)]
+    first: dict[str, str] = {}
+    for name in found:  # labels match case-insensitively: 'A' and 'a' would be one class, the other left empty
+        other = first.setdefault(name.lower(), name)
+        if other != name:
+            raise DataError(f"manifest '{path}': labels {show(other)} and {show(name)} differ only in case; spell "
+                            f"each class one way")
+    return found
+
+
+def _label_ids(path: Path, rows: list[ManifestRow], names: list[str]) -> list[int]:
+    """Class id of every row: by name (case-insensitive), else as an index into ``names``."""
+    ids_by_name: dict[str, int] = {}
+    for k, c in enumerate(names):
+        ids_by_name.setdefault(c.lower(), k)
+    ids = []
+    for r in rows:
+        k = ids_by_name.get(r.label.lower())
+        if k is None and _is_index(r.label) and _index_value(r.label) < len(names):
+            k = _index_value(r.label)
+        if k is None:
+            raise DataError(f"manifest '{path}' line {r.line}: label {show(r.label)} of {show(r.file_name)} is not in "
+                            f"the schema {show(names, 200)}; fix the row or labels.classes")
+        ids.append(k)
+    return ids
+
+
+def read_manifest(path: Path, split: str, classes: list[str] | None = None) -> ManifestSplit:
+    """The rows of ``split`` of a CSV/JSONL manifest, checked but not decoded (every row of every split is
+    checked, so a bad test row fails training too).  Raises :class:`DataError` (one line, naming the row)."""
+    rows = _read_manifest_rows(path)
+    names = _class_names(path, rows, classes)
+    ids = _label_ids(path, rows, names)
+    mine = [k for k, r in enumerate(rows) if r.split == split]
+    return ManifestSplit([path.parent / rows[k].file_name for k in mine], [ids[k] for k in mine], names,
+                         [rows[k].prompt for k in mine])
 
 
 def load_manifest(path: Path, split: str, size: int, on_error: str, classes: list[str] | None) -> ImageSet:
     """CSV/JSONL with ``file_name``, ``label`` (name or index), optional ``prompt`` and ``split``."""
-    rows = _read_manifest_rows(path)
-    if rows and "file_name" not in rows[0]:
-        raise DataError(f"manifest '{path}' has no 'file_name' column; columns: {sorted(rows[0])}")
-    if rows and "split" in rows[0]:
-        rows = [r for r in rows if str(r.get("split", "train")).lower() == split]
-    elif split != "train":
-        rows = []
-    raw_labels = [str(r.get("label", "")) for r in rows]
-    if classes:
-        names = list(classes)
-    else:
-        found = sorted(set(raw_labels))
-        names = found if not all(x.isdigit() for x in found) else [f"class_{k}" for k in range(max(map(int, found)) + 1)] if found else []
-    lowered = [c.lower() for c in names]
-    labels = []
-    for r, lab in zip(rows, raw_labels):
-        if lab.lower() in lowered:
-            labels.append(lowered.index(lab.lower()))
-        elif lab.isdigit() and int(lab) < len(names):
-            labels.append(int(lab))
-        else:
-            raise DataError(f"manifest '{path}': label '{lab}' of '{r['file_name']}' is not in the schema {names}; fix the row or labels.classes")
-    files = [(path.parent / r["file_name"]) for r in rows]
-    images, kept = _read_files(files, size, on_error)
-    prompts = [str(rows[i].get("prompt") or "") for i in kept]
+    m = read_manifest(path, split, classes)
+    images, kept = _read_files(m.files, size, on_error)
+    prompts = [m.prompts[i] for i in kept]
     arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return ImageSet(torch.from_numpy(arr)[:, None], torch.tensor([labels[i] for i in kept], dtype=torch.long), names,
-                    prompts=prompts if any(prompts) else None, source=str(path), skipped=len(files) - len(kept))
+    return ImageSet(torch.from_numpy(arr)[:, None], torch.tensor([m.labels[i] for i in kept], dtype=torch.long),
+                    m.classes, prompts=prompts if any(prompts) else None, source=str(path),
+                    skipped=len(m.files) - len(kept))
 
 
 # ---------------------------------------------------------------------------
@@ -476,8 +775,7 @@ def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
 
 
 def _manifest_has_no_val(p: Path) -> bool:
-    rows = _read_manifest_rows(p)
-    return not any(str(r.get("split", "")).lower() == "val" for r in rows)
+    return not any(r.split == "val" for r in _read_manifest_rows(p))
 
 
 def _stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:

@@ -390,6 +390,17 @@ def fmt_g(x: float) -> str:
     return f"{x:g}"
 
 
+def _sampled(set_dir: Path) -> int:
+    """Images a study's set folder already holds by its manifest (0 when absent or damaged: the sampler then
+    resumes it, re-checking every file against its done records)."""
+    from synth.augment import AugmentError, read_set_manifest
+
+    try:
+        return int(read_set_manifest(set_dir).get("n_done", 0)) if (set_dir / "manifest.json").is_file() else 0
+    except (AugmentError, TypeError, ValueError):
+        return 0
+
+
 class Protocol:
     """State of one ``synth eval augment`` run folder: generators, synthetic sets, results."""
 
@@ -417,8 +428,7 @@ class Protocol:
         if key not in self._pools:
             splits = self.splits(f)
             d = self.set_dir(f, g, w)
-            if not (d / "manifest.json").is_file() or json.loads((d / "manifest.json").read_text()).get(
-                    "n_done", 0) < self.e.synthetic_n:
+            if _sampled(d) < self.e.synthetic_n:
                 t0 = time.perf_counter()
                 export = train_generator(generator_cfg(self.cfg, f, g), self.gen_run(f, g), self.log)
                 t_gen = time.perf_counter() - t0

@@ -174,7 +174,7 @@ def test_synthetic_set_errors(tmp_path):
         SyntheticSet(missing)[2]
 
 
-@pytest.mark.parametrize("bad", ["../outside.png", "/etc/passwd", "shard-00000/../../x.png", "link"])
+@pytest.mark.parametrize("bad", ["../outside.png", "/etc/passwd", "shard-00000/../../x.png", "link", "dirlink"])
 def test_paths_must_stay_inside_the_set(tmp_path, bad):
     root = write_set(tmp_path / "s", alternating(4))
     outside = tmp_path / "outside.png"
@@ -182,6 +182,9 @@ def test_paths_must_stay_inside_the_set(tmp_path, bad):
     if bad == "link":  # a symlink inside the folder that points outside it
         os.symlink(outside, root / "shard-00000" / "evil.png")
         bad = "shard-00000/evil.png"
+    if bad == "dirlink":  # a folder inside that is a symlink to one outside
+        os.symlink(tmp_path, root / "shard-00009")
+        bad = "shard-00009/outside.png"
     rows = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines()]
     rows[1]["file_name"] = bad
     (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -570,3 +573,99 @@ def test_multilabel_real_targets_and_wasted_real_items_are_refused():
 
     with pytest.raises(AugmentError, match="multi-label"):
         _real_labels(MultiLabel())
+
+
+# ---------------------------------------------------------------------------
+# Damaged or foreign set files: one-line AugmentErrors, never KeyError/TypeError/UnicodeDecodeError
+
+
+def _one_line_error(make) -> str:
+    with pytest.raises(AugmentError) as e:
+        make()
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1, msg
+    return msg
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("n_done", "abc", "n_done is a string 'abc', not a whole number >= 0; the manifest is damaged"),
+    ("n_requested", None, "n_requested is null, not a whole number >= 0"),
+    ("n_requested", float("inf"), "n_requested is a number inf"),
+    ("n_done", True, "n_done is a boolean True"),
+    ("shard_size", "8", "shard_size is a string '8'"),
+    ("label_schema", [1], "label_schema.classes is a list [1], not a list of class names"),
+    ("label_schema", {"classes": 3}, "label_schema.classes is a number 3"),
+    ("label_schema", {"classes": ["a", None]}, "label_schema.classes is a list ['a', None]"),
+    ("counts_per_label", ["normal"], "counts_per_label is a list ['normal'], not an object"),
+    ("model", [], None),  # empty: treated as absent
+    ("model", "m", "model is a string 'm', not an object"),
+])
+def test_damaged_manifest_fields_are_one_line_errors(tmp_path, field, value, message):
+    """Before: ValueError/TypeError from int(...) and ['classes'], or a misleading 'no class label' error."""
+    root = write_set(tmp_path / "s", alternating(4))
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest[field] = value
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    if message is None:
+        assert len(SyntheticSet(root)) == 4
+    else:
+        assert message in _one_line_error(lambda: read_set_manifest(root))
+
+
+def test_damaged_rows_and_quality_decisions_are_one_line_errors(tmp_path):
+    root = write_set(tmp_path / "s", alternating(4))
+    meta = root / "metadata.jsonl"
+    good = meta.read_bytes()
+    cases = [
+        (good + b'{"file_name": "caf\xe9.png"}\n', "metadata.jsonl' is unreadable (UnicodeDecodeError"),
+        (good + b"[" * 100000 + b"\n", "is not JSON; the set is damaged"),
+        (good + b"[1, 2]\n", "is a list [1, 2], not a JSON object; the set is damaged"),
+        (b'{"file_name": "a\\u0000b.png", "label": "normal"}\n', "file_name 'a\\x00b.png' contains a control"),
+        (b'{"file_name": "a\\ud800.png", "label": "normal"}\n', "unpaired surrogate"),
+        (b'{"file_name": 7, "label": "normal"}\n', "file_name is a number 7, not a path string"),
+        (b'{"file_name": "shard-00000/00000000.png", "label": ["normal"]}\n', "have no class label (label=['normal']"),
+    ]
+    for content, message in cases:
+        meta.write_bytes(content)
+        msg = _one_line_error(lambda: SyntheticSet(root))
+        assert message in msg, (message, msg)
+    meta.write_bytes(good)
+    quality = root / "quality.jsonl"
+    names = [f"shard-00000/{i:08d}.png" for i in range(4)]
+    cases = [
+        (b"{oops\n", "is not JSON; the file is damaged, run quality_filter again"),
+        (b'{"x": 1}\n', "needs a text file_name and a true/false kept (file_name=None, kept=None)"),
+        ("".join(json.dumps({"file_name": n, "kept": "false"}) + "\n" for n in names).encode(),
+         "kept='false'"),  # before: bool("false") is True, so every image was kept
+        (b"\xff\n", "quality.jsonl' is unreadable (UnicodeDecodeError"),
+    ]
+    for content, message in cases:
+        quality.write_bytes(content)
+        msg = _one_line_error(lambda: SyntheticSet(root, quality="keep"))
+        assert message in msg and "quality.jsonl" in msg, (message, msg)
+
+
+def test_damaged_webdataset_samples_and_manifests_are_one_line_errors(tmp_path):
+    import io
+    import tarfile
+
+    root = write_set(tmp_path / "w", alternating(2), fmt="webdataset")
+    tar = root / "shard-00000.tar"
+    with tarfile.open(tar) as t:
+        members = [(m.name, t.extractfile(m).read()) for m in t]
+    for bad_json in (b"[1", b"[1, 2]", b"\xff", b"[" * 100000):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in members:
+                data = bad_json if name.endswith(".json") else data
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        tar.write_bytes(buf.getvalue())
+        msg = _one_line_error(lambda: list(SyntheticStream(root)))
+        assert "its .json is not a JSON object; the shard is damaged" in msg
+    # a manifest claiming 10**15 images in shards of 1: before, listing the shards never ended
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest.update(n_requested=10**15, n_done=10**15, shard_size=1)
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    assert "shard 'shard-00001.tar' of set" in _one_line_error(lambda: SyntheticStream(root))

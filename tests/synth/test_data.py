@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -171,3 +172,197 @@ def test_dicom_monochrome1_is_windowed_then_inverted(tmp_path):
     lo, hi = 500.0, 1500.0
     want = 255 - np.clip(np.round((stored.astype(float) - lo) / (hi - lo) * 255), 0, 255)
     assert got.tolist() == want.astype(np.uint8).tolist()  # [[255, 128], [0, 0]]: 0 stored is bright
+
+
+# ---------------------------------------------------------------------------
+# Manifests: missing columns, paths outside the folder, hostile content (one-line DataErrors)
+
+
+def _manifest_folder(tmp_path):
+    """``tmp_path/m`` with images a.png, b.png and sub/c.png; ``tmp_path/outside.png`` next to it."""
+    root = tmp_path / "m"
+    (root / "sub").mkdir(parents=True)
+    for name, v in (("a.png", 40), ("b.png", 200), ("sub/c.png", 120)):
+        Image.fromarray(np.full((10, 20), v, np.uint8)).save(root / name)
+    Image.fromarray(np.zeros((10, 20), np.uint8)).save(tmp_path / "outside.png")
+    return root
+
+
+def _manifest_error(path, split="train", classes=None) -> str:
+    from synth.data import load_manifest
+
+    with pytest.raises(DataError) as e:
+        load_manifest(path, split, 16, "raise", classes)
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1, msg
+    return msg
+
+
+def test_manifest_without_label_column_is_an_error(tmp_path):
+    """Before: every image became one class named '' and training ran."""
+    root = _manifest_folder(tmp_path)
+    (root / "m.csv").write_text("file_name,prompt\na.png,x\nb.png,y\n")
+    msg = _manifest_error(root / "m.csv")
+    assert "m.csv' has no 'label' column (columns found: ['file_name', 'prompt']); add a 'label' column" in msg
+    assert "class (a name, or an index" in msg
+    (root / "m.jsonl").write_text('{"file_name": "a.png"}\n{"file_name": "b.png", "prompt": "p"}\n')
+    assert "has no 'label' column (columns found: ['file_name', 'prompt'])" in _manifest_error(root / "m.jsonl")
+    with pytest.raises(DataError, match="has no 'label' column"):  # through load_split (the CLI's path) too
+        load_split(data_cfg(str(root / "m.csv")), "train")
+
+
+def test_manifest_empty_label_names_the_row(tmp_path):
+    """Before: an empty cell made a class '' and a JSON null a class 'None'."""
+    root = _manifest_folder(tmp_path)
+    (root / "m.csv").write_text("file_name,label\na.png,x\n\nb.png,  \n")
+    assert "m.csv' line 4: 'b.png' has an empty label; fill in its class" in _manifest_error(root / "m.csv")
+    (root / "m.jsonl").write_text('{"file_name": "a.png", "label": "x"}\n{"file_name": "b.png", "label": null}\n')
+    assert "m.jsonl' line 2: 'b.png' has an empty label" in _manifest_error(root / "m.jsonl")
+    (root / "k.jsonl").write_text('{"file_name": "a.png", "label": "x"}\n{"file_name": "b.png"}\n')
+    assert "k.jsonl' line 2: 'b.png' has an empty label" in _manifest_error(root / "k.jsonl")
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("ABS", "is absolute"),
+    ("../outside.png", "contains '..'"),
+    ("sub/../../outside.png", "contains '..'"),
+    ("sub\\..\\..\\outside.png", "contains '..'"),
+    ("C:\\images\\a.png", "is absolute"),
+    ("link.png", "is a symlink resolving outside the manifest's folder"),
+    ("linkdir/outside.png", "is in folder 'linkdir', which a symlink leads outside the manifest's folder"),
+    ("sub/up/outside.png", "is in folder 'sub/up', which a symlink leads outside"),
+])
+def test_manifest_paths_must_stay_inside_its_folder(tmp_path, name, problem):
+    """Before: absolute paths, '..' and links leading anywhere on the disk were read as training images."""
+    root = _manifest_folder(tmp_path)
+    os.symlink(tmp_path / "outside.png", root / "link.png")  # real symlinks pointing outside
+    os.symlink(tmp_path, root / "linkdir")
+    os.symlink("../..", root / "sub" / "up")
+    name = str(tmp_path / "outside.png") if name == "ABS" else name
+    (root / "m.jsonl").write_text(json.dumps({"file_name": "a.png", "label": "x"}) + "\n"
+                                  + json.dumps({"file_name": name, "label": "y", "split": "test"}) + "\n")
+    msg = _manifest_error(root / "m.jsonl")  # a bad test row fails the train split too: every row is checked
+    assert f"m.jsonl' line 2: file_name {name!r} {problem}" in msg and str(root) in msg
+
+
+def test_manifest_links_inside_its_folder_are_fine(tmp_path):
+    root = _manifest_folder(tmp_path)
+    os.symlink("a.png", root / "alias.png")
+    os.symlink("sub", root / "subalias")
+    (root / "m.csv").write_text("file_name,label\nalias.png,x\nsubalias/c.png,y\n./b.png,y\n")
+    from synth.data import load_manifest
+
+    s = load_manifest(root / "m.csv", "train", 16, "raise", None)
+    assert len(s) == 3 and s.labels.tolist() == [0, 1, 1]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"[1, 2]\n", "line 1: a list [1, 2], not a JSON object; each line must be one object like"),
+    (b'{"file_name": "a.png", "label": "x"}\n"x"\n', "line 2: a string 'x', not a JSON object"),
+    (b"3\n", "line 1: a number 3, not a JSON object"),
+    (b'{"file_name": 3, "label": "x"}\n', "line 1: file_name is a number 3, not a path string"),
+    (b'{"file_name": null, "label": "x"}\n', "line 1: file_name is missing (or null)"),
+    (b'{"file_name": ["a.png"], "label": "x"}\n', "line 1: file_name is a list ['a.png'], not a path string"),
+    (b'{"file_name": "a\\u0000.png", "label": "x"}\n', "file_name 'a\\x00.png' contains a control character"),
+    (b'{"file_name": "a\\n.png", "label": "x"}\n', "file_name 'a\\n.png' contains a control character"),
+    (b'{"file_name": "a\\ud800.png", "label": "x"}\n', "holds an unpaired surrogate"),
+    (b'{"file_name": "a.png", "label": 1.5}\n', "line 1: label of 'a.png' is a number 1.5; write a class name"),
+    (b'{"file_name": "a.png", "label": true}\n', "label of 'a.png' is a boolean True"),
+    (b'{"file_name": "a.png", "label": -1}\n', "label of 'a.png' is a number -1"),
+    (b'{"file_name": "a.png", "label": "x", "prompt": {"a": 1}}\n', "prompt of 'a.png' is an object"),
+    (b'{"file_name": "a.png", "label": "x", "split": "dev"}\n', "split 'dev' of 'a.png' is not train, val or test"),
+    (b'{"file_name": "a.png", "label": "x", "split": 1}\n', "split 1 of 'a.png' is not train, val or test"),
+    (b"[" * 100000 + b"\n", "line 1: not valid JSON"),
+    (b'{"file_name": "a.png", "label": "x"}\n{"file_name": "b.png", "label": "caf\xe9"}\n',
+     "line 2: byte 0xe9 is not UTF-8 text; save the manifest as UTF-8"),
+    (b'{"file_name": "a.png", "label": "A"}\n{"file_name": "b.png", "label": "a"}\n',
+     "labels 'A' and 'a' differ only in case"),
+    (b'{"file_name": "a.png", "label": 0}\n{"file_name": "b.png", "label": 123456789012345678901234567890}\n',
+     "line 2: label '123456789012345678901234567890' of 'b.png' is a class index above 9999"),
+])
+def test_hostile_jsonl_manifests_are_one_line_errors(tmp_path, content, message):
+    """Before: TypeError / UnicodeDecodeError / RecursionError tracebacks, or silently wrong classes."""
+    root = _manifest_folder(tmp_path)
+    (root / "m.jsonl").write_bytes(content)
+    msg = _manifest_error(root / "m.jsonl")
+    assert message in msg and "m.jsonl'" in msg
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"file_name,label,label\na.png,x,y\n", "line 1: column 'label' appears 2 times in the header"),
+    (b"file_name,label\na.png,x,extra\n", "line 2: 3 fields but the header has 2 columns; quote fields that contain"),
+    (b"file_name,label\na.png,caf\xe9\n", "line 2: byte 0xe9 is not UTF-8 text"),
+    (b"", "is empty; write a header line 'file_name,label'"),
+    (b"\n\n", "is empty; write a header line"),
+    (b"file_name,label\n/etc/passwd,x\n", "line 2: file_name '/etc/passwd' is absolute"),
+    (b"file_name,label\na.png,\xc2\xb2x\nb.png,0\n", None),  # a name with a superscript: fine (no int('²'))
+    (b"file_name,label\na.png,99999999999999999999999\n", "is a class index above 9999"),
+    (b'file_name,label\n"a.png,x\nb.png,y\n', "line 3: not valid CSV (unexpected end of data); check the quotes"),
+    (b'file_name,label\n"a.png"x,y\n', "line 2: not valid CSV"),
+])
+def test_hostile_csv_manifests_are_one_line_errors(tmp_path, content, message):
+    root = _manifest_folder(tmp_path)
+    (root / "m.csv").write_bytes(content)
+    if message is None:
+        from synth.data import load_manifest
+
+        assert load_manifest(root / "m.csv", "train", 16, "raise", None).classes == ["0", "²x"]
+        return
+    assert message in _manifest_error(root / "m.csv")
+
+
+def test_manifest_bom_blank_lines_spaces_and_line_separators_read(tmp_path):
+    """Before: a BOM hid the first column ('\\ufefffile_name'); a U+2028 inside a JSON string split the line."""
+    from synth.data import load_manifest
+
+    root = _manifest_folder(tmp_path)
+    (root / "m.csv").write_bytes("\ufefffile_name, label ,split\r\n\r\na.png, x ,train\r\n,,\r\nb.png,y,\r\n"
+                                 "sub/c.png,y,VALID\r\n".encode())
+    s = load_manifest(root / "m.csv", "train", 16, "raise", None)
+    assert s.classes == ["x", "y"] and s.labels.tolist() == [0, 1]  # empty split: train; 'VALID' is val
+    assert len(load_manifest(root / "m.csv", "val", 16, "raise", None)) == 1
+    (root / "m.jsonl").write_text('{"file_name": "a.png", "label": "x", "prompt": "left\u2028right"}\r\n\n   \n'
+                                  '{"file_name": "b.png", "label": 1}\n', encoding="utf-8")
+    s = load_manifest(root / "m.jsonl", "train", 16, "raise", ["x", "y"])
+    assert s.prompts == ["left\u2028right", ""] and s.labels.tolist() == [0, 1]
+
+
+def test_manifest_splits_share_one_class_list(tmp_path):
+    """Before: each split named its classes from its own rows, so a test split without class 'a' numbered 'b'
+    as 0 (and translate concatenated splits with different numberings); and a split column present only
+    after the first row was ignored, training on the val rows."""
+    from synth.data import load_manifest
+
+    root = _manifest_folder(tmp_path)
+    rows = [{"file_name": "a.png", "label": "a"}, {"file_name": "b.png", "label": "b", "split": "val"},
+            {"file_name": "sub/c.png", "label": "b", "split": "test"}]
+    (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = load_manifest(root / "m.jsonl", "test", 16, "raise", None)
+    assert test.classes == ["a", "b"] and test.labels.tolist() == [1]
+    assert len(load_manifest(root / "m.jsonl", "train", 16, "raise", None)) == 1  # the val row is not trained on
+
+
+def test_manifest_that_is_a_folder_or_unreadable(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    root = _manifest_folder(tmp_path)
+    (root / "dir.csv").mkdir()
+    assert "dir.csv' is a folder, not a file; pass the .csv/.jsonl file itself" in _manifest_error(root / "dir.csv")
+    (root / "m.csv").write_text("file_name,label\na.png,x\n")
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # root ignores chmod, so simulate what a user sees
+    assert "m.csv' is not readable (permission denied); fix its permissions" in _manifest_error(root / "m.csv")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any file")
+def test_manifest_without_read_permission(tmp_path):
+    root = _manifest_folder(tmp_path)
+    (root / "m.csv").write_text("file_name,label\na.png,x\n")
+    (root / "m.csv").chmod(0)
+    try:
+        assert "is not readable (permission denied)" in _manifest_error(root / "m.csv")
+    finally:
+        (root / "m.csv").chmod(0o644)
