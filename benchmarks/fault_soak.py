@@ -43,7 +43,7 @@ TINY = [
     "model.text.vocab_size=600", "train.batch_size=8", "train.warmup_steps=1", "train.progress=false",
     "train.log_every=5", "sample.per_class=2", "sample.steps=3",
 ]
-TRAIN = ["train.steps=40", "train.checkpoint_every=2", "train.keep_checkpoints=3"]
+TRAIN = ["train.steps=60", "train.checkpoint_every=3", "train.keep_checkpoints=3"]
 BRIDGE = ["labels.domains=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]", "train.steps=10",
           "train.checkpoint_every=10"]
 
@@ -145,24 +145,30 @@ def _set_state(out: Path) -> str:
     return f"{done} shards recorded, {len(list(out.rglob('*.png')))} PNGs on disk"
 
 
-def timed_reference(args: list[str], first) -> tuple[float, float]:
-    """Run ``args`` uninterrupted; (its seconds, the second at which ``first()`` became true: work began)."""
-    t0, first_s = time.perf_counter(), None
+def kill_window(args: list[str], first, last) -> tuple[float, float]:
+    """Run ``args`` uninterrupted and time it: (when ``first()`` became true, when ``last()`` did), in seconds
+    from the start. Kills are drawn in that window: the work itself (training steps and checkpoints, shards),
+    not the imports before it or the preview images after it."""
+    t0, first_s, last_s = time.perf_counter(), None, None
     proc = start(args)
     while proc.poll() is None:
+        now = time.perf_counter() - t0
         if first_s is None and first():
-            first_s = time.perf_counter() - t0
+            first_s = now
+        if last_s is None and last():
+            last_s = now
         time.sleep(0.005)
     total = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"synth {' '.join(args[:2])} failed: {proc.stderr.read().strip().splitlines()[-1:]}")
-    return total, first_s if first_s is not None else 0.5 * total
+    first_s = first_s if first_s is not None else 0.5 * total
+    return 0.8 * first_s, max(last_s or total, first_s) + 0.2
 
 
 def _kill_some(args: list[str], window: tuple[float, float], rng: random.Random, state, aim=None) -> list[dict]:
     """1-3 runs of ``args``, each SIGKILLed at a random moment of ``window`` (s; from start-up to the
     uninterrupted run's end) or at ``aim()`` for some; stop early if one finishes."""
-    kills, reference_s = [], window[1]
+    kills, reference_s = [], window[1]  # an aimed kill waits at most twice the window's end
     for k in range(rng.randint(1, 3)):
         aimed = aim is not None and rng.random() < 0.4
         delay = rng.uniform(*window)
@@ -178,8 +184,8 @@ def _kill_some(args: list[str], window: tuple[float, float], rng: random.Random,
 def soak_train(work: Path, trials: int, rng: random.Random) -> list[Trial]:
     args = lambda run: ["train", "ldm", "--run", str(run), *sets(TINY + TRAIN)]  # noqa: E731
     ck_ref = work / "train-ref" / "checkpoints"
-    total, first = timed_reference(args(work / "train-ref"), lambda: ck_ref.is_dir())
-    window = (0.7 * first, total)  # from the end of start-up (imports, data) to the end
+    last_ck = ck_ref / f"step-{int(TRAIN[0].split('=')[1]):08d}"
+    window = kill_window(args(work / "train-ref"), lambda: ck_ref.is_dir(), lambda: last_ck.is_dir())
     ref = final_state(work / "train-ref")
     out = []
     for i in range(trials):
@@ -211,8 +217,8 @@ def soak_train(work: Path, trials: int, rng: random.Random) -> list[Trial]:
 
 def _soak_set(kind: str, work: Path, trials: int, rng: random.Random, args, n: int) -> list[Trial]:
     synth_dir = work / f"{kind}-ref" / ".synth"
-    total, first = timed_reference(args(work / f"{kind}-ref"), lambda: synth_dir.is_dir())
-    window = (0.7 * first, total)
+    manifest = work / f"{kind}-ref" / "manifest.json"
+    window = kill_window(args(work / f"{kind}-ref"), lambda: synth_dir.is_dir(), lambda: manifest.is_file())
     ref = set_digest(work / f"{kind}-ref")
     out = []
     for i in range(trials):

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synth.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text
 from synth.labels import Condition, LabelError, LabelSchema
 from synth.seeds import image_seed
 
@@ -254,30 +254,48 @@ def deterministic_kernels(device: str | torch.device) -> None:
 OUR_NAMES = ("manifest.json", "metadata.jsonl", ".synth")
 SHARD_DIR_RE = re.compile(r"^shard-\d{5}$")
 SHARD_TAR_RE = re.compile(r"^shard-\d{5}\.tar$")
+PNG_RE = re.compile(r"^\d{8}\.png$")
 OUR_FILE_RE = re.compile(r"^(\d{8}\.png|\..+\.tmp)$")  # a shard folder's images and write temps
+ROOT_TMP_RE = re.compile(r"^\.(manifest\.json|metadata\.jsonl|shard-\d{5}\.tar)\..+\.tmp$")  # left by a kill
 
 
 def _ran_on(ident: dict) -> str:
     return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU (no batch size recorded)"
 
 
+def _ours(p: Path) -> bool | None:
+    """Whether an entry of an output folder is synth's: True, False, or None for a shard folder (ours
+    only if every file in it is)."""
+    if p.name in OUR_NAMES or ROOT_TMP_RE.match(p.name) or (SHARD_TAR_RE.match(p.name) and p.is_file()):
+        return True
+    if SHARD_DIR_RE.match(p.name) and p.is_dir() and not p.is_symlink():
+        return None
+    return False
+
+
 def _foreign_entries(out: Path) -> list[str]:
     """Entries of ``out`` that synth did not make (a shard folder counts as ours only if every file in it is)."""
     bad = []
     for p in sorted(out.iterdir()):
-        if p.name in OUR_NAMES or (SHARD_TAR_RE.match(p.name) and p.is_file()) or p.name.startswith(".shard-"):
-            continue
-        if SHARD_DIR_RE.match(p.name) and p.is_dir() and not p.is_symlink():
+        kind = _ours(p)
+        if kind is None:
             bad += [f"{p.name}/{q.name}" for q in sorted(p.iterdir()) if not (OUR_FILE_RE.match(q.name) and q.is_file())]
-            continue
-        bad.append(p.name)
+        elif not kind:
+            bad.append(p.name)
     return bad
 
 
 def _remove_ours(out: Path) -> None:
-    """Delete what an earlier ``synth sample`` wrote into ``out`` (checked by :func:`_foreign_entries` first)."""
+    """Delete what an earlier ``synth sample`` wrote into ``out`` (checked by :func:`_foreign_entries` first),
+    except ``.synth/lock``: this run holds it, and a new lock file would let a second run in."""
     for p in out.iterdir():
-        if p.name in OUR_NAMES or SHARD_DIR_RE.match(p.name) or SHARD_TAR_RE.match(p.name) or p.name.startswith(".shard-"):
+        if _ours(p) is False:
+            continue
+        if p.name == ".synth":
+            for q in p.iterdir():
+                if q.name != "lock":
+                    shutil.rmtree(q) if q.is_dir() and not q.is_symlink() else q.unlink()
+        else:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
@@ -303,12 +321,13 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
         if diff and not overwrite:
             raise BulkError(f"output folder '{out}' holds images from another model or settings (differs in: "
                             f"{', '.join(diff)}); use another --out or pass --overwrite to replace them")
-        if diff and overwrite and main:
+        if diff and overwrite:
             foreign = _foreign_entries(out)
             if foreign:
                 raise BulkError(f"--overwrite: output folder '{out}' also holds files synth did not make (e.g. "
                                 f"'{foreign[0]}', {len(foreign)} in all); nothing was deleted; move them away or use another --out")
-            _remove_ours(out)
+            if main:
+                _remove_ours(out)
     if main:
         atomic_write_json(req_file, identity)
 
@@ -321,12 +340,10 @@ def existing_extent(out: Path, shard_size: int) -> int:
             s = int(p.name[6:11])
             r = read_done(out, s)
             if r is not None:
-                hi = max(hi, int(r["stop"]))
-            elif p.is_dir():
-                idx = [int(q.name[:8]) for q in p.iterdir() if re.match(r"^\d{8}\.png$", q.name)]
-                hi = max([hi] + [i + 1 for i in idx])
-            else:
-                hi = max(hi, (s + 1) * shard_size)
+                hi = max(hi, r["stop"])
+            elif p.is_dir():  # an unfinished shard: its PNGs are kept by a resume, so they count
+                hi = max([hi] + [int(q.name[:8]) + 1 for q in p.iterdir() if PNG_RE.match(q.name)])
+            # an unrecorded tar is rewritten whole by whichever run finishes its shard: it holds nothing yet
     return hi
 
 
@@ -335,6 +352,8 @@ def shrink_out(out: Path, n: int, shard_size: int) -> int:
     indices were dropped.  The kept part of a cut shard is re-recorded by the run (its PNGs are kept, not redrawn)."""
     extent = existing_extent(out, shard_size)
     last = (n - 1) // shard_size
+    for name in ("manifest.json", "metadata.jsonl"):  # first: a crash below must not leave a list of deleted files
+        (out / name).unlink(missing_ok=True)
     for p in sorted(out.iterdir()):
         if not (SHARD_DIR_RE.match(p.name) or SHARD_TAR_RE.match(p.name)):
             continue
@@ -344,7 +363,7 @@ def shrink_out(out: Path, n: int, shard_size: int) -> int:
             done_record(out, s).unlink(missing_ok=True)
         elif s == last:
             for q in p.iterdir():
-                if re.match(r"^\d{8}\.png$", q.name) and int(q.name[:8]) >= n:
+                if PNG_RE.match(q.name) and int(q.name[:8]) >= n:
                     q.unlink()
             r = read_done(out, s)
             if r is not None and r["stop"] > n:
@@ -355,33 +374,12 @@ def shrink_out(out: Path, n: int, shard_size: int) -> int:
     return max(0, extent - n)
 
 
-class OutputLock:
-    """An exclusive ``flock`` on ``<out>/.synth/lock`` held by the main process for the whole run:
-    a second ``synth sample``/``translate`` into the same folder stops at once instead of redoing the work."""
-
-    def __init__(self, out: Path):
-        import fcntl
-        import socket
-
-        path = out / ".synth" / "lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(self.fd)
-            raise BulkError(f"output folder '{out}' is being written by {holder}; wait for it to finish (then run the "
-                            f"same command to extend or check it) or use another --out") from None
-        except OSError:
-            pass  # a file system without locks (some network mounts): run unguarded, as before
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"synth (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
+def output_lock(out: Path) -> FolderLock:
+    """The lock of an output folder (``.synth/lock``), held by the main process for the whole run."""
+    try:
+        return FolderLock(out / ".synth" / "lock", "output folder")
+    except FolderBusyError as e:
+        raise BulkError(str(e)) from None  # a BulkError reaches every rank through main_first
 
 
 # ---------------------------------------------------------------------------
@@ -429,7 +427,8 @@ def read_done(out: Path, s: int) -> dict | None:
         return None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None  # damaged (not written by a finished durable_write): the shard is redone, same bytes
-    ok = isinstance(r, dict) and all(k in r for k in ("start", "stop", "rows")) and isinstance(r["rows"], list)
+    ok = (isinstance(r, dict) and all(type(r.get(k)) is int for k in ("start", "stop"))
+          and isinstance(r.get("rows"), list) and isinstance(r.get("files", []), list))
     return r if ok else None
 
 
@@ -950,24 +949,61 @@ class BulkResult:
     timings: dict = field(default_factory=dict)
 
 
-def _make_out(out: Path, identity: dict, req: BulkRequest, log: Callable[[str], None]) -> OutputLock:
+def _check_extent(out: Path, req: BulkRequest) -> int:
+    """How many images past ``--n`` the folder holds; refused unless ``--shrink``."""
+    extent = existing_extent(out, req.shard_size)
+    if extent > req.n and not req.shrink:
+        raise BulkError(f"output folder '{out}' already holds images 0..{extent - 1} and --n is {req.n}: the "
+                        f"other {extent - req.n} would stay on disk outside the metadata; pass --n {extent} to "
+                        f"resume or extend it, or --shrink to delete images {req.n}..{extent - 1}")
+    return max(0, extent - req.n)
+
+
+def check_out(out: str | Path, identity: dict, req: BulkRequest, batch_size_known: bool = True) -> None:
+    """Every refusal :func:`_make_out` would give (foreign folder, other settings, smaller ``--n``, a run
+    already writing there), without writing or deleting anything: called before the model loads, so a
+    mistake in ``--out`` costs no time.  ``batch_size_known=False`` (``--batch-size auto`` on CUDA, decided
+    after the load): the batch size is left to the real check."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BulkError(f"--out '{out}' is a file; choose a folder")
+    if not out.is_dir():
+        return
+    if not batch_size_known and "batch_size" in identity:
+        try:
+            old = json.loads((out / ".synth" / "request.json").read_text())
+            identity = {**identity, "batch_size": old.get("batch_size")} if "batch_size" in old else identity
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass
+    prepare_out(out, identity, req.overwrite, False)
+    wiped = req.overwrite and (out / ".synth" / "request.json").is_file() and _request_differs(out, identity)
+    if not wiped:
+        _check_extent(out, req)
+    if (out / ".synth" / "lock").is_file():
+        output_lock(out).release()  # raises FolderBusyError naming the holder
+
+
+def _request_differs(out: Path, identity: dict) -> bool:
+    try:
+        return json.loads((out / ".synth" / "request.json").read_text()) != identity
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return True
+
+
+def _make_out(out: Path, identity: dict, req: BulkRequest, log: Callable[[str], None]) -> FolderLock:
     """Create or check ``out`` under its lock (returned; the caller releases it when the run ends)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        prepare_out_check_only = not (out / ".synth" / "request.json").is_file()
-        if prepare_out_check_only:
+        if not (out / ".synth" / "request.json").is_file():
             prepare_out(out, identity, req.overwrite, False)  # refuse a user's folder before making .synth in it
-        lock = OutputLock(out)
+        lock = output_lock(out)
     except OSError as e:
         raise BulkError(f"cannot use output folder '{out}' ({e.strerror or e}); choose a writable --out") from None
+    if not lock.guarded:
+        log(f"note: '{out}' is on a file system without file locks; nothing stops a second run writing there")
     try:
         prepare_out(out, identity, req.overwrite, True)
-        extent = existing_extent(out, req.shard_size)
-        if extent > req.n:
-            if not (req.shrink or req.overwrite):
-                raise BulkError(f"output folder '{out}' already holds images 0..{extent - 1} and --n is {req.n}: the "
-                                f"other {extent - req.n} would stay on disk outside the metadata; pass --n {extent} to "
-                                f"resume or extend it, or --shrink to delete images {req.n}..{extent - 1}")
+        if _check_extent(out, req):
             log(f"--shrink: deleted {shrink_out(out, req.n, req.shard_size)} images (index {req.n} and above)")
     except OSError as e:
         lock.release()

@@ -19,8 +19,7 @@ from samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_si
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_uint8
 from synth.labels import Condition, LabelSchema
-from synth.models import (WeightsDigest, changed_since, check_safetensors_files, digest_weights, first_line, load_part,
-                          refuse_pickle, weights_mismatch)
+from synth.models import (WeightsDigest, changed_since, first_line, load_part, read_error_message, verify_weights)
 from synth.seeds import derive_seed, generator_for
 
 ARTIFACT_FILE = "synth.json"
@@ -76,10 +75,7 @@ def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: 
 # Reading and checking an export
 
 
-def _os_message(e: OSError, path: Path) -> str:
-    """One line for an OSError met while reading ``path``: the file it names and the system's reason."""
-    return (f"cannot read '{e.filename or path}': {e.strerror or first_line(e)}; check its permissions "
-            f"and that the disk is readable")
+_os_message = read_error_message
 
 
 def _fix(kind: str = "ldm") -> str:
@@ -255,22 +251,9 @@ def verify_export(meta: dict, allow_pickle: bool = False) -> WeightsDigest:
 
     Returns the digest (hashed once here); :func:`finish_loading` checks nothing changed meanwhile.
     """
-    p = Path(meta["path"])
-    kind = meta.get("kind", "ldm")
-    try:
-        refuse_pickle(p, allow_pickle, PICKLE_HINT, ArtifactError)
-        check_safetensors_files(p, _fix(kind), ArtifactError)
-        digest = digest_weights(p)
-    except OSError as e:
-        raise ArtifactError(_os_message(e, p)) from None
-    bad = weights_mismatch(digest, meta["weights_sha256"], meta.get("weights_files"))
-    if bad:
-        rel, problem = bad
-        if rel is None:
-            raise ArtifactError(f"the weights in '{p}' ({', '.join(digest.files) or 'none'}) {problem} (their SHA-256 "
-                                f"differs from {ARTIFACT_FILE}'s weights_sha256); {_fix(kind)}")
-        raise ArtifactError(f"'{p / rel}' {problem} (SHA-256 differs from {ARTIFACT_FILE}); {_fix(kind)}")
-    return digest
+    return verify_weights(meta["path"], meta["weights_sha256"], meta.get("weights_files"), allow_pickle=allow_pickle,
+                          how_to_allow=PICKLE_HINT, fix=_fix(meta.get("kind", "ldm")), error=ArtifactError,
+                          record_name=f"{ARTIFACT_FILE}'s weights_sha256")
 
 
 def load_component(meta: dict, load, sub: str, **kwargs):

@@ -21,9 +21,9 @@ def _user_errors():
     from synth.classifier import ClassifierError
     from trainers.common import TrainingError
     from trainers.evaluate import EvalError
-    from synth.io import ForeignFolderError
+    from synth.io import FolderBusyError, ForeignFolderError
 
-    return (ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
+    return (FolderBusyError, ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
             EvalError)
 
 
@@ -159,7 +159,7 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
     import torch
 
-    from samplers.bulk import BulkRequest, parse_label_spec, parse_prompt_file, run_bulk
+    from samplers.bulk import BulkRequest, check_out, dist_info, parse_label_spec, parse_prompt_file, run_bulk
     from samplers.generator import load_generator, read_artifact
     from synth.labels import LabelSchema
 
@@ -191,6 +191,8 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         from samplers.bulk import check_request
 
         check_request(req)
+        if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
+            check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, bs is not None)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         gen = load_generator(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
         if bs is None:
@@ -252,7 +254,8 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
     """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
     import torch
 
-    from samplers.bulk import check_request, run_bulk
+    from samplers.bulk import check_out, check_request, dist_info, run_bulk
+    from synth.labels import LabelSchema
     from samplers.generator import ArtifactError, read_artifact
     from samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
     from synth.devices import resolve_device
@@ -282,6 +285,8 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
                                shrink=shrink, allow_pickle=allow_pickle, input=str(input_), source=source, target=target, tau=t, split=split,
                                input_hash=input_fingerprint(data))
         check_request(req)
+        if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
+            check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, bs is not None)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
         from samplers.bridge import BridgeGenerator
 

@@ -134,6 +134,10 @@ def _autoencoder_record(root: Path) -> dict:
         return {}
     try:
         meta = json.loads(f.read_text())
+    except OSError as e:
+        from synth.models import read_error_message
+
+        raise ConfigError(read_error_message(e, f)) from None
     except (UnicodeDecodeError, ValueError) as e:
         raise ConfigError(f"'{f}' is not valid JSON ({e}); re-export the autoencoder or restore the file") from None
     return meta if isinstance(meta, dict) and isinstance(meta.get("weights_sha256"), str) else {}
@@ -149,24 +153,15 @@ def load_autoencoder(path: str | Path, allow_pickle: bool = False) -> VAECodec:
     from diffusers import AutoencoderKL
 
     from synth.config import ConfigError
-    from synth.models import (changed_since, check_weights_folder, digest_weights, first_line, load_part,
-                              weights_mismatch)
+    from synth.models import PRETRAINED_PICKLE_HINT, changed_since, load_part, verify_weights
 
     p = Path(path)
     fix = "re-export the autoencoder (run its 'synth train autoencoder' again) or restore the file"
-    try:
-        vae_dir, root = _autoencoder_folder(p)
-        check_weights_folder(root, "model.autoencoder", allow_pickle, fix)
-        record = _autoencoder_record(root)
-        digest = digest_weights(root) if record else None
-    except OSError as e:
-        raise ConfigError(f"cannot read model.autoencoder '{e.filename or p}': {e.strerror or first_line(e)}; "
-                          f"check its permissions") from None
-    if digest is not None:
-        bad = weights_mismatch(digest, record["weights_sha256"], record.get("weights_files"))
-        if bad:
-            where = f"'{root / bad[0]}'" if bad[0] else f"the weights in '{root}'"
-            raise ConfigError(f"{where} {bad[1]} (SHA-256 differs from the record in '{root / 'metrics.json'}'); {fix}")
+    vae_dir, root = _autoencoder_folder(p)
+    record = _autoencoder_record(root)
+    digest = verify_weights(root, record.get("weights_sha256"), record.get("weights_files"), allow_pickle=allow_pickle,
+                            how_to_allow=PRETRAINED_PICKLE_HINT, fix=fix, error=ConfigError,
+                            record_name=f"the record in '{root / 'metrics.json'}'")
     vae = load_part(AutoencoderKL.from_pretrained, f"model.autoencoder '{vae_dir}'", fix,
                     pretrained_model_name_or_path=vae_dir, use_safetensors=True, local_files_only=True)
     if digest is not None and changed_since(digest, root):

@@ -273,6 +273,33 @@ def weights_mismatch(digest: WeightsDigest, recorded_sha256, recorded_files=None
     return None
 
 
+def read_error_message(e: OSError, path: str | Path) -> str:
+    """One line for an OSError met while reading ``path``: the file it names and the system's reason."""
+    return f"cannot read '{e.filename or path}': {e.strerror or first_line(e)}; check its permissions and that the disk is readable"
+
+
+def verify_weights(folder: str | Path, recorded_sha256: str | None, recorded_files: dict | None, *, allow_pickle: bool,
+                   how_to_allow: str, fix: str, error, record_name: str) -> WeightsDigest | None:
+    """Before loading weights from ``folder``: no pickle weights (unless ``allow_pickle``), every safetensors
+    file complete, and (when a hash is recorded) their SHA-256 equal to the record.  Returns the digest (each
+    file read once; None without a record) for :func:`changed_since`; one-line ``error`` otherwise."""
+    folder = Path(folder)
+    try:
+        refuse_pickle(folder, allow_pickle, how_to_allow, error)
+        check_safetensors_files(folder, fix, error)
+        digest = digest_weights(folder) if recorded_sha256 else None
+    except OSError as e:
+        raise error(read_error_message(e, folder)) from None
+    bad = weights_mismatch(digest, recorded_sha256, recorded_files) if digest is not None else None
+    if bad:
+        rel, problem = bad
+        if rel is None:
+            raise error(f"the weights in '{folder}' ({', '.join(digest.files) or 'none'}) {problem} (their SHA-256 "
+                        f"differs from {record_name}); {fix}")
+        raise error(f"'{folder / rel}' {problem} (SHA-256 differs from {record_name}); {fix}")
+    return digest
+
+
 def load_errors() -> tuple[type[BaseException], ...]:
     """What ``from_pretrained`` raises for a damaged or incompatible folder (never out-of-memory, which
     the CLI reports on its own)."""

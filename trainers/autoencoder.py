@@ -19,7 +19,7 @@ from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tm
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
 from trainers.common import Logger
-from trainers.loop import Task, fit, open_run
+from trainers.loop import Task, fit, holding_run_lock, open_run
 
 
 def _load_vae(cfg: Config):
@@ -87,6 +87,7 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     return out
 
 
+@holding_run_lock
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
     r = open_run(cfg, run_dir, "autoencoder", log)

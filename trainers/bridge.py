@@ -32,7 +32,7 @@ from synth.models import build_flow_unet, count_parameters
 from synth.seeds import image_seed
 from trainers.common import data_rows, latest_checkpoint, place_data
 from trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
-from trainers.loop import Fitted, Task, fit, open_run
+from trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
 class FlowObjective(torch.nn.Module):
@@ -104,6 +104,7 @@ def _bridge_sampler(name: str) -> str:
     return "euler" if name == "ddim" else name
 
 
+@holding_run_lock
 def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a bridge; returns the export folder."""
     from trainers.export import export_bridge

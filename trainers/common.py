@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synth.config import Config, ConfigError, config_to_dict, diff_configs, save_config
-from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json, fsync_tree, sha256_file
+from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json, check_ours, fsync_tree, sha256_files
 from synth.seeds import generator_for, image_seed
 
 CKPT_RE = re.compile(r"^step-(\d{8})$")
@@ -98,12 +98,13 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1
         old = meta["config"]
         changed = diff_configs(old, config_to_dict(cfg))
         bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]
-        quarantine_corrupt_checkpoints(run, say)
         if latest_checkpoint(run) is not None:
             if bad:
                 raise ConfigError(f"cannot resume '{run}': config field '{bad[0]}' changed since its checkpoints were written "
                                   f"({_fmt(old, bad[0])} -> {_fmt(config_to_dict(cfg), bad[0])}); restore it or use a new --run folder")
             check_global_batch(old, int(meta.get("world_size", 1)), cfg, world, run)
+            quarantine_corrupt_checkpoints(run, say)  # after the refusals: a refused resume hashes nothing
+    check_ours(run / "export", "metrics.json" if stage == "autoencoder" else "synth.json", "export")  # before training, not after
     for stale in checkpoint_dir(run).glob(".tmp-step-*") if checkpoint_dir(run).is_dir() else []:
         shutil.rmtree(stale, ignore_errors=True)  # left by a run killed while saving
     atomic_write_json(meta_path, {"stage": stage, "config": config_to_dict(cfg), "world_size": world,
@@ -161,13 +162,16 @@ def checkpoint_problem(path: Path) -> str | None:
         state = json.loads((path / "state.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"state.json unreadable ({e})"
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+    sums = state.get(CHECKSUMS, {}) if isinstance(state, dict) else None
+    if (not isinstance(state, dict) or type(state.get("step")) is not int or not isinstance(sums, dict)
+            or not all(isinstance(k, str) and "/" not in k and isinstance(v, str) for k, v in sums.items())):
         return "state.json is not a checkpoint record"
-    for name, digest in (state.get(CHECKSUMS) or {}).items():
-        f = path / name
-        if not f.is_file():
-            return f"{name} is missing"
-        if sha256_file(f) != digest:
+    missing = [name for name in sorted(sums) if not (path / name).is_file()]
+    if missing:
+        return f"{missing[0]} is missing"
+    names = sorted(sums)
+    for name, got in zip(names, sha256_files([path / n for n in names])):
+        if got != sums[name]:
             return f"{name} does not match its recorded SHA-256 (truncated or changed)"
     return None
 
@@ -175,16 +179,20 @@ def checkpoint_problem(path: Path) -> str | None:
 def quarantine_corrupt_checkpoints(run: Path, say=print) -> None:
     """Newest first, rename checkpoints that fail :func:`checkpoint_problem` to ``corrupt-step-N[-k]``
     (kept for inspection, never counted or pruned as checkpoints) until a good one is found."""
+    moved = 0
     for step, path in reversed(list_checkpoints(run)):
         problem = checkpoint_problem(path)
         if problem is None:
             return
+        moved += 1
         target = path.with_name(f"corrupt-{path.name}")
         k = 1
         while target.exists():
             target, k = path.with_name(f"corrupt-{path.name}-{k}"), k + 1
         os.replace(path, target)
         say(f"checkpoint {path} is damaged ({problem}); skipped and moved to {target.name}")
+    if moved:
+        say(f"no intact checkpoint left in {checkpoint_dir(run)}: training starts again from step 0")
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -233,7 +241,8 @@ def _write_checkpoint(tmp: Path, step: int, modules: dict[str, torch.nn.Module],
         save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict()}, tmp / "optim.pt")
     save_file(_rng_state(), str(tmp / "rng.safetensors"))
-    sums = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+    files = sorted(tmp.iterdir())
+    sums = dict(zip([p.name for p in files], sha256_files(files)))
     (tmp / "state.json").write_text(json.dumps({"step": step, "time": time.time(), **extra, CHECKSUMS: sums}, indent=2))
     fsync_tree(tmp)  # a node crash must not leave a checkpoint that looks complete with truncated files
 

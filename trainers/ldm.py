@@ -19,14 +19,14 @@ from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, fingerprint, load_split, subset_record
 from synth.distributed import main_first
-from synth.io import atomic_replace_dir, fresh_tmp_dir, labelled_grid, save_png, to_float
+from synth.io import atomic_replace_dir, fresh_tmp_dir, labelled_grid, remove_stale_tmp_dirs, save_png, to_float
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
 from trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
-from trainers.loop import Fitted, Task, fit, open_run
+from trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
 @dataclass
@@ -109,6 +109,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
     else:
         tok = build_tokenizer(corpus, cfg.model.text.vocab_size, cfg.model.text.max_length)
         if save:  # into a temp folder, then renamed: another rank may be reading run/tokenizer
+            remove_stale_tmp_dirs(tok_dir)
             tmp = fresh_tmp_dir(tok_dir)
             tok.save_pretrained(tmp)
             atomic_replace_dir(tmp, tok_dir, marker="tokenizer_config.json")
@@ -308,6 +309,7 @@ def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], p
     return TrainingData(images, mean, std, prompt_id, text, ids, empty)
 
 
+@holding_run_lock
 def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a diffusion model; returns the export folder."""
     from trainers.export import export_ldm

@@ -108,6 +108,35 @@ class Run:
         return main_first(fn, self.world, self.rank)
 
 
+def holding_run_lock(train_fn):
+    """Decorate a trainer ``fn(cfg, run_dir, ...)``: the main process holds ``<run>/.lock`` for the whole call,
+    so a second ``synth train`` on the same run folder stops at once (naming who holds it) instead of both
+    writing and pruning the same checkpoints."""
+    import functools
+    import os
+
+    @functools.wraps(train_fn)
+    def wrapper(cfg, run_dir, *args, **kwargs):
+        lock = None
+        if int(os.environ.get("RANK", "0")) == 0:
+            from synth.io import FolderLock
+
+            try:
+                Path(run_dir).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                from synth.config import ConfigError
+
+                raise ConfigError(f"cannot create run folder '{run_dir}' ({e.strerror}); choose a writable --run") from None
+            lock = FolderLock(Path(run_dir) / ".lock", "run folder")
+        try:
+            return train_fn(cfg, run_dir, *args, **kwargs)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    return wrapper
+
+
 def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run:
     """Make the accelerator and check/create the run folder on rank 0 (resume rules, global batch)."""
     from trainers.common import make_accelerator, prepare_run_dir

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from samplers.bulk import BulkError, BulkRequest, OutputLock, parse_label_spec, run_bulk
+from samplers.bulk import BulkError, BulkRequest, output_lock, parse_label_spec, prepare_out, run_bulk
 from samplers.generator import load_generator
 from synth.labels import LabelSchema
 from tests.samplers.test_bulk import tree_bytes
@@ -73,9 +73,9 @@ def test_smaller_n_is_refused_then_shrink_equals_a_fresh_set(tiny_export, gen, t
 def test_second_run_into_a_locked_folder_stops(tiny_export, gen, tmp_path):
     out = tmp_path / "l"
     run_bulk(request(tiny_export, out, 4), gen, progress=False)
-    lock = OutputLock(out)
+    lock = output_lock(out)
     try:
-        with pytest.raises(BulkError, match=r"is being written by synth \(pid \d+ on .*\); wait for it"):
+        with pytest.raises(BulkError, match=r"is in use by synth \(pid \d+ on .*\); wait for it"):
             run_bulk(request(tiny_export, out, 8), gen, progress=False)
     finally:
         lock.release()
@@ -142,3 +142,35 @@ def test_read_only_disk_is_one_line_and_loses_nothing(tiny_export, gen, referenc
         remount(where, "rw")
         run_bulk(request(tiny_export, out, 20), gen, progress=False)
         assert tree_bytes(out) == reference
+
+
+def test_overwrite_keeps_the_lock_it_holds(tiny_export, gen, tmp_path):
+    """--overwrite deletes .synth/ but not the lock file the running process holds (else a second run gets in)."""
+    out = tmp_path / "k"
+    run_bulk(request(tiny_export, out, 4), gen, progress=False)
+    lock = output_lock(out)
+    try:
+        prepare_out(out, {"other": "settings"}, overwrite=True, main=True)
+        with pytest.raises(BulkError, match="is in use by"):
+            output_lock(out)
+    finally:
+        lock.release()
+
+
+def test_webdataset_killed_between_tar_and_record_resumes_with_the_same_n(tiny_export, gen, tmp_path):
+    out = tmp_path / "w"
+    req = BulkRequest(**{**request(tiny_export, out, 12).__dict__, "format": "webdataset"})
+    run_bulk(req, gen, progress=False)
+    ref = tree_bytes(out)
+    (out / ".synth" / "done" / "shard-00001.json").unlink()  # the kill fell after the tar, before its record
+    run_bulk(req, gen, progress=False)
+    assert tree_bytes(out) == ref
+
+
+def test_refusals_about_out_come_before_the_model_loads(tiny_export, tmp_path):
+    """`synth sample` into a user's folder fails in the time of a folder listing, naming the folder."""
+    from tests.samplers.test_bulk import base_args, cli
+
+    (tmp_path / "mine.txt").write_text("x")
+    p = cli(*base_args(tiny_export, tmp_path, 4), check=False)
+    assert p.returncode == 2 and "not made by synth" in p.stderr and "Loading weights" not in p.stderr

@@ -87,3 +87,73 @@ def test_full_disk_while_checkpointing_is_one_line_and_resume_matches(uninterrup
         _train(run, 6)
         b = _final_state(run, 6)
         assert all(torch.equal(uninterrupted[k], b[k]) for k in uninterrupted)
+
+
+def test_every_checkpoint_damaged_restarts_from_zero_and_says_so(tmp_path, uninterrupted):
+    _train(tmp_path, 4)
+    for ck in (tmp_path / "checkpoints").glob("step-*"):
+        (ck / "ema.safetensors").write_bytes(b"")
+    said = []
+    _train(tmp_path, 6, log=said.append)
+    assert any("no intact checkpoint left" in str(m) and "step 0" in str(m) for m in said)
+    b = _final_state(tmp_path, 6)
+    assert all(torch.equal(uninterrupted[k], b[k]) for k in uninterrupted)
+
+
+def test_a_users_export_folder_in_the_run_is_refused_before_training(tmp_path):
+    from synth.io import ForeignFolderError
+
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "my-notes.txt").write_text("mine")
+    with pytest.raises(ForeignFolderError, match=r"refusing to replace export .* no 'synth.json'"):
+        _train(tmp_path, 2)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+    assert (tmp_path / "export" / "my-notes.txt").read_text() == "mine"
+
+
+def test_second_trainer_on_the_same_run_folder_stops(tmp_path):
+    from synth.io import FolderBusyError, FolderLock
+
+    lock = FolderLock(tmp_path / ".lock", "run folder")
+    try:
+        with pytest.raises(FolderBusyError, match=r"run folder '.*' is in use by synth \(pid \d+"):
+            _train(tmp_path, 2)
+    finally:
+        lock.release()
+    _train(tmp_path, 2)
+
+
+def test_atomic_replace_dir_swaps_or_falls_back_and_refuses_foreign(tmp_path, monkeypatch):
+    import synth.io as sio
+
+    for exchange in (True, False):
+        final = tmp_path / f"export-{exchange}"
+        for version in ("old", "new"):
+            tmp = sio.fresh_tmp_dir(final)
+            (tmp / "synth.json").write_text(version)
+            if not exchange:
+                monkeypatch.setattr(sio, "_exchange", lambda a, b: False)
+            sio.atomic_replace_dir(tmp, final, marker="synth.json")
+        assert (final / "synth.json").read_text() == "new"
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".export-{exchange}")) == []
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x").write_text("mine")
+    with pytest.raises(sio.ForeignFolderError):
+        sio.atomic_replace_dir(sio.fresh_tmp_dir(foreign), foreign, marker="synth.json")
+    assert (foreign / "x").read_text() == "mine"
+
+
+def test_kill_between_the_fallbacks_two_renames_restores_the_old_folder(tmp_path):
+    import os
+
+    import synth.io as sio
+
+    final = tmp_path / "export"
+    final.mkdir()
+    (final / "synth.json").write_text("old")
+    old = tmp_path / ".export.old-abc"
+    old.mkdir()
+    os.replace(final, old / "export")  # the state right after the first rename
+    sio.remove_stale_tmp_dirs(final)
+    assert (final / "synth.json").read_text() == "old" and not old.exists()
