@@ -19,6 +19,7 @@ from samplers.generator import (ArtifactError, SampleBatch, finish_loading, load
                                 verify_export)
 from samplers.integrators import model_evals
 from synth.codecs import PixelCodec, VAECodec
+from synth.config import ConfigError
 from synth.io import to_float, to_uint8
 from synth.labels import Condition, LabelError
 from synth.seeds import derive_seed, generator_for
@@ -120,7 +121,7 @@ class BridgeGenerator:
                guidance: float = 1.5, sampler: str = "euler", noise: torch.Tensor | None = None) -> SampleBatch:
         """One image per (condition.domain, seed), from noise at t = 0 to data at t = 1 -> uint8 (B, C, R, R)."""
         if len(conditions) != len(seeds):
-            raise ValueError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
+            raise ConfigError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
         p = next(self.unet.parameters())
         shape = self.codec.latent_shape(self.resolution)
         x0 = torch.stack([torch.randn(shape, generator=generator_for(s)) for s in seeds]) if noise is None else noise
@@ -139,12 +140,12 @@ class BridgeGenerator:
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, C, R, R) of this model's size and channels; a clear error otherwise."""
         if images.ndim != 4 or images.dtype != torch.uint8:
-            raise ValueError(f"translate takes uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+            raise ConfigError(f"translate takes uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         b, c, h, w = images.shape
         if c != self.channels:
-            raise ValueError(f"the model translates {self.channels}-channel images, got {c}-channel images")
+            raise ConfigError(f"the model translates {self.channels}-channel images, got {c}-channel images")
         if (h, w) != (self.resolution, self.resolution):
-            raise ValueError(f"the model translates {self.resolution}x{self.resolution} images, got {h}x{w}; "
+            raise ConfigError(f"the model translates {self.resolution}x{self.resolution} images, got {h}x{w}; "
                              f"prepare them with synth.data (pad to square, then resize)")
         return images
 

@@ -230,6 +230,8 @@ def check_request(req: BulkRequest) -> None:
         raise BulkError(f"unknown sampler '{req.sampler}'; choose one of {', '.join(SAMPLERS)}")
     if req.batch_size <= 0 or req.shard_size <= 0 or req.steps <= 0:
         raise BulkError("--batch-size, --shard-size and --steps must be positive")
+    if not math.isfinite(req.guidance) or req.guidance < 0:
+        raise BulkError(f"--guidance must be a finite number >= 0 (1 = no guidance), got {req.guidance}")
 
 
 def deterministic_kernels(device: str | torch.device) -> None:

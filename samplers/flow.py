@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from samplers.integrators import flow_denoiser, get_sampler
+from synth.config import ConfigError
 
 T_EDGE = 1e-4
 
@@ -83,7 +84,7 @@ def translate_latents(velocity: Velocity, x1: torch.Tensor, source: Any, target:
     use the same solver and guidance (``null`` is the unconditional condition).
     """
     if not 0.0 <= tau <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}")
+        raise ConfigError(f"tau must be in [0, 1], got {tau}")
     if tau == 1.0:
         return x1
     z = integrate_flow(velocity, x1, 1.0, tau, steps, sampler=sampler, cond=source, uncond=null,

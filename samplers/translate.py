@@ -52,18 +52,32 @@ def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
             parts = parts or [load_manifest(p, "train", resolution, "raise", None)]
     else:
         parts = []
+        first_error = None
+        if p.suffix.lower() == ".npz" and split == "all":  # only the splits it holds: their errors are the real ones
+            wanted = tuple(sp for sp in SPLITS if f"{sp}_images" in _npz_keys(p)) or SPLITS
         for sp in wanted:
             try:
                 parts.append(_load_path(p, sp, cfg, None))
-            except DataError:
+            except DataError as e:  # with --split all a source may lack a split; anything else is reported below
                 if split != "all":
                     raise
+                first_error = first_error or e
+        if not any(len(s) for s in parts) and first_error is not None:
+            raise first_error
     parts = [s for s in parts if len(s)]
     if not parts:
         raise DataError(f"--input '{path}' holds no images{'' if split == 'all' else f' in split {split}'}")
     classes = parts[0].classes
     return ImageSet(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]), list(classes),
                     source=str(p))
+
+
+def _npz_keys(p: Path) -> list[str]:
+    try:
+        with np.load(p) as z:
+            return list(z.files)
+    except Exception:  # not an npz at all: the loader below says so in one line
+        return []
 
 
 def input_fingerprint(images: ImageSet) -> str:

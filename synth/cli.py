@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from synth.config import ConfigError, load_config
+from synth.config import ConfigError, load_config, read_yaml
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -171,8 +171,9 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         if prompts_file:
             spec = parse_prompt_file(prompts_file, schema)
         else:
-            spec = parse_label_spec(labels or ",".join(schema.classes), schema,
-                                    log=(lambda m: click.echo(m, err=True)) if labels else (lambda m: None))
+            given = labels is not None  # an empty --labels (an unset shell variable) is an error, not "uniform"
+            spec = parse_label_spec(labels if given else ",".join(schema.classes), schema,
+                                    log=(lambda m: click.echo(m, err=True)) if given else (lambda m: None))
         d = meta.get("default_sampling", {})
         from synth.devices import resolve_device
 
@@ -373,6 +374,12 @@ def eval_augment(config, out, overrides, report, device):
     from trainers.evaluate import evaluate_augment
 
     cfg = _config(config, overrides)
+    has_eval = (config is not None and "eval" in _run(read_yaml, config)) or any(o.startswith("eval.") for o in overrides)
+    if not has_eval:
+        click.echo(f"error: {'--config ' + repr(config) if config else 'no --config'} has no eval: section, so nothing says "
+                   f"which study to run (it trains many generators and classifiers); start from "
+                   f"configs/pneumoniamnist-28-flow.yaml or pass eval.* settings with --set", err=True)
+        sys.exit(2)
     summary = _run(evaluate_augment, cfg, out, device=device, report=report)
     for t in summary["targets"]:
         click.echo(f"fraction {t['fraction']:g}: {t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'MISSED'}")

@@ -590,6 +590,25 @@ def validate(cfg: Config) -> None:
     _check_labels(cfg.labels)
     if len(cfg.model.unet.attention_levels) != len(cfg.model.unet.block_out_channels):
         raise ConfigError("model.unet.attention_levels needs one entry per model.unet.block_out_channels entry")
+    if cfg.model.pretrained is None:
+        _check_scratch_shapes(cfg.model)
+
+
+def _check_scratch_shapes(m: ModelConfig) -> None:
+    """Shapes the networks built from scratch need (else torch fails deep inside the model build)."""
+    for sec in ("unet", "vae"):
+        c = getattr(m, sec)
+        bad = [w for w in c.block_out_channels if w % c.norm_num_groups]
+        if bad:
+            raise ConfigError(f"model.{sec}.block_out_channels {c.block_out_channels}: {bad[0]} is not a multiple of "
+                              f"model.{sec}.norm_num_groups={c.norm_num_groups} (GroupNorm splits channels into groups); "
+                              f"change one of them")
+    if m.text.hidden_size % m.text.num_heads:
+        raise ConfigError(f"model.text.hidden_size={m.text.hidden_size} is not a multiple of model.text.num_heads="
+                          f"{m.text.num_heads}; change one of them")
+    if m.text.max_length < 3:
+        raise ConfigError(f"model.text.max_length must be >= 3 (start, end and at least one word token), "
+                          f"got {m.text.max_length}")
 
 
 EVAL_ARMS = ("real", "mixed", "synthetic", "pretrain")

@@ -271,7 +271,11 @@ def load_npz(path: Path, split: str, size: int, classes: list[str] | None) -> Im
     if f"{split}_labels" not in z:
         raise DataError(f"'{path}' has '{key}' but no '{split}_labels'; a MedMNIST-format .npz needs both "
                         f"(it holds {sorted(z.files)})")
-    labels = z[f"{split}_labels"].reshape(len(imgs), -1)[:, 0].astype(np.int64)
+    raw = z[f"{split}_labels"]
+    if raw.ndim == 0 or raw.shape[0] != len(imgs) or raw.size == 0 and len(imgs):
+        raise DataError(f"'{path}': '{split}_labels' has shape {tuple(raw.shape)} but '{key}' holds {len(imgs)} images; "
+                        f"give one label per image")
+    labels = raw.reshape(len(imgs), -1)[:, 0].astype(np.int64)
     if imgs.ndim == 4 and imgs.shape[-1] == 3:
         imgs = np.stack([to_grey(a) for a in imgs])
     out = np.stack([prepare(a, size, f"{path}[{i}]") for i, a in enumerate(imgs)]) if len(imgs) else np.zeros((0, size, size), np.uint8)

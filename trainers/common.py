@@ -91,7 +91,12 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1
     except OSError as e:
         raise ConfigError(f"cannot create run folder '{run}' ({e.strerror}); choose a writable --run") from None
     meta_path = run / "run.json"
-    if meta_path.is_file():
+    if not meta_path.is_file():
+        theirs = sorted(q.name for q in run.iterdir() if q.name != ".lock")
+        if theirs:  # synth writes config.yaml, samples/, logs/, export/ ... into a run folder: never over a user's files
+            raise ConfigError(f"run folder '{run}' is not empty ({len(theirs)} entries, e.g. '{theirs[0]}') and holds no "
+                              f"synth run (no run.json); choose a new or empty --run folder")
+    else:
         meta = _read_run_meta(meta_path)
         if meta.get("stage") != stage:
             raise ConfigError(f"run folder '{run}' holds a '{meta.get('stage')}' run, not '{stage}'; use another --run folder")

@@ -53,9 +53,17 @@ def schema_from(cfg: Config, data: ImageSet) -> LabelSchema:
 
 
 def check_labels(data: ImageSet, schema: LabelSchema, split: str) -> None:
+    """Labels in range; on the training split every class of the schema must have images (a class the model
+    never saw would still be sampled and labelled as if it had)."""
     if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= schema.num_classes):
         raise ConfigError(f"{split} labels range {int(data.labels.min())}..{int(data.labels.max())} does not match the "
                           f"{schema.num_classes} classes {list(schema.classes)}; fix labels.classes")
+    if split == "train" and len(data):
+        counts = torch.bincount(data.labels, minlength=schema.num_classes).tolist()
+        unseen = [c for c, n in zip(schema.classes, counts) if n == 0]
+        if unseen:
+            raise ConfigError(f"class '{unseen[0]}' of labels.classes has no training image ({len(unseen)} such); "
+                              f"remove it from labels.classes or add its images")
 
 
 def prompts_of(data: ImageSet, schema: LabelSchema) -> list[str]:

@@ -2,6 +2,7 @@
 moments (the soak runs 10 of each plus the translator); every trial must end equal to an uninterrupted run."""
 import importlib.util
 import json
+import sys
 
 from tests.conftest import ROOT
 
@@ -9,6 +10,7 @@ from tests.conftest import ROOT
 def test_two_random_sigkill_trials_per_kind_recover_exactly(tmp_path):
     spec = importlib.util.spec_from_file_location("fault_soak", ROOT / "benchmarks" / "fault_soak.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["fault_soak"] = mod  # dataclasses look their module up while the class is made
     spec.loader.exec_module(mod)
     code = mod.main(["--trials", "2", "--kinds", "train,sample", "--seed", "1", "--out", str(tmp_path / "report"),
                      "--work", str(tmp_path / "work")])

@@ -37,9 +37,9 @@ def test_choices_and_ranges():
 def test_overrides_and_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  lr: 1e-4\n  steps: 10\n")
-    cfg = load_config(p, ["train.steps=20", "model.unet.block_out_channels=[8,16,16]"])
+    cfg = load_config(p, ["train.steps=20", "model.unet.block_out_channels=[16,32,32]", "model.unet.attention_levels=[false,true,true]"])
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.train.steps == 20
-    assert cfg.model.unet.block_out_channels == [8, 16, 16]
+    assert cfg.model.unet.block_out_channels == [16, 32, 32]
     assert parse_override("a.b=null") == ("a.b", None)
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("novalue")
@@ -223,3 +223,14 @@ def test_overrides_leave_the_loaded_values_unchanged():
 
     out = merge_overrides(values, ["train.lr=0.5", "data.name=x"])
     assert values == {"train": {"steps": 5}} and out == {"train": {"steps": 5, "lr": 0.5}, "data": {"name": "x"}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.unet.norm_num_groups=5", r"model.unet.block_out_channels .* is not a multiple of model.unet.norm_num_groups=5"),
+    ("model.vae.norm_num_groups=7", r"model.vae.block_out_channels .* not a multiple of model.vae.norm_num_groups=7"),
+    ("model.text.num_heads=3", r"model.text.hidden_size=\d+ is not a multiple of model.text.num_heads=3"),
+    ("model.text.max_length=1", r"model.text.max_length must be >= 3"),
+])
+def test_scratch_model_shapes_are_checked_up_front(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

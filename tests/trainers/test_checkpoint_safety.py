@@ -103,12 +103,23 @@ def test_every_checkpoint_damaged_restarts_from_zero_and_says_so(tmp_path, unint
 def test_a_users_export_folder_in_the_run_is_refused_before_training(tmp_path):
     from synth.io import ForeignFolderError
 
+    _train(tmp_path, 2)
+    import shutil
+
+    shutil.rmtree(tmp_path / "export")
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "my-notes.txt").write_text("mine")
     with pytest.raises(ForeignFolderError, match=r"refusing to replace export .* no 'synth.json'"):
-        _train(tmp_path, 2)
-    assert not (tmp_path / "checkpoints").exists()  # refused before any training
+        _train(tmp_path, 4)
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [2]  # refused before any training
     assert (tmp_path / "export" / "my-notes.txt").read_text() == "mine"
+
+
+def test_a_non_empty_user_folder_is_not_a_run_folder(tmp_path):
+    (tmp_path / "config.yaml").write_text("# my notes")
+    with pytest.raises(ConfigError, match=r"run folder .* is not empty .*'config.yaml'.*no run.json"):
+        _train(tmp_path, 2)
+    assert (tmp_path / "config.yaml").read_text() == "# my notes"
 
 
 def test_second_trainer_on_the_same_run_folder_stops(tmp_path):

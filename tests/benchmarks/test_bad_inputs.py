@@ -1,0 +1,64 @@
+"""`benchmarks/bad_inputs.py`: a representative subset of the hostile-input cases, through the same harness.
+
+Each case must keep its verdict: a one-line error where synth should refuse (nothing written,
+nothing deleted), a checked result where it should cope (a damaged checkpoint skipped, a torn
+done record redone to the same bytes, --shrink). The whole table: `python benchmarks/bad_inputs.py`.
+"""
+import importlib.util
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("bad_inputs", ROOT / "benchmarks" / "bad_inputs.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bad_inputs"] = mod  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bad_inputs = _harness()
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """The FAST cases, run once (they share the tiny models the harness trains)."""
+    return {r.id: r for r in bad_inputs.run(list(bad_inputs.FAST), tmp_path_factory.mktemp("bad-inputs"),
+                                            log=lambda *a: None)}
+
+
+def test_the_subset_is_representative():
+    cases = {c.id: c for c in bad_inputs.all_cases()}
+    assert len(cases) >= 60 and set(bad_inputs.FAST) <= set(cases)
+    fast = [cases[i] for i in bad_inputs.FAST]
+    assert {c.surface for c in fast} == {"cli", "api"} and {c.expect for c in fast} == {"error", "ok"}
+
+
+@pytest.mark.parametrize("case_id", bad_inputs.FAST)
+def test_case_keeps_its_verdict(results, case_id):
+    r = results[case_id]
+    want = "one-line error" if r.expect == "error" else "ok"
+    assert r.verdict == want, f"{case_id}: {r.verdict}: {r.said} {r.problems}"
+
+
+def test_the_judge_catches_each_kind_of_failure(tmp_path):
+    """The verdicts themselves: a traceback, an accepted bad input, a vague error, a lost file."""
+    B = bad_inputs
+    case = B.Case("x", "cli", "x", B.nothing, lambda c, d, s: [], "error", r"names the problem")
+    assert B.judge(case, B.Outcome(exit_code=1, tb="KeyError: 'a'"), [], [])[0] == "TRACEBACK"
+    assert B.judge(case, B.Outcome(exit_code=0), [], [])[0] == "SILENT WRONG"
+    assert B.judge(case, B.Outcome(exit_code=2, error="error: something went wrong"), [], [])[0] == "BAD ERROR"
+    good = B.Outcome(exit_code=2, error="error: this names the problem")
+    assert B.judge(case, good, [], [])[0] == "one-line error"
+    assert B.judge(case, good, [], ["out/mine.csv deleted"])[0] == "DATA LOSS"
+    ok = B.Case("y", "api", "y", B.nothing, lambda c, d, s: None, "ok")
+    assert B.judge(ok, B.Outcome(error="refused"), [], [])[0] == "REFUSED"
+    assert B.judge(ok, B.Outcome(), ["3 images, expected 4"], [])[0] == "SILENT WRONG"
+    (tmp_path / "a").write_text("1")
+    before = B.snapshot(tmp_path)
+    (tmp_path / "a").write_text("2")
+    assert B.lost_files(before, B.snapshot(tmp_path), tmp_path, ()) == ["a changed"]
+    assert B.lost_files(before, B.snapshot(tmp_path), tmp_path, ("a",)) == []
