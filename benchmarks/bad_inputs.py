@@ -735,15 +735,34 @@ def _la_folder(d: Path):
             write(d / "data" / c / f"img{i}.png", buf.getvalue())
 
 
-def _check_la(c, d, s, out):
+def _rgb_stack(n: int):
     import numpy as np
 
+    return np.random.default_rng(5).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+
+
+def _colour_folder(d: Path, alpha: bool, classes=("normal", "pneumonia")):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    imgs = _rgb_stack(8)
+    for k, c in enumerate(classes):
+        for i in range(4):
+            a = imgs[4 * k + i]
+            a = np.dstack([a, np.full((16, 16), 200, np.uint8)]) if alpha else a
+            buf = io.BytesIO()
+            Image.fromarray(a, mode="RGBA" if alpha else "RGB").save(buf, format="PNG")
+            write(d / "data" / c / f"col{i}.png", buf.getvalue())
+
+
+def _check_rgba(c, d, s, out):
     got = out.value
-    want = np.stack([grey(10 * k + i) for k in range(2) for i in range(4)])
-    if tuple(got.images.shape) != (8, 1, 16, 16):
-        return [f"images have shape {tuple(got.images.shape)}, expected (8, 1, 16, 16)"]
-    if not np.array_equal(got.images[:, 0].numpy(), want):
-        return ["the grey values are not the L channel (alpha leaked into the pixels)"]
+    if tuple(got.images.shape) != (8, 3, 16, 16):
+        return [f"images have shape {tuple(got.images.shape)}, expected (8, 3, 16, 16)"]
+    if not any("alpha channel was dropped" in n for n in got.notes):
+        return ["no note that the alpha channel was dropped"]
     return []
 
 
@@ -807,7 +826,18 @@ def data_cases() -> list[Case]:
              else [f"{len(o.value)} images, {o.value.skipped} skipped; expected 7 and 1"]),
         Case("data-2-channel-png", "api", "grey+alpha (LA) PNGs, 2 channels", lambda c, d: _la_folder(d),
              lambda c, d, s: __import__("synth.data", fromlist=["load_image_folder"]).load_image_folder(
-                 d / "data", "train", 16, "raise", None), "ok", check=_check_la),
+                 d / "data", "train", 16, "raise", None), "error", r"2-channel image"),
+        Case("data-rgba-png", "api", "RGBA PNGs (colour + alpha)", lambda c, d: _colour_folder(d, alpha=True),
+             lambda c, d, s: __import__("synth.data", fromlist=["load_image_folder"]).load_image_folder(
+                 d / "data", "train", 16, "raise", None), "ok", check=_check_rgba),
+        Case("data-mixed-grey-colour", "api", "a folder mixing grey and colour images (data.channels: auto)",
+             lambda c, d: (image_folder(d / "data"), _colour_folder(d, alpha=False, classes=("pneumonia",))),
+             lambda c, d, s: __import__("synth.data", fromlist=["load_image_folder"]).load_image_folder(
+                 d / "data", "train", 16, "raise", None), "error", r"mixes grey and colour images \(grey: .*colour: "),
+        Case("data-colour-npz", "api", "an RGB MedMNIST-style npz (N, 16, 16, 3): must stay colour",
+             lambda c, d: npz(d / "rgb.npz", train_images=_rgb_stack(8), train_labels=(__import__("numpy").arange(8) % 2)[:, None]),
+             lambda c, d, s: __import__("synth.data", fromlist=["load_npz"]).load_npz(d / "rgb.npz", "train", 16, None),
+             "ok", check=lambda c, d, s, o: [] if o.value.images.shape[1] == 3 else ["colour came out grey"]),
         Case("data-missing-path", "cli", "data.name=/no/such/data.npz", nothing, train_on(lambda d: d / "nope.npz"),
              "error", r"does not exist"),
         Case("data-jsonl-non-object", "api", "JSONL manifest with a line that is a list",

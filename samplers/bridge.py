@@ -52,9 +52,10 @@ class BridgeGenerator:
         digest = verify_export(meta, allow_pickle)
         unet = load_component(meta, UNet2DModel.from_pretrained, "unet", use_safetensors=True,
                               torch_dtype=dtype).to(device).eval()
+        channels = meta.get("channels", 1)
         codec = (VAECodec(load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True,
-                                         torch_dtype=dtype).to(device).eval())
-                 if meta["codec"] == "vae" else PixelCodec())
+                                         torch_dtype=dtype).to(device).eval(), image_channels=channels)
+                 if meta["codec"] == "vae" else PixelCodec(channels))
         gen = cls(unet, codec, meta["domains"], meta["resolution"], meta.get("channels", 1),
                   model_id=meta.get("model_id", meta["path"]))
         return finish_loading(gen, meta, digest)

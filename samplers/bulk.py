@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text
+from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
 from synth.labels import Condition, LabelError, LabelSchema
 from synth.seeds import image_seed
 
@@ -219,9 +219,15 @@ def batch_len(req: BulkRequest) -> int:
     return min(req.batch_size, req.shard_size)
 
 
+MAX_IMAGES = 10 ** 9  # beyond this, planning the shards alone takes minutes: surely a typo
+
+
 def check_request(req: BulkRequest) -> None:
     if req.n <= 0:
         raise BulkError(f"--n must be a positive number of images, got {req.n}")
+    if req.n > MAX_IMAGES:
+        raise BulkError(f"--n {req.n} is more than {MAX_IMAGES:.0e} images in one set; split it into several --out "
+                        f"folders with different --seed")
     if req.format not in FORMATS:
         raise BulkError(f"--format must be one of {', '.join(FORMATS)}, got '{req.format}'")
     from samplers.integrators import SAMPLERS
@@ -855,6 +861,7 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
     settings["batch_size"] = req.batch_size  # recorded always; part of the identity on CUDA only
     manifest = {
         "format": req.format, "n_requested": n, "n_done": len(rows), "completed_ranges": merge_ranges(ranges),
+        "channels": meta.get("channels", 1),
         "counts_per_label": counts, "model": {"path": req.model, "model_id": meta.get("model_id"),
                                               "weights_sha256": meta.get("weights_sha256"),
                                               "train_subset": meta.get("train_subset")},
@@ -1058,11 +1065,11 @@ class SampleJob:
         return metadata_row(i, condition_for(i, self.req.spec, self.schema), self.seed(i), self.req, self.schema)
 
     def make(self, idx: list[int]) -> np.ndarray:
-        """uint8 (len(idx), H, W) images (idx already padded to the batch length)."""
+        """uint8 (len(idx), H, W) grey or (len(idx), H, W, 3) RGB images (idx already padded to the batch length)."""
         conds = [condition_for(i, self.req.spec, self.schema) for i in idx]
         batch = self.gen.sample(conds, [self.seed(i) for i in idx], steps=self.req.steps, guidance=self.req.guidance,
                                 sampler=self.req.sampler)
-        return batch.images[:, 0].numpy()
+        return to_hwc(batch.images)
 
 
 def _with_file_name(row: dict, req: BulkRequest) -> dict:

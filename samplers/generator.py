@@ -172,8 +172,8 @@ def check_meta(meta: dict, f: Path) -> None:
         bad("codec", "'pixel' or 'vae'")
     if not _is_int(meta.get("resolution")) or not 1 <= meta["resolution"] <= 65536:
         bad("resolution", "a positive integer")
-    if "channels" in meta and (not _is_int(meta["channels"]) or meta["channels"] < 1):
-        bad("channels", "a positive integer")
+    if "channels" in meta and meta["channels"] not in (1, 3):
+        bad("channels", "1 (grey) or 3 (RGB)")
     if not isinstance(meta.get("labels"), dict):
         bad("labels", "a label schema (JSON object)")
     try:
@@ -321,11 +321,12 @@ class LDMGenerator:
         text_encoder = load_component(meta, CLIPTextModel.from_pretrained, "text_encoder",
                                       use_safetensors=True).to(device, dtype).eval()
         tokenizer = load_component(meta, AutoTokenizer.from_pretrained, "tokenizer")
+        channels = meta.get("channels", 1)
         if meta["codec"] == "vae":
             codec = VAECodec(load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True,
-                                            torch_dtype=dtype).to(device).eval())
+                                            torch_dtype=dtype).to(device).eval(), image_channels=channels)
         else:
-            codec = PixelCodec()
+            codec = PixelCodec(channels)
         alphas = _read_scheduler(meta)
         gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
                   meta["prediction_type"], meta["resolution"], meta["max_length"],

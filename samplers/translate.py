@@ -22,6 +22,7 @@ import torch
 from samplers.bulk import BulkError, BulkRequest
 from synth.data import DataError, ImageSet
 from synth.labels import Condition, LabelSchema
+from synth.io import channel_word, to_hwc
 from synth.seeds import image_seed
 
 SPLITS = ("train", "val", "test")
@@ -67,6 +68,9 @@ def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
     parts = [s for s in parts if len(s)]
     if not parts:
         raise DataError(f"--input '{path}' holds no images{'' if split == 'all' else f' in split {split}'}")
+    if len({s.channels for s in parts}) > 1:
+        raise DataError(f"--input '{path}' has grey images in one split and colour images in another; "
+                        f"translate one split at a time (--split) or make them alike")
     classes = parts[0].classes
     return ImageSet(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]), list(classes),
                     source=str(p))
@@ -132,17 +136,20 @@ class TranslateJob:
                 "seed": self.seed(i), "sampler": self.req.sampler, "steps": self.req.steps, "guidance": self.req.guidance}
 
     def make(self, idx: list[int]) -> np.ndarray:
-        """uint8 (len(idx), H, W) translations of input images ``idx`` (one network-call shape per batch)."""
+        """uint8 (len(idx), H, W[, 3]) translations of input images ``idx`` (one network-call shape per batch)."""
         out = self.gen.translate(self.data.images[idx], self.req.source, self.req.target, tau=self.req.tau,
                                  steps=self.req.steps, guidance=self.req.guidance, sampler=self.req.sampler,
                                  seeds=[self.seed(i) for i in idx])
-        return out[:, 0].numpy()
+        return to_hwc(out)
 
 
-def check_translate(req: TranslateRequest, generator) -> None:
+def check_translate(req: TranslateRequest, generator, data: ImageSet | None = None) -> None:
     """The bad inputs of a translation request, as one-line errors."""
     if not 0.0 <= req.tau <= 1.0:
         raise BulkError(f"--tau must be in [0, 1] (1 keeps the input, 0 is full inversion), got {req.tau}")
+    if data is not None and data.channels != generator.channels:
+        raise BulkError(f"the model translates {channel_word(generator.channels)} images but --input '{req.input}' "
+                        f"holds {channel_word(data.channels)} images; use a model trained on such images")
     generator.domain_index(req.source)
     generator.domain_index(req.target)
 

@@ -972,7 +972,25 @@ def mix(real, synthetic_path, fraction: float = 0.3, *, classes=None, label_map:
         raise AugmentError(f"the real dataset has no .classes; pass classes=[...] (your class names in label order) "
                            f"to map the set's labels {names} by name, e.g. classes={names!r}")
     syn = SyntheticSet(synthetic_path, transform=transform, classes=classes, label_map=label_map, quality=quality)
+    if transform is None:
+        _check_channels(real, syn, synthetic_path)
     return MixedDataset(real, syn, synthetic_fraction=fraction, balance=balance, seed=seed)
+
+
+def _check_channels(real, syn: "SyntheticSet", path) -> None:
+    """Refuse to mix grey and colour: a batch of (1, H, W) and (3, H, W) tensors would fail later, far from the
+    cause, or a model would be fed mixed inputs.  Only when both sides give (C, H, W) tensors."""
+    try:
+        x = real[0][0]
+    except Exception:  # an unusual real dataset: its own transform decides
+        return
+    if not (isinstance(x, torch.Tensor) and x.ndim == 3 and len(syn)):
+        return
+    c = int(syn.uint8(0).shape[0])
+    if int(x.shape[0]) != c:
+        raise AugmentError(f"the real images have {int(x.shape[0])} channel(s) but the synthetic set '{path}' has {c}; "
+                           f"pass transform= converting synthetic images to your format (e.g. to grey), or sample "
+                           f"from a model trained on images like yours")
 
 
 # ---------------------------------------------------------------------------

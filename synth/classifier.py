@@ -1,4 +1,4 @@
-"""A small CNN classifier for 1-channel images: the judge of label fidelity and the
+"""A small CNN classifier for grey or RGB images: the judge of label fidelity and the
 feature extractor for KID/FID (offline, no Inception weights needed)."""
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from torch import nn
 
 
 class SmallCNN(nn.Module):
-    """(B, 1, H, W) float in [-1, 1] -> logits (B, num_classes); any H, W >= 16."""
+    """(B, C, H, W) float in [-1, 1] -> logits (B, num_classes); any H, W >= 16; C = ``in_channels`` (1 or 3)."""
 
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128)):
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
         super().__init__()
-        layers, c = [], 1
+        layers, c = [], in_channels
         for w in widths:
             layers += [nn.Conv2d(c, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
                        nn.Conv2d(w, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
@@ -21,9 +21,10 @@ class SmallCNN(nn.Module):
         self.head = nn.Linear(c, num_classes)
         self.num_classes = num_classes
         self.widths = tuple(widths)
+        self.in_channels = in_channels
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, widths[-1]) pooled features."""
+        """(B, C, H, W) -> (B, widths[-1]) pooled features."""
         return self.pool(self.body(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,7 +53,7 @@ def save_classifier(model: SmallCNN, path, classes: list[str], info: dict | None
         raise ClassifierError(f"{len(classes)} class names for a {model.num_classes}-class model")
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": "synth-classifier-v1", "classes": json.dumps(list(classes)), "widths": json.dumps(list(model.widths)),
-            "info": json.dumps(info or {}, sort_keys=True)}
+            "in_channels": str(model.in_channels), "info": json.dumps(info or {}, sort_keys=True)}
     data = save(tensors, metadata=meta)
     atomic_write_bytes(Path(path), data)
     return hashlib.sha256(save(tensors)).hexdigest()[:16]
@@ -82,7 +83,7 @@ def load_classifier(path, device="cpu") -> tuple[SmallCNN, list[str], dict]:
     if meta.get("format") != "synth-classifier-v1":
         raise ClassifierError(f"'{p}' is not a synth classifier (no synth-classifier-v1 metadata)")
     classes, widths = json.loads(meta["classes"]), tuple(json.loads(meta["widths"]))
-    model = SmallCNN(len(classes), widths)
+    model = SmallCNN(len(classes), widths, int(meta.get("in_channels", 1)))
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:

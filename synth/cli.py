@@ -293,7 +293,7 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
 
         gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
         gen.optimize(chunk_size=chunk_size or None)
-        check_translate(req, gen)
+        check_translate(req, gen, data)
         if bs is None:
             from dataclasses import replace
 

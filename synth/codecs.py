@@ -42,7 +42,7 @@ class VAECodec:
     """AutoencoderKL latents, scaled: x = (mean + std * eps - shift) * scaling_factor.
 
     Grey images go into an RGB autoencoder as three equal channels and come out
-    as the channel mean, so grey stays grey.
+    as the channel mean, so grey stays grey; colour images (``image_channels=3``) stay colour.
     """
 
     kind = "vae"
@@ -53,6 +53,11 @@ class VAECodec:
         self.decode_chunk = decode_chunk  # images per VAE decode call (its activations dominate memory at 512 px)
         self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.weights_sha256: str | None = None  # set by load_autoencoder when the export records a hash
+
+    @property
+    def channels(self) -> int:
+        """Channels of the images this codec takes and gives (1 grey, 3 RGB)."""
+        return self.image_channels
 
     @property
     def scaling_factor(self) -> float:
@@ -93,7 +98,7 @@ class VAECodec:
         return mean + std * noise.to(mean.device, mean.dtype)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, c, h, w) -> images (B, 1, H, W) float (unclamped)."""
+        """Scaled latents (B, c, h, w) -> images (B, image_channels, H, W) float (unclamped)."""
         p = next(self.vae.parameters())
         z = (x / self.scaling_factor + self.shift_factor).to(p.device, p.dtype)
         c = self.decode_chunk or len(z)

@@ -72,6 +72,7 @@ class DataConfig:
     val_max_items: int | None = 256
     phantom_items: int = 512
     seed: int = 0
+    channels: int | str = "auto"  # auto: grey if every image is grey, RGB if every image is colour; or 1 | 3
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,10 @@ class TrainConfig:
     cache_latents: bool = True
     cache_text: bool = True
     kl_weight: float = 1e-6  # autoencoder stage
+    perceptual_weight: float = 0.0  # autoencoder stage: feature distance under a classifier trained on the real data
+    perceptual_steps: int = 400  # training steps of that feature classifier (once per run, saved in it)
     ssim_gate: float = 0.85
+    ceiling_gate: float = 0.0  # diffusion on a vae codec: per-class judge accuracy on reconstructions must reach it
     force: bool = False  # train diffusion despite a failing autoencoder gate
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -483,6 +487,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 _CHOICES = {
     "data.on_error": ("raise", "skip"),
+    "data.channels": ("auto", 1, 3),
     "model.codec": ("pixel", "vae"),
     "train.lr_schedule": ("constant", "cosine", "linear"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
@@ -511,7 +516,8 @@ _POSITIVE = ("data.resolution", "data.phantom_items", "data.max_items", "data.va
              "train.text_lr", "train.num_train_timesteps", "train.min_snr_gamma", "train.checkpoint_every",
              "train.keep_checkpoints", "train.log_every", "sample.steps", "sample.per_class")
 _NON_NEGATIVE = ("model.text.num_layers", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-                 "train.noise_offset", "train.kl_weight", "train.sample_every", "train.eval_every",
+                 "train.noise_offset", "train.kl_weight", "train.perceptual_weight", "train.perceptual_steps",
+                 "train.sample_every", "train.eval_every",
                  "train.num_workers", "eval.max_shift", "eval.max_rotate")
 _RANGE_HINTS = {"train.text_lr": " (or null to freeze the text encoder)", "data.max_items": " (or null for all)",
                 "data.val_max_items": " (or null for all)",
@@ -575,11 +581,13 @@ def validate(cfg: Config) -> None:
     for key, choices in _CHOICES.items():
         v = _get(cfg, key)
         if v not in choices:
-            raise ConfigError(f"{key}: {show(v)} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {show(v)} is not one of {', '.join(map(str, choices))}")
     _check_ranges(cfg)
     if not 0 <= cfg.sample.tau <= 1:
         raise ConfigError(f"sample.tau must be in [0, 1] (1 = identity, 0 = full inversion), got {cfg.sample.tau}")
     _validate_eval(cfg.eval)
+    if not 0 <= cfg.train.ceiling_gate <= 1:
+        raise ConfigError(f"train.ceiling_gate must be in [0, 1] (a per-class accuracy; 0 = off), got {cfg.train.ceiling_gate}")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"data.fraction must be in (0, 1] (share of the training split to use), got {cfg.data.fraction}")
     if not 0 < cfg.data.val_fraction < 1:

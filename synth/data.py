@@ -1,12 +1,16 @@
 """Data: loaders for MedMNIST .npz, image folders, CSV/JSONL manifests, DICOM, and a phantom.
 
 Everything becomes an :class:`ImageSet`: uint8 tensor ``images`` of shape
-(N, 1, R, R), int64 ``labels`` (N,), optional free-text ``prompts`` and the class
-names.  Preprocessing is medical-safe and the same for every source:
+(N, C, R, R) with C = 1 (grey) or 3 (RGB), int64 ``labels`` (N,), optional
+free-text ``prompts`` and the class names.  Preprocessing is medical-safe and the
+same for every source:
 
-* grey stays grey (RGB with three equal channels, the common case for X-ray
-  JPEGs, is converted with ITU-R 601 luma; true colour is refused unless
-  ``channels`` says otherwise);
+* grey stays grey and colour stays colour (``data.channels: auto``): RGB files
+  whose three channels are equal (the common case for X-ray JPEGs) are grey; a
+  set of true-colour images (fundus, dermatology, pathology) stays RGB; a set
+  mixing both is an error naming one file of each, unless ``data.channels`` is
+  1 (colour to ITU-R 601 luma) or 3 (grey repeated into three channels).  RGBA
+  loses its alpha channel (with a note); 2-channel images are refused;
 * pad to square with black, centred, *then* resize (never stretch anatomy);
 * intensity: 8-bit images are kept as they are (0..255); 16-bit and DICOM
   images are rescaled (DICOM RescaleSlope/Intercept, then the file's window if
@@ -24,7 +28,7 @@ import os
 import unicodedata
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,7 +51,7 @@ class DataError(ValueError):
 
 @dataclass
 class ImageSet:
-    """A prepared split: ``images`` uint8 (N, 1, R, R), ``labels`` int64 (N,)."""
+    """A prepared split: ``images`` uint8 (N, C, R, R) (C = 1 grey or 3 RGB), ``labels`` int64 (N,)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -57,6 +61,11 @@ class ImageSet:
     skipped: int = 0
     indices: torch.Tensor | None = None  # rows of the source split this set keeps (None: all, in order)
     n_source: int | None = None  # size of the source split before subsetting
+    notes: list[str] = field(default_factory=list)  # what loading changed that the user should hear (alpha dropped)
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -67,7 +76,7 @@ class ImageSet:
 
 
 def to_grey(arr: np.ndarray, name: str = "image") -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> (H, W) grey, same dtype."""
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) array -> (H, W) grey (ITU-R 601 luma), same dtype."""
     if arr.ndim == 2:
         return arr
     if arr.ndim == 3 and arr.shape[2] == 1:
@@ -77,6 +86,84 @@ def to_grey(arr: np.ndarray, name: str = "image") -> np.ndarray:
         grey = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
         return np.clip(np.round(grey), 0, np.iinfo(arr.dtype).max if arr.dtype.kind == "u" else None).astype(arr.dtype)
     raise DataError(f"{name}: unsupported image shape {arr.shape}; expected grey or RGB")
+
+
+def channel_layout(arr: np.ndarray, name: str = "image") -> np.ndarray:
+    """A decoded image -> (H, W) when it is grey (one channel, or RGB whose channels agree within
+    :data:`GREY_TOLERANCE`, converted with luma) or (H, W, 3) when it is colour.  RGBA loses its alpha
+    (callers count it for a note); 2-channel images are refused."""
+    if arr.ndim == 2:
+        return arr
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return arr[..., 0]
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        rgb = arr[..., :3]
+        if _near_grey(rgb):
+            return to_grey(rgb, name)
+        return rgb
+    if arr.ndim == 3 and arr.shape[2] == 2:
+        raise DataError(f"{name}: a 2-channel image (grey + alpha?), which synth cannot take as grey or colour; "
+                        f"save it as grey (L) or RGB")
+    raise DataError(f"{name}: unsupported image shape {arr.shape}; expected grey (H, W) or RGB (H, W, 3)")
+
+
+GREY_TOLERANCE = 3  # grey levels: JPEG chroma rounding can leave an X-ray's channels a level or two apart
+
+
+def _near_grey(rgb: np.ndarray) -> bool:
+    """(H, W, 3): every pixel's channels within :data:`GREY_TOLERANCE` (scaled to the dtype) of each other."""
+    tol = GREY_TOLERANCE * (257 if rgb.dtype == np.uint16 else 1) if rgb.dtype.kind in "ui" else 1e-2
+    a = rgb.astype(np.int64) if rgb.dtype.kind in "ui" else rgb.astype(np.float64)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= tol and np.abs(a[..., 1] - a[..., 2]).max() <= tol)
+
+
+def has_alpha(arr: np.ndarray) -> bool:
+    return arr.ndim == 3 and arr.shape[-1] == 4
+
+
+def stack_images(images: Sequence[np.ndarray], names: Sequence[str], channels="auto", size: int = 0) -> torch.Tensor:
+    """Prepared images, each (R, R) grey or (R, R, 3) colour -> uint8 (N, C, R, R).
+
+    ``channels``: ``auto`` (grey when every image is grey, RGB when every image is colour; a mix is an
+    error naming one file of each), 1 (colour becomes luma) or 3 (grey repeated into three channels).
+    """
+    if not len(images):
+        return torch.zeros((0, 3 if channels == 3 else 1, size, size), dtype=torch.uint8)
+    colour = [i for i, a in enumerate(images) if a.ndim == 3]
+    if channels == "auto":
+        if colour and len(colour) < len(images):
+            grey = next(i for i, a in enumerate(images) if a.ndim == 2)
+            raise DataError(f"the data mixes grey and colour images (grey: '{names[grey]}', colour: "
+                            f"'{names[colour[0]]}'); set data.channels=3 to keep colour (grey images become three "
+                            f"equal channels) or data.channels=1 to make every image grey")
+        channels = 3 if colour else 1
+    if channels == 1:
+        arr = np.stack([to_grey(a) for a in images])[:, None]
+    else:
+        arr = np.stack([a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def hwc_list(images: torch.Tensor) -> list[np.ndarray]:
+    """uint8 (N, C, R, R) -> N arrays (R, R) grey or (R, R, 3) colour (the inverse of :func:`stack_images`)."""
+    from synth.io import to_hwc
+
+    return list(to_hwc(images))
+
+
+def check_splits_agree(train: ImageSet, val: ImageSet) -> list[str]:
+    """Both splits grey or both colour (``data.channels: auto`` decides per split); returns the loaders'
+    notes to print once."""
+    from synth.io import channel_word
+
+    if train.channels != val.channels:
+        raise DataError(f"the training images are {channel_word(train.channels)} but the validation images are "
+                        f"{channel_word(val.channels)}; set data.channels=1 or data.channels=3")
+    return list(dict.fromkeys(train.notes + val.notes))
+
+
+def alpha_note(n: int, where: str) -> list[str]:
+    return [f"note: {n} RGBA image(s) in {where}: the alpha channel was dropped (synth models grey or RGB)"] if n else []
 
 
 def scale_intensity(arr: np.ndarray, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -94,19 +181,19 @@ def scale_intensity(arr: np.ndarray, window: tuple[float, float] | None = None) 
 
 
 def pad_to_square(arr: np.ndarray) -> np.ndarray:
-    """(H, W) -> (S, S) with S = max(H, W), centred, padded with black."""
-    h, w = arr.shape
+    """(H, W) or (H, W, 3) -> (S, S[, 3]) with S = max(H, W), centred, padded with black."""
+    h, w = arr.shape[:2]
     s = max(h, w)
     if h == w:
         return arr
-    out = np.zeros((s, s), dtype=arr.dtype)
+    out = np.zeros((s, s) + arr.shape[2:], dtype=arr.dtype)
     y, x = (s - h) // 2, (s - w) // 2
     out[y:y + h, x:x + w] = arr
     return out
 
 
 def resize(arr: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (S, S) -> uint8 (size, size); Lanczos (antialiased) down, bicubic up."""
+    """uint8 (S, S[, 3]) -> uint8 (size, size[, 3]); Lanczos (antialiased) down, bicubic up."""
     if arr.shape[0] == size:
         return arr
     method = Image.LANCZOS if arr.shape[0] > size else Image.BICUBIC
@@ -114,8 +201,8 @@ def resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 
 def prepare(arr: np.ndarray, size: int, name: str = "image", window=None) -> np.ndarray:
-    """Raw image array -> uint8 (size, size) grey, padded to square then resized."""
-    return resize(pad_to_square(scale_intensity(to_grey(arr, name), window)), size)
+    """Raw image array -> uint8 (size, size) grey or (size, size, 3) colour, padded to square then resized."""
+    return resize(pad_to_square(scale_intensity(channel_layout(arr, name), window)), size)
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -144,20 +231,27 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     return arr, window
 
 
-def read_image(path: Path, size: int) -> np.ndarray:
-    """Any supported file -> uint8 (size, size). Raises on unreadable files."""
+def read_raw(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """A file as decoded: (array (H, W) or (H, W, C), DICOM window or None). Raises on unreadable files."""
     if path.suffix.lower() in (".dcm", ".dicom"):
-        arr, window = read_dicom(path)
-        return prepare(arr, size, str(path), window)
+        return read_dicom(path)
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            arr = np.asarray(im)
-        elif im.mode in ("L", "RGB", "RGBA", "LA", "P"):
-            arr = np.asarray(im.convert("RGB") if im.mode in ("P", "LA") else im)
-        else:
-            arr = np.asarray(im.convert("RGB"))
-    return prepare(arr, size, str(path))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB", "RGBA", "LA"):
+            return np.asarray(im), None
+        if im.mode in ("P", "PA"):  # a palette: its colours (and transparency) as RGB(A)
+            return np.asarray(im.convert("RGBA" if "transparency" in im.info or im.mode == "PA" else "RGB")), None
+        if im.mode == "1":
+            return np.asarray(im.convert("L")), None
+        if im.mode in ("YCbCr", "LAB", "HSV"):
+            return np.asarray(im.convert("RGB")), None
+        raise DataError(f"{path}: image mode {im.mode} (e.g. CMYK) is not grey or RGB; save it as grey (L) or RGB")
+
+
+def read_image(path: Path, size: int) -> np.ndarray:
+    """Any supported file -> uint8 (size, size) grey or (size, size, 3) colour. Raises on unreadable files."""
+    arr, window = read_raw(path)
+    return prepare(arr, size, str(path), window)
 
 
 # ---------------------------------------------------------------------------
@@ -202,6 +296,41 @@ def phantom_set(n: int, size: int, seed: int, split: str) -> ImageSet:
         labels.append(label)
     return ImageSet(torch.from_numpy(np.stack(images))[:, None], torch.tensor(labels), ["normal", "pneumonia"],
                     source="phantom")
+
+
+def colour_phantom_image(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A fundus-like colour phantom, uint8 (size, size, 3): an orange-red disc with a bright optic disc and
+    dark vessels; class 1 ("lesion") adds yellow exudate spots.  Colour carries the label: in grey the
+    spots are close to the background."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    r = np.hypot(xx - 0.5, yy - 0.5)
+    img = np.zeros((size, size, 3), np.float32)
+    fundus = r < 0.45
+    base = np.array([0.75, 0.32, 0.12]) + rng.normal(0, 0.03, 3)
+    img[fundus] = base * (1 - 0.6 * r[fundus, None])
+    dx, dy = 0.5 + rng.choice([-1, 1]) * 0.2, 0.5 + rng.normal(0, 0.03)
+    disc = np.exp(-((xx - dx) ** 2 + (yy - dy) ** 2) / (2 * 0.05 ** 2))
+    img += disc[..., None] * np.array([0.25, 0.35, 0.25])
+    for k in range(4):  # vessels: dark arcs from the disc
+        ang = rng.uniform(0, 2 * np.pi)
+        d = np.abs((yy - dy) * np.cos(ang) - (xx - dx) * np.sin(ang))
+        img[(d < 0.01) & fundus] *= 0.55
+    if label == 1:
+        for _ in range(int(rng.integers(3, 7))):
+            ex, ey = rng.uniform(0.25, 0.75, 2)
+            spot = np.exp(-((xx - ex) ** 2 + (yy - ey) ** 2) / (2 * 0.025 ** 2))
+            img += spot[..., None] * np.array([0.15, 0.45, -0.05])
+    img += rng.normal(0, 0.02, img.shape)
+    img[~fundus] = 0
+    return np.clip(img * 255, 0, 255).astype(np.uint8)
+
+
+def colour_phantom_set(n: int, size: int, seed: int, split: str) -> ImageSet:
+    """``n`` colour phantoms (N, 3, R, R), alternating classes ("healthy", "lesion")."""
+    offset = {"train": 0, "val": 1, "test": 2}[split]
+    images = [colour_phantom_image(i % 2, size, np.random.default_rng([seed, offset, i, 3])) for i in range(n)]
+    return ImageSet(torch.from_numpy(np.stack(images).transpose(0, 3, 1, 2).copy()), torch.arange(n) % 2,
+                    ["healthy", "lesion"], source="phantom-colour")
 
 
 # ---------------------------------------------------------------------------
@@ -259,7 +388,7 @@ def resolve_medmnist(name: str, cache_dir: str | None, download: bool) -> Path:
 # Loaders (each returns the raw split before subsetting)
 
 
-def load_npz(path: Path, split: str, size: int, classes: list[str] | None) -> ImageSet:
+def load_npz(path: Path, split: str, size: int, classes: list[str] | None, channels="auto") -> ImageSet:
     try:
         z = np.load(path)
     except Exception as e:
@@ -276,34 +405,43 @@ def load_npz(path: Path, split: str, size: int, classes: list[str] | None) -> Im
         raise DataError(f"'{path}': '{split}_labels' has shape {tuple(raw.shape)} but '{key}' holds {len(imgs)} images; "
                         f"give one label per image")
     labels = raw.reshape(len(imgs), -1)[:, 0].astype(np.int64)
-    if imgs.ndim == 4 and imgs.shape[-1] == 3:
-        imgs = np.stack([to_grey(a) for a in imgs])
-    out = np.stack([prepare(a, size, f"{path}[{i}]") for i, a in enumerate(imgs)]) if len(imgs) else np.zeros((0, size, size), np.uint8)
+    if imgs.ndim not in (3, 4) or (imgs.ndim == 4 and imgs.shape[-1] not in (1, 3, 4)):
+        two = " (2 channels: grey + alpha?)" if imgs.ndim == 4 and imgs.shape[-1] == 2 else ""
+        raise DataError(f"'{path}': '{key}' has shape {tuple(imgs.shape)}{two}; expected (N, H, W) grey or "
+                        f"(N, H, W, 3) RGB")
+    names_i = [f"{path}[{key}][{i}]" for i in range(len(imgs))]
+    out = stack_images([prepare(a, size, n) for a, n in zip(imgs, names_i)], names_i, channels, size)
     stem = path.stem.lower()
     names = classes or MEDMNIST_CLASSES.get(stem) or [f"class_{k}" for k in range(int(labels.max()) + 1)]
-    return ImageSet(torch.from_numpy(out)[:, None], torch.from_numpy(labels), list(names), source=str(path))
+    alpha = len(imgs) if imgs.ndim == 4 and imgs.shape[-1] == 4 else 0
+    return ImageSet(out, torch.from_numpy(labels), list(names), source=str(path), notes=alpha_note(alpha, str(path)))
 
 
-def _read_files(files: list[Path], size: int, on_error: str) -> tuple[list[np.ndarray], list[int]]:
-    """Decode files; returns (images, kept indices). Fails on the first bad file unless skipping."""
-    images, kept = [], []
+def _read_files(files: list[Path], size: int, on_error: str, channels="auto") -> tuple[torch.Tensor, list[int], list[str]]:
+    """Decode files; returns (uint8 (N, C, size, size), kept indices, notes). Fails on the first bad file
+    unless skipping; a mix of grey and colour files is an error under ``channels: auto`` (see stack_images)."""
+    images, kept, alpha = [], [], 0
     for i, f in enumerate(files):
         try:
-            images.append(read_image(f, size))
+            arr, window = read_raw(f)
+            images.append(prepare(arr, size, str(f), window))
+            alpha += has_alpha(arr)
             kept.append(i)
         except Exception as e:
             if on_error == "skip":
                 continue
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             raise DataError(f"cannot read image {str(f)!r} ({reason}); fix or remove it, or set data.on_error=skip") from None
-    return images, kept
+    where = str(files[0].parent.parent) if files else ""
+    return stack_images(images, [str(files[i]) for i in kept], channels, size), kept, alpha_note(alpha, where)
 
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_image_folder(root: Path, split: str, size: int, on_error: str, classes: list[str] | None) -> ImageSet:
+def load_image_folder(root: Path, split: str, size: int, on_error: str, classes: list[str] | None,
+                      channels="auto") -> ImageSet:
     """``root/<class>/*`` or ``root/<split>/<class>/*``; DICOM files allowed."""
     split_dirs = {p.name.lower(): p for p in _class_dirs(root) if p.name.lower() in ("train", "val", "valid", "validation", "test")}
     if split_dirs:
@@ -332,11 +470,10 @@ def load_image_folder(root: Path, split: str, size: int, on_error: str, classes:
         for f in sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS):
             files.append(f)
             labels.append(idx)
-    images, kept = _read_files(files, size, on_error)
+    images, kept, notes = _read_files(files, size, on_error, channels)
     labels = [labels[i] for i in kept]
-    arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return ImageSet(torch.from_numpy(arr)[:, None], torch.tensor(labels, dtype=torch.long), schema_names,
-                    source=str(base), skipped=len(files) - len(kept))
+    return ImageSet(images, torch.tensor(labels, dtype=torch.long), schema_names, source=str(base),
+                    skipped=len(files) - len(kept), notes=notes)
 
 
 # ---------------------------------------------------------------------------
@@ -669,15 +806,15 @@ def read_manifest(path: Path, split: str, classes: list[str] | None = None) -> M
                          [rows[k].prompt for k in mine])
 
 
-def load_manifest(path: Path, split: str, size: int, on_error: str, classes: list[str] | None) -> ImageSet:
+def load_manifest(path: Path, split: str, size: int, on_error: str, classes: list[str] | None,
+                  channels="auto") -> ImageSet:
     """CSV/JSONL with ``file_name``, ``label`` (name or index), optional ``prompt`` and ``split``."""
     m = read_manifest(path, split, classes)
-    images, kept = _read_files(m.files, size, on_error)
+    images, kept, notes = _read_files(m.files, size, on_error, channels)
     prompts = [m.prompts[i] for i in kept]
-    arr = np.stack(images) if images else np.zeros((0, size, size), np.uint8)
-    return ImageSet(torch.from_numpy(arr)[:, None], torch.tensor([m.labels[i] for i in kept], dtype=torch.long),
+    return ImageSet(images, torch.tensor([m.labels[i] for i in kept], dtype=torch.long),
                     m.classes, prompts=prompts if any(prompts) else None, source=str(path),
-                    skipped=len(m.files) - len(kept))
+                    skipped=len(m.files) - len(kept), notes=notes)
 
 
 # ---------------------------------------------------------------------------
@@ -687,7 +824,7 @@ def load_manifest(path: Path, split: str, size: int, on_error: str, classes: lis
 def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
     rows = idx if s.indices is None else s.indices[idx]
     return ImageSet(s.images[idx], s.labels[idx], s.classes, [s.prompts[i] for i in idx.tolist()] if s.prompts else None,
-                    s.source, s.skipped, rows, s.n_source)
+                    s.source, s.skipped, rows, s.n_source, s.notes)
 
 
 def fraction_subset(s: ImageSet, fraction: float, seed: int) -> ImageSet:
@@ -733,17 +870,20 @@ def load_split(data_cfg, split: str = "train", classes: list[str] | None = None)
     """
     name, size = data_cfg.name, data_cfg.resolution
     p = Path(name).expanduser()
-    if name == "phantom":
+    channels = getattr(data_cfg, "channels", "auto")
+    if name in ("phantom", "phantom-colour"):
         n = data_cfg.phantom_items if split == "train" else max(16, data_cfg.phantom_items // 8)
-        s = phantom_set(n, size, data_cfg.seed, split)
+        s = (phantom_set if name == "phantom" else colour_phantom_set)(n, size, data_cfg.seed, split)
+        if channels != "auto" and channels != s.channels:
+            s.images = stack_images(hwc_list(s.images), [name] * len(s), channels, size)
     elif p.exists():
         s = _load_path(p, split, data_cfg, classes)
     elif name.lower() in MEDMNIST_CLASSES or name.lower().endswith("mnist"):
         path = resolve_medmnist(name.lower(), data_cfg.cache_dir, data_cfg.download)
-        s = load_npz(path, split, size, classes)
+        s = load_npz(path, split, size, classes, channels)
     else:
         raise DataError(f"data path '{name}' does not exist; pass an existing .npz, image folder, manifest, "
-                        f"a MedMNIST name (e.g. pneumoniamnist) or 'phantom'")
+                        f"a MedMNIST name (e.g. pneumoniamnist), 'phantom' or 'phantom-colour'")
     n_source = len(s)
     if split == "train" and data_cfg.max_items and len(s) > data_cfg.max_items:
         s = _subset(s, _stratified_subset(s.labels, data_cfg.max_items, data_cfg.seed))
@@ -759,22 +899,22 @@ def load_split(data_cfg, split: str = "train", classes: list[str] | None = None)
 
 
 def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
-    size, on_error = data_cfg.resolution, data_cfg.on_error
+    size, on_error, ch = data_cfg.resolution, data_cfg.on_error, getattr(data_cfg, "channels", "auto")
     if p.is_file() and p.suffix.lower() == ".npz":
-        return load_npz(p, split, size, classes)
+        return load_npz(p, split, size, classes, ch)
     if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"):
-        s = load_manifest(p, split, size, on_error, classes)
+        s = load_manifest(p, split, size, on_error, classes, ch)
         if split == "val" and len(s) == 0:
-            return _carve(load_manifest(p, "train", size, on_error, classes), "val", data_cfg.val_fraction, data_cfg.seed)
+            return _carve(load_manifest(p, "train", size, on_error, classes, ch), "val", data_cfg.val_fraction, data_cfg.seed)
         if split == "train" and _manifest_has_no_val(p):
             return _carve(s, "train", data_cfg.val_fraction, data_cfg.seed)
         return s
     if p.is_dir():
         has_val = any(d.name.lower() in ("val", "valid", "validation") for d in _class_dirs(p))
         if split in ("train", "val") and not has_val:
-            full = load_image_folder(p, "train", size, on_error, classes)
+            full = load_image_folder(p, "train", size, on_error, classes, ch)
             return _carve(full, split, data_cfg.val_fraction, data_cfg.seed)
-        return load_image_folder(p, split, size, on_error, classes)
+        return load_image_folder(p, split, size, on_error, classes, ch)
     raise DataError(f"'{p}' is not a .npz, .csv, .jsonl or folder; pass one of those")
 
 

@@ -233,6 +233,17 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+def to_hwc(images: torch.Tensor) -> np.ndarray:
+    """uint8 (B, C, H, W) -> numpy (B, H, W) grey or (B, H, W, 3) RGB: what PIL writes as L or RGB PNGs."""
+    if images.shape[1] == 1:
+        return images[:, 0].cpu().numpy()
+    return images.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def channel_word(c: int) -> str:
+    return "grey (1-channel)" if c == 1 else f"colour ({c}-channel)"
+
+
 def to_float(x: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) -> float32 in [-1, 1]."""
     return x.float() / 127.5 - 1.0
@@ -251,35 +262,48 @@ def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
+def _labelled_block(images: torch.Tensor, nrow: int, row_labels: list[str], pad: int, k: int, font) -> Image.Image:
+    """uint8 (B, C, H, W) laid in rows of ``nrow``, enlarged ``k`` times, with each row's label on its left."""
+    from PIL import ImageDraw
+
+    h = images.shape[-2]
+    img = Image.fromarray(make_grid(images, nrow=nrow, pad=pad))
+    if k > 1:
+        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
+    label_w = max([int(ImageDraw.Draw(img).textlength(t, font=font)) for t in row_labels] + [0]) + 12
+    block = Image.new(img.mode, (img.width + label_w, img.height), 255 if img.mode == "L" else (255,) * 3)
+    block.paste(img, (label_w, 0))
+    draw = ImageDraw.Draw(block)
+    black = 0 if block.mode == "L" else (0, 0, 0)
+    for r, text in enumerate(row_labels):
+        draw.text((6, pad * k + r * (h + pad) * k + (h * k) // 2 - 6), text, fill=black, font=font)
+    return block
+
+
 def labelled_grid(images: torch.Tensor, nrow: int, row_labels: list[str], title: str, pad: int = 2,
-                  min_cell: int = 64) -> np.ndarray:
+                  min_cell: int = 64, max_rows: int = 16) -> np.ndarray:
     """uint8 (B, C, H, W) -> a grid (H', W') grey or (H', W', 3) RGB with a title band and a label per row.
 
     Small images are enlarged by an integer factor (nearest neighbour, no smoothing: pixels stay what the
-    model drew) so each cell is at least ``min_cell`` px and the text stays readable next to them.
+    model drew) so each cell is at least ``min_cell`` px and the text stays readable next to them.  More
+    than ``max_rows`` rows (many classes) wrap into side-by-side columns of rows instead of one tall strip.
     """
     from PIL import ImageDraw, ImageFont
 
-    grid = make_grid(images, nrow=nrow, pad=pad)
-    h = images.shape[-2]
-    k = max(1, -(-min_cell // h))
-    img = Image.fromarray(grid)
-    if k > 1:
-        img = img.resize((img.width * k, img.height * k), Image.NEAREST)
     font = ImageFont.load_default()
-    draw = ImageDraw.Draw(img)
-    label_w = max([int(draw.textlength(t, font=font)) for t in row_labels] + [0]) + 12
-    title_h = 24
-    width = max(img.width + label_w, int(draw.textlength(title, font=font)) + 12)
-    canvas = Image.new(img.mode, (width, img.height + title_h), 255 if img.mode == "L" else (255,) * 3)
-    canvas.paste(img, (label_w, title_h))
-    draw = ImageDraw.Draw(canvas)
-    black = 0 if canvas.mode == "L" else (0, 0, 0)
-    draw.text((6, 6), title, fill=black, font=font)
-    row_h = (h + pad) * k
-    for r, text in enumerate(row_labels):
-        y = title_h + pad * k + r * row_h + (h * k) // 2 - 6
-        draw.text((6, y), text, fill=black, font=font)
+    k = max(1, -(-min_cell // images.shape[-2]))
+    blocks = [_labelled_block(images[r * nrow:(r + max_rows) * nrow], nrow, row_labels[r:r + max_rows], pad, k, font)
+              for r in range(0, max(1, len(row_labels)), max_rows)]
+    title_h, gap = 24, 8 * k
+    probe = ImageDraw.Draw(blocks[0])
+    width = max(sum(b.width for b in blocks) + gap * (len(blocks) - 1), int(probe.textlength(title, font=font)) + 12)
+    mode = blocks[0].mode
+    canvas = Image.new(mode, (width, max(b.height for b in blocks) + title_h), 255 if mode == "L" else (255,) * 3)
+    x = 0
+    for b in blocks:
+        canvas.paste(b, (x, title_h))
+        x += b.width + gap
+    ImageDraw.Draw(canvas).text((6, 6), title, fill=0 if mode == "L" else (0, 0, 0), font=font)
     return np.asarray(canvas)
 
 

@@ -99,7 +99,7 @@ def build_flow_unet(sample_size: int, channels: int, block_out_channels: list[in
 
 def build_vae(in_channels: int, block_out_channels: list[int], layers_per_block: int, latent_channels: int,
               norm_num_groups: int, sample_size: int):
-    """AutoencoderKL with 2**(len(blocks)-1) downsampling: (B, 1, H, W) <-> (B, c, H/f, W/f)."""
+    """AutoencoderKL with 2**(len(blocks)-1) downsampling: (B, C, H, W) <-> (B, c, H/f, W/f)."""
     from diffusers import AutoencoderKL
 
     n = len(block_out_channels)
@@ -118,9 +118,10 @@ def build_noise_scheduler(num_train_timesteps: int, beta_schedule: str, predicti
                          beta_schedule=beta_schedule, prediction_type=prediction_type, clip_sample=False)
 
 
-def vae_from_config(model_cfg, resolution: int):
+def vae_from_config(model_cfg, resolution: int, channels: int = 1):
+    """A scratch autoencoder for ``channels``-channel images (1 grey, 3 RGB) from ``model.vae``."""
     v = model_cfg.vae
-    return build_vae(1, v.block_out_channels, v.layers_per_block, v.latent_channels, v.norm_num_groups, resolution)
+    return build_vae(channels, v.block_out_channels, v.layers_per_block, v.latent_channels, v.norm_num_groups, resolution)
 
 
 def unet_from_config(model_cfg, sample_size: int, in_channels: int, cross_attention_dim: int | None = None):

@@ -1,49 +1,82 @@
-"""Autoencoder stage: train or fine-tune a 1-channel diffusers ``AutoencoderKL``.
+"""Autoencoder stage: train or fine-tune a grey or RGB diffusers ``AutoencoderKL``.
 
-Loss: L1 reconstruction + ``train.kl_weight`` * KL.  The export
+Loss: L1 reconstruction + ``train.kl_weight`` * KL [+ ``train.perceptual_weight`` * a
+feature distance under a classifier trained on the real data].  The export
 (``<run>/export/vae``) carries the latent ``scaling_factor`` (1 / std of the
 training latents) and ``metrics.json`` with validation PSNR/SSIM, which the
-diffusion stage re-checks against ``train.ssim_gate``.
+diffusion stage re-checks against ``train.ssim_gate`` (and ``train.ceiling_gate``).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from synth.codecs import VAECodec
-from synth.config import Config
-from synth.data import load_split, subset_record
-from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs, to_float
+from synth.config import Config, ConfigError
+from synth.data import check_splits_agree, load_split, subset_record
+from synth.io import (atomic_replace_dir, atomic_write_json, channel_word, check_ours, fresh_tmp_dir,
+                      remove_stale_tmp_dirs, to_float)
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
 from trainers.common import Logger
 from trainers.loop import Task, fit, holding_run_lock, open_run
 
 
-def _load_vae(cfg: Config):
+def _load_vae(cfg: Config, channels: int = 1):
+    """``model.pretrained``'s autoencoder to fine-tune, or a scratch one for ``channels``-channel images."""
     if cfg.model.pretrained:
         from synth.models import allows_pickle, load_pretrained_vae
 
-        return load_pretrained_vae(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
+        vae = load_pretrained_vae(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
+        if channels > vae.config.in_channels:
+            raise ConfigError(f"model.pretrained's autoencoder takes {vae.config.in_channels}-channel images but the data "
+                              f"is colour ({channels} channels); drop model.pretrained or set data.channels=1")
+        return vae
     torch.manual_seed(cfg.train.seed)
-    return vae_from_config(cfg.model, cfg.data.resolution)
+    return vae_from_config(cfg.model, cfg.data.resolution, channels)
+
+
+def layer_features(net, x: torch.Tensor) -> list[torch.Tensor]:
+    """The activations after each block (each ReLU before a pooling) of a :class:`SmallCNN`: (B, C_l, H_l, W_l)."""
+    out, h = [], x
+    for layer in net.body:
+        h = layer(h)
+        if isinstance(layer, torch.nn.MaxPool2d):
+            out.append(h)
+    return out
+
+
+def perceptual_distance(net, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) LPIPS-style distance between images ``a`` and ``b`` (B, C, H, W) in [-1, 1]: mean squared
+    difference of channel-normalised features at every block of ``net`` (frozen, eval mode)."""
+    total = a.new_zeros(a.shape[0], dtype=torch.float32)
+    for fa, fb in zip(layer_features(net, a), layer_features(net, b)):
+        fa = fa.float() / (fa.float().norm(dim=1, keepdim=True) + 1e-6)
+        fb = fb.float() / (fb.float().norm(dim=1, keepdim=True) + 1e-6)
+        total = total + (fa - fb).pow(2).sum(1).mean(dim=(1, 2))
+    return total
 
 
 class VAEObjective(torch.nn.Module):
-    """Per-sample loss (B,): mean |x - rec| + kl_weight * KL(q(z|x) || N(0, I)) / pixels.
+    """Per-sample loss (B,): mean |x - rec| + kl_weight * KL(q(z|x) || N(0, I)) / pixels
+    [+ perceptual_weight * :func:`perceptual_distance` under ``feature_net``].
 
-    A module (not a function of the VAE) so that accelerate wraps it in
-    DistributedDataParallel: one bucketed gradient all-reduce per step.
+    The perceptual term keeps what a classifier of the real data looks at (lung texture, opacities):
+    an L1 autoencoder blurs exactly that away and caps label fidelity (benchmarks/codec_ceiling.py).
+    A module (not a function of the VAE) so that accelerate wraps it in DistributedDataParallel:
+    one bucketed gradient all-reduce per step.
     """
 
-    def __init__(self, vae, kl_weight: float):
+    def __init__(self, vae, kl_weight: float, feature_net=None, perceptual_weight: float = 0.0):
         super().__init__()
-        self.vae, self.kl_weight = vae, kl_weight
+        self.vae, self.kl_weight, self.perceptual_weight = vae, kl_weight, perceptual_weight
+        self.feature_net = [feature_net]  # a list: not a submodule, so never trained, saved or all-reduced
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x: (B, 1, H, W) in [-1, 1]; eps: (B, c, h, w) standard normal -> (B,)."""
+        """x: (B, C, H, W) in [-1, 1]; eps: (B, c, h, w) standard normal -> (B,)."""
         vae = self.vae
         inp = x if x.shape[1] == vae.config.in_channels else x.expand(-1, vae.config.in_channels, -1, -1)
         dist = vae.encode(inp).latent_dist
@@ -52,7 +85,30 @@ class VAEObjective(torch.nn.Module):
             rec = rec.mean(1, keepdim=True)
         l1 = (rec.float() - x.float()).abs().mean(dim=(1, 2, 3))
         kl = dist.kl().float() / x[0].numel()
-        return l1 + self.kl_weight * kl
+        loss = l1 + self.kl_weight * kl
+        net = self.feature_net[0]
+        if net is not None and self.perceptual_weight > 0:
+            net.to(rec.device)
+            loss = loss + self.perceptual_weight * perceptual_distance(net, rec.float(), x.float())
+        return loss
+
+
+def feature_net_for(cfg: Config, run: Path, train, say):
+    """The frozen classifier of the perceptual term: trained once on the real training split (its labels) with
+    its own seed, saved as ``<run>/perceptual.safetensors`` and reloaded on resume (no weights are downloaded)."""
+    from synth.classifier import load_classifier, save_classifier
+    from trainers.classifier import train_classifier
+
+    path = run / "perceptual.safetensors"
+    if path.is_file():
+        net, _, _ = load_classifier(path)
+    else:
+        t0 = time.perf_counter()
+        net = train_classifier(train.images, train.labels, len(train.classes), steps=cfg.train.perceptual_steps,
+                               seed=cfg.train.seed + 4243)
+        save_classifier(net, path, list(train.classes), {"role": "perceptual features", "steps": cfg.train.perceptual_steps})
+        say(f"perceptual feature net: trained on the real training split ({time.perf_counter() - t0:.0f}s), {path}")
+    return net.eval().requires_grad_(False)
 
 
 def vae_loss(vae, x: torch.Tensor, kl_weight: float, gen: torch.Generator) -> torch.Tensor:
@@ -95,9 +151,11 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
     val = load_split(cfg.data, "val", cfg.labels.classes or None)
-    say(f"data: {len(train)} train / {len(val)} val images from {train.source}")
-    vae = _load_vae(cfg)
-    shape = VAECodec(vae).latent_shape(cfg.data.resolution)
+    for note in check_splits_agree(train, val):
+        say(note)
+    say(f"data: {len(train)} train / {len(val)} val {channel_word(train.channels)} images from {train.source}")
+    vae = _load_vae(cfg, train.channels)
+    shape = VAECodec(vae, image_channels=train.channels).latent_shape(cfg.data.resolution)
     say(f"autoencoder: {count_parameters(vae) / 1e6:.2f}M params, latent {shape}")
     if cfg.train.gradient_checkpointing:
         vae.enable_gradient_checkpointing()
@@ -118,12 +176,16 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     def after_step(step: int, f):
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
             vae.eval()
-            m = reconstruction_metrics(VAECodec(vae), val.images)
+            m = reconstruction_metrics(VAECodec(vae, image_channels=val.channels), val.images)
             vae.train()
             Logger(run, True).log(step, val_psnr=m["psnr"], val_ssim=m["ssim"])
 
-    task = Task("autoencoder", VAEObjective(vae, cfg.train.kl_weight), {"vae": vae}, [("vae", cfg.train.lr)],
-                len(train), draw, batch, after_step=after_step)
+    net = r.once(lambda: feature_net_for(cfg, run, train, say)) if cfg.train.perceptual_weight > 0 else None
+    if cfg.train.perceptual_weight > 0 and net is None:  # other ranks: rank 0 has written it
+        net = feature_net_for(cfg, run, train, say)
+    objective = VAEObjective(vae, cfg.train.kl_weight, net, cfg.train.perceptual_weight)
+    task = Task("autoencoder", objective, {"vae": vae}, [("vae", cfg.train.lr)], len(train), draw, batch,
+                after_step=after_step)
     # the autoencoder keeps its raw weights (no EMA): the export is what the gate measured
     fitted = fit(task, replace(cfg.train, ema_decay=0.0), accelerator, run, say)
 
@@ -132,7 +194,7 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         model = vae.eval()
         scaling = 1.0 / max(1e-6, latent_std(model, train.images))
         model.register_to_config(scaling_factor=scaling)
-        m = reconstruction_metrics(VAECodec(model), val.images)
+        m = reconstruction_metrics(VAECodec(model, image_channels=val.channels), val.images)
         m.update({"step": fitted.step, "scaling_factor": scaling, "train_subset": subset_record(train, cfg.data)})
         Logger(run, True).log(fitted.step, val_psnr=m["psnr"], val_ssim=m["ssim"])
         export_vae(run, model, m, scaling)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from samplers.bridge import BridgeGenerator
 from synth.config import Config, ConfigError
-from synth.data import subset_record, load_split
-from synth.io import labelled_grid, save_png, to_float
+from synth.data import check_splits_agree, load_split, subset_record
+from synth.io import channel_word, labelled_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
 from synth.seeds import image_seed
@@ -118,15 +118,17 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     val = load_split(cfg.data, "val", list(cfg.labels.domains) or None)
     domains = domains_of(cfg, train.classes)
     counts = torch.bincount(train.labels, minlength=len(domains)).tolist()
-    say(f"data: {len(train)} train / {len(val)} val images from {train.source}; domains "
+    for note in check_splits_agree(train, val):
+        say(note)
+    say(f"data: {len(train)} train / {len(val)} val {channel_word(train.channels)} images from {train.source}; domains "
         + ", ".join(f"{d} ({c})" for d, c in zip(domains, counts)) + f" [{time.perf_counter() - t0:.1f}s]")
     if min(counts) == 0:
         raise ConfigError(f"domain '{domains[counts.index(0)]}' has no training images; every domain needs some")
 
     # --- codec and model -------------------------------------------------------------------
-    codec = load_codec(cfg).to(device)
+    codec = load_codec(cfg, channels=train.channels).to(device)
     if latest_checkpoint(run) is None:
-        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say))
+        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say, train, run))
     c, h, _ = codec.latent_shape(cfg.data.resolution)
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
     u = cfg.model.unet

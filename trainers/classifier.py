@@ -26,13 +26,13 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, steps: int = 600,
                      batch_size: int = 64, lr: float = 2e-3, seed: int = 0, balanced: bool = True,
                      max_shift: int = 2, log=None, device: str | torch.device = "cpu") -> SmallCNN:
-    """Fit :class:`SmallCNN` on uint8 images (N, 1, H, W) and labels (N,).
+    """Fit :class:`SmallCNN` on uint8 images (N, C, H, W) and labels (N,).
 
     ``balanced`` weights the loss by inverse class frequency so that a skewed
     training split does not bias the judge towards the majority class.
     """
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes).to(device)
+    model = SmallCNN(num_classes, in_channels=images.shape[1]).to(device)
     images, labels = images.to(device), labels.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)

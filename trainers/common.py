@@ -38,7 +38,8 @@ class TrainingError(RuntimeError):
 # Changing these breaks the checkpoint (shapes, data meaning or the objective).  The
 # per-process batch and accumulation may change as long as the global batch does not
 # (see :func:`check_global_batch`): that is how a job moves to another process count.
-RESUME_BREAKING = ("data.name", "data.resolution", "data.max_items", "data.fraction", "data.seed", "labels", "model",
+RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
+                   "labels", "model",
                    "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
 

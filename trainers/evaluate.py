@@ -156,7 +156,7 @@ def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: Image
     depends only on (arm, seed, data) and never on what ran before it.
     """
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes, tuple(e.classifier_widths))
+    model = SmallCNN(num_classes, tuple(e.classifier_widths), in_channels=val.images.shape[1])
     if init is not None:
         model.load_state_dict(init.state_dict())
     gen = torch.Generator().manual_seed(seed * 7919 + 17)

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from samplers.generator import LDMGenerator
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
-from synth.data import ImageSet, fingerprint, load_split, subset_record
+from synth.data import ImageSet, check_splits_agree, fingerprint, load_split, subset_record
 from synth.distributed import main_first
-from synth.io import atomic_replace_dir, fresh_tmp_dir, labelled_grid, remove_stale_tmp_dirs, save_png, to_float
+from synth.io import (atomic_replace_dir, channel_word, fresh_tmp_dir, labelled_grid, remove_stale_tmp_dirs, save_png,
+                      to_float)
 from synth.labels import LabelSchema
 from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
@@ -74,20 +75,30 @@ def prompts_of(data: ImageSet, schema: LabelSchema) -> list[str]:
     return [by_class[int(l)] for l in data.labels]
 
 
-def load_codec(cfg: Config, pretrained_vae=None):
-    """The pixel codec, the pretrained model's VAE, or an autoencoder stage's export."""
+def load_codec(cfg: Config, pretrained_vae=None, channels: int = 1):
+    """The pixel codec, the pretrained model's VAE, or an autoencoder stage's export, for images of
+    ``channels`` channels (1 grey, 3 RGB)."""
     if cfg.model.codec == "pixel":
-        return PixelCodec()
+        return PixelCodec(channels)
     if pretrained_vae is not None:
-        return VAECodec(pretrained_vae.eval().requires_grad_(False))
-    if not cfg.model.autoencoder:
+        codec = VAECodec(pretrained_vae.eval().requires_grad_(False), image_channels=channels)
+    elif not cfg.model.autoencoder:
         raise ConfigError("model.codec=vae needs model.autoencoder (a 'synth train autoencoder' run folder) or model.pretrained")
-    from synth.codecs import load_autoencoder
+    else:
+        from synth.codecs import load_autoencoder
 
-    return load_autoencoder(cfg.model.autoencoder, allow_pickle=allows_pickle(cfg.model))
+        codec = load_autoencoder(cfg.model.autoencoder, allow_pickle=allows_pickle(cfg.model))
+        codec.image_channels = channels
+    takes = codec.vae.config.in_channels
+    if channels > takes:
+        raise ConfigError(f"the autoencoder ({cfg.model.autoencoder or cfg.model.pretrained}) takes {takes}-channel images "
+                          f"but the data is colour ({channels} channels); train an autoencoder on this data "
+                          f"('synth train autoencoder') or set data.channels=1")
+    return codec
 
 
-def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], save: bool = True) -> LDMParts:
+def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], save: bool = True,
+                channels: int = 1) -> LDMParts:
     """Load (pretrained) or build (scratch) the models; scratch tokenizers persist in the run.
 
     Tokenizer training is deterministic, so every rank builds it and only the main one saves.
@@ -100,7 +111,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
             comps = load_pretrained(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
         except (OSError, FileNotFoundError) as e:
             raise ConfigError(f"cannot load model.pretrained '{cfg.model.pretrained}': {str(e).splitlines()[0]}") from None
-        codec = load_codec(cfg, comps["vae"]) if cfg.model.codec == "vae" else PixelCodec()
+        codec = load_codec(cfg, comps["vae"], channels) if cfg.model.codec == "vae" else PixelCodec(channels)
         tok = comps["tokenizer"]
         max_length = min(int(getattr(tok, "model_max_length", 77) or 77), comps["text_encoder"].config.max_position_embeddings)
         unet = comps["unet"]
@@ -110,7 +121,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
                               f"{expected}; set model.codec to match the checkpoint")
         return LDMParts(unet, comps["text_encoder"], tok, codec, schema, max_length, f"pretrained:{cfg.model.pretrained}")
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
-    codec = load_codec(cfg)
+    codec = load_codec(cfg, channels=channels)
     tok_dir = run / "tokenizer"
     if (tok_dir / "tokenizer_config.json").is_file():
         tok = AutoTokenizer.from_pretrained(tok_dir)
@@ -128,8 +139,11 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
     return LDMParts(unet, text_encoder, tok, codec, schema, t.max_length, "scratch")
 
 
-def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log) -> dict:
-    """Validation PSNR/SSIM of the codec; refuse (unless forced) below ``train.ssim_gate``."""
+def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageSet | None = None,
+                           run: Path | None = None) -> dict:
+    """Validation PSNR/SSIM of the codec; refuse (unless ``train.force``) below ``train.ssim_gate``, and, with
+    ``train.ceiling_gate`` > 0, when a real-data judge recognises some class in fewer than that share of its
+    reconstructed validation images (the codec caps that class's label fidelity: :func:`codec_ceiling`)."""
     if codec.kind == "pixel":
         return {}
     with torch.no_grad():  # on the codec's device (the caller moves it first)
@@ -138,7 +152,55 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log) -> dict:
     if m["ssim"] < cfg.train.ssim_gate and not cfg.train.force:
         raise TrainingError(f"autoencoder validation SSIM {m['ssim']:.3f} is below train.ssim_gate {cfg.train.ssim_gate}; "
                             f"train the autoencoder longer, or pass --set train.force=true")
+    if cfg.train.ceiling_gate > 0 and train is not None:
+        judge = codec_judge(train, cfg.train.seed, run, log)
+        c = codec_ceiling(codec, judge, val)
+        m["ceiling"] = c
+        per = c["reconstructed"]["per_class"]
+        log("codec ceiling (judge accuracy on reconstructed / real validation images): " + ", ".join(
+            f"{val.classes[k]} {per[k]:.3f} / {c['real']['per_class'][k]:.3f}" for k in per))
+        low = [k for k in per if per[k] == per[k] and per[k] < cfg.train.ceiling_gate]
+        if low and not cfg.train.force:
+            k = low[0]
+            raise TrainingError(f"the autoencoder caps class '{val.classes[k]}': a judge trained on the real data "
+                                f"recognises {per[k]:.3f} of its reconstructed validation images (below "
+                                f"train.ceiling_gate {cfg.train.ceiling_gate}); train the autoencoder longer or with "
+                                f"train.perceptual_weight, or pass --set train.force=true")
     return m
+
+
+JUDGE_STEPS = 400
+
+
+def codec_judge(train: ImageSet, seed: int, run: Path | None, log):
+    """A classifier of the real training split (its own seed), saved as ``<run>/codec-judge.safetensors``."""
+    from synth.classifier import load_classifier, save_classifier
+    from trainers.classifier import train_classifier
+
+    path = run / "codec-judge.safetensors" if run is not None else None
+    if path is not None and path.is_file():
+        return load_classifier(path)[0]
+    t0 = time.perf_counter()
+    judge = train_classifier(train.images, train.labels, len(train.classes), steps=JUDGE_STEPS, seed=seed + 977)
+    if path is not None:
+        save_classifier(judge, path, list(train.classes), {"role": "codec ceiling judge", "steps": JUDGE_STEPS})
+    log(f"codec judge: trained on the real training split ({time.perf_counter() - t0:.0f}s)")
+    return judge.eval()
+
+
+@torch.no_grad()
+def codec_ceiling(codec, judge, data: ImageSet, batch: int = 64) -> dict:
+    """The judge's per-class accuracy on ``data``'s real images and on their reconstructions (encode -> decode
+    at the latent mean): the most label fidelity a diffusion model on this codec can reach."""
+    from synth.io import to_uint8
+    from synth.metrics import label_fidelity
+
+    p = next(codec.vae.parameters())
+    rec = torch.cat([to_uint8(codec.decode(codec.encode(to_float(data.images[i:i + batch]).to(p.device, p.dtype))).float()).cpu()
+                     for i in range(0, len(data), batch)])
+    n = len(data.classes)
+    return {"real": label_fidelity(judge, data.images, data.labels, n),
+            "reconstructed": label_fidelity(judge, rec, data.labels, n)}
 
 
 def codec_hash(codec) -> str:
@@ -333,15 +395,17 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     check_labels(train, schema, "train")
     check_labels(val, schema, "validation")
     prompts = prompts_of(train, schema)
-    say(f"data: {len(train)} train / {len(val)} val images from {train.source} "
+    for note in check_splits_agree(train, val):
+        say(note)
+    say(f"data: {len(train)} train / {len(val)} val {channel_word(train.channels)} images from {train.source} "
         f"({train.skipped} unreadable skipped), classes {list(schema.classes)} [{time.perf_counter() - t_load:.1f}s]")
 
     # --- models -----------------------------------------------------------------
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
     # rank 0 builds (and saves the tokenizer) first; the others then load what it saved
-    parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True))
+    parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True, channels=train.channels))
     if parts is None:
-        parts = build_parts(cfg, run, schema, corpus, save=False)
+        parts = build_parts(cfg, run, schema, corpus, save=False, channels=train.channels)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
     train_text = cfg.train.text_lr is not None
     text_encoder.requires_grad_(train_text)
@@ -360,7 +424,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if latest_checkpoint(run) is None:
         if codec.kind == "vae":
             say(f"checking the autoencoder on {len(val)} validation images (train.ssim_gate {cfg.train.ssim_gate}) ...")
-        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say))
+        r.once(lambda: check_autoencoder_gate(cfg, codec, val, say, train, run))
 
     # --- the training set on the device: cached latents or images, prompt tables ----------
     data = training_data(cfg, run, train, prompts, parts, text_encoder, codec, train_text, device, world,

@@ -214,7 +214,11 @@ def _check_value(v, tp, key: str) -> None:
         if v is None:
             assert type(None) in typing.get_args(tp), key
             return
-        (tp,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) > 1:  # e.g. data.channels: int | str
+            assert any(isinstance(v, a) for a in options), key
+            return
+        (tp,) = options
         origin = typing.get_origin(tp)
     if origin is list:
         assert isinstance(v, list), key

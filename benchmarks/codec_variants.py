@@ -1,0 +1,96 @@
+"""Autoencoder variants side by side: validation PSNR, SSIM and the codec ceiling of label fidelity per class.
+
+    python benchmarks/codec_variants.py --config configs/kermany-64-autoencoder.yaml --steps 300 \
+        --variant baseline --variant perceptual:train.perceptual_weight=0.2
+
+Each variant trains an autoencoder (same data, seed and step budget; its own ``--set`` overrides) into
+``runs/bench/codec-<name>``; one judge (a classifier trained on the real training split, its own seed,
+800 steps) then scores the real validation images and their reconstructions. The codec ceiling of a class is
+the judge's accuracy on the reconstructions: the most label fidelity a latent diffusion model on this
+codec can reach (see benchmarks/results/kermany-64.md). Writes ``benchmarks/results/<name>-codec-variants.md``
+and ``.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devdata import dev_data_overrides  # noqa: E402
+from synth.codecs import load_autoencoder  # noqa: E402
+from synth.config import load_config  # noqa: E402
+from synth.data import load_split  # noqa: E402
+from synth.metrics import reconstruction_metrics  # noqa: E402
+from trainers.autoencoder import train_autoencoder  # noqa: E402
+from trainers.classifier import train_classifier  # noqa: E402
+from trainers.ldm import codec_ceiling  # noqa: E402
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``name[:key=value,key=value]`` -> (name, overrides)."""
+    name, _, rest = text.partition(":")
+    return name, [kv for kv in rest.split(",") if kv]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
+    ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
+    ap.add_argument("--judge-steps", type=int, default=800)
+    a = ap.parse_args(argv)
+    base = load_config(a.config, [])
+    common = dev_data_overrides(base.data.name) + [f"train.steps={a.steps}", "train.progress=false"]
+    name = a.name or Path(a.config).stem
+    cfg = load_config(a.config, common)
+    train, val = load_split(cfg.data, "train", cfg.labels.classes or None), load_split(cfg.data, "val", cfg.labels.classes or None)
+    t0 = time.perf_counter()
+    judge = train_classifier(train.images, train.labels, len(train.classes), steps=a.judge_steps, seed=cfg.train.seed + 31)
+    judge_s = time.perf_counter() - t0
+    rows = []
+    for text in a.variant:
+        vname, extra = parse_variant(text)
+        vcfg = load_config(a.config, common + extra)
+        run = ROOT / "runs" / "bench" / f"codec-{name}-{vname}"
+        t0 = time.perf_counter()
+        train_autoencoder(vcfg, run, log=lambda m: print(f"[{vname}] {m}", flush=True))
+        seconds = time.perf_counter() - t0
+        codec = load_autoencoder(run)
+        codec.image_channels = val.channels
+        rec = reconstruction_metrics(codec, val.images)
+        ceil = codec_ceiling(codec, judge, val)
+        rows.append({"variant": vname, "overrides": extra, "seconds": round(seconds, 1), "psnr": rec["psnr"],
+                     "ssim": rec["ssim"], "real": ceil["real"]["per_class"], "ceiling": ceil["reconstructed"]["per_class"]})
+        print(json.dumps(rows[-1]), flush=True)
+    classes = list(val.classes)
+    cmd = "python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    lines = [f"# Autoencoder variants: {name}", "", f"Command: `{cmd}`", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
+             f"Same data, seed and budget ({a.steps} steps x batch {cfg.train.batch_size}) for every variant. Judge: "
+             f"SmallCNN trained on the real training split ({len(train)} images, {a.judge_steps} steps, {judge_s:.0f} s); "
+             f"validation: {len(val)} images. Codec ceiling = the judge's accuracy on reconstructed validation images "
+             "of the class (its accuracy on the real images alongside).", "",
+             "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling (real)" for c in classes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(classes)]
+    for r in rows:
+        cells = " | ".join(f"{r['ceiling'][k]:.3f} ({r['real'][k]:.3f})" for k in range(len(classes)))
+        lines.append(f"| {r['variant']} | {', '.join(r['overrides']) or '-'} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
+                     f"{r['ssim']:.4f} | {cells} |")
+    out = ROOT / "benchmarks" / "results" / f"{name}-codec-variants"
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows, "classes": classes}, indent=2) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
