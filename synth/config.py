@@ -514,9 +514,9 @@ _POSITIVE = ("data.resolution", "data.phantom_items", "data.max_items", "data.va
              "model.unet.norm_num_groups", "model.text.hidden_size", "model.text.num_heads", "model.text.max_length",
              "model.text.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
              "train.text_lr", "train.num_train_timesteps", "train.min_snr_gamma", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.log_every", "sample.steps", "sample.per_class")
+             "train.keep_checkpoints", "train.log_every", "train.perceptual_steps", "sample.steps", "sample.per_class")
 _NON_NEGATIVE = ("model.text.num_layers", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-                 "train.noise_offset", "train.kl_weight", "train.perceptual_weight", "train.perceptual_steps",
+                 "train.noise_offset", "train.kl_weight", "train.perceptual_weight",
                  "train.sample_every", "train.eval_every",
                  "train.num_workers", "eval.max_shift", "eval.max_rotate")
 _RANGE_HINTS = {"train.text_lr": " (or null to freeze the text encoder)", "data.max_items": " (or null for all)",

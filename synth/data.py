@@ -107,14 +107,18 @@ def channel_layout(arr: np.ndarray, name: str = "image") -> np.ndarray:
     raise DataError(f"{name}: unsupported image shape {arr.shape}; expected grey (H, W) or RGB (H, W, 3)")
 
 
-GREY_TOLERANCE = 3  # grey levels: JPEG chroma rounding can leave an X-ray's channels a level or two apart
+GREY_TOLERANCE = 3  # grey levels (of 255): JPEG chroma rounding can leave an X-ray's channels a level or two apart
+COLOUR_SHARE = 0.005  # an image is colour when more pixels than this differ: a burned-in marker or tint is not
 
 
 def _near_grey(rgb: np.ndarray) -> bool:
-    """(H, W, 3): every pixel's channels within :data:`GREY_TOLERANCE` (scaled to the dtype) of each other."""
-    tol = GREY_TOLERANCE * (257 if rgb.dtype == np.uint16 else 1) if rgb.dtype.kind in "ui" else 1e-2
-    a = rgb.astype(np.int64) if rgb.dtype.kind in "ui" else rgb.astype(np.float64)
-    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= tol and np.abs(a[..., 1] - a[..., 2]).max() <= tol)
+    """(H, W, 3): at most :data:`COLOUR_SHARE` of the pixels have channels further apart than
+    :data:`GREY_TOLERANCE` levels of the image's range (any dtype: 8-bit, 16-bit, float DICOM)."""
+    a = rgb.astype(np.float64)
+    span = float(a.max() - a.min()) or 1.0
+    tol = GREY_TOLERANCE / 255 * (255.0 if rgb.dtype == np.uint8 else span)
+    spread = np.maximum(np.abs(a[..., 0] - a[..., 1]), np.abs(a[..., 1] - a[..., 2]))
+    return bool(np.mean(spread > tol) <= COLOUR_SHARE)
 
 
 def has_alpha(arr: np.ndarray) -> bool:

@@ -99,7 +99,7 @@ class FeatureNet(torch.nn.Module):
 
     Input as torchmetrics passes it to a custom ``feature`` module (it does no conversion itself):
     uint8 (B, C, H, W) in 0..255, or float (B, C, H, W) in [0, 1] (what ``normalize=True`` callers
-    hold). C may be 1 or 3; RGB is averaged to grey for the grey model.  Output: pooled features
+    hold). C may be 1 or 3; RGB is averaged to grey for a grey model, grey repeated for an RGB one.  Output: pooled features
     (B, num_features) float32 on the input's device.  Always in eval mode (BatchNorm uses its running
     statistics, so a feature does not depend on the rest of the batch).
     """
@@ -117,8 +117,11 @@ class FeatureNet(torch.nn.Module):
         if imgs.ndim != 4 or imgs.shape[1] not in (1, 3):
             raise ValueError(f"FeatureNet expects images (B, 1 or 3, H, W), got shape {tuple(imgs.shape)}")
         x = imgs.float() / 255.0 if imgs.dtype == torch.uint8 else imgs.float()  # -> [0, 1]
-        if x.shape[1] == 3:
+        want = getattr(self.model, "in_channels", 1)
+        if x.shape[1] == 3 and want == 1:
             x = x.mean(1, keepdim=True)
+        elif x.shape[1] == 1 and want == 3:
+            x = x.expand(-1, 3, -1, -1)
         p = next(self.model.parameters(), torch.zeros(()))
         return self.model.features((x * 2 - 1).to(p.device, p.dtype)).float().to(imgs.device)
 

@@ -8,7 +8,6 @@ diffusion stage re-checks against ``train.ssim_gate`` (and ``train.ceiling_gate`
 """
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +39,7 @@ def _load_vae(cfg: Config, channels: int = 1):
 
 
 def layer_features(net, x: torch.Tensor) -> list[torch.Tensor]:
-    """The activations after each block (each ReLU before a pooling) of a :class:`SmallCNN`: (B, C_l, H_l, W_l)."""
+    """The activations after each block (after its pooling) of a :class:`SmallCNN`: (B, C_l, H_l, W_l)."""
     out, h = [], x
     for layer in net.body:
         h = layer(h)
@@ -93,22 +92,13 @@ class VAEObjective(torch.nn.Module):
         return loss
 
 
-def feature_net_for(cfg: Config, run: Path, train, say):
-    """The frozen classifier of the perceptual term: trained once on the real training split (its labels) with
-    its own seed, saved as ``<run>/perceptual.safetensors`` and reloaded on resume (no weights are downloaded)."""
-    from synth.classifier import load_classifier, save_classifier
-    from trainers.classifier import train_classifier
+def feature_net_for(cfg: Config, run: Path, train, say, device="cpu"):
+    """The frozen classifier of the perceptual term: trained on the real training split (its labels) with its
+    own seed on ``device``, saved as ``<run>/perceptual.safetensors`` and reused while the data matches."""
+    from trainers.classifier import cached_classifier
 
-    path = run / "perceptual.safetensors"
-    if path.is_file():
-        net, _, _ = load_classifier(path)
-    else:
-        t0 = time.perf_counter()
-        net = train_classifier(train.images, train.labels, len(train.classes), steps=cfg.train.perceptual_steps,
-                               seed=cfg.train.seed + 4243)
-        save_classifier(net, path, list(train.classes), {"role": "perceptual features", "steps": cfg.train.perceptual_steps})
-        say(f"perceptual feature net: trained on the real training split ({time.perf_counter() - t0:.0f}s), {path}")
-    return net.eval().requires_grad_(False)
+    return cached_classifier(run / "perceptual.safetensors", train, steps=cfg.train.perceptual_steps,
+                             seed=cfg.train.seed + 4243, role="perceptual feature net", device=device, log=say)
 
 
 def vae_loss(vae, x: torch.Tensor, kl_weight: float, gen: torch.Generator) -> torch.Tensor:
@@ -180,9 +170,9 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
             vae.train()
             Logger(run, True).log(step, val_psnr=m["psnr"], val_ssim=m["ssim"])
 
-    net = r.once(lambda: feature_net_for(cfg, run, train, say)) if cfg.train.perceptual_weight > 0 else None
+    net = r.once(lambda: feature_net_for(cfg, run, train, say, device)) if cfg.train.perceptual_weight > 0 else None
     if cfg.train.perceptual_weight > 0 and net is None:  # other ranks: rank 0 has written it
-        net = feature_net_for(cfg, run, train, say)
+        net = feature_net_for(cfg, run, train, say, device)
     objective = VAEObjective(vae, cfg.train.kl_weight, net, cfg.train.perceptual_weight)
     task = Task("autoencoder", objective, {"vae": vae}, [("vae", cfg.train.lr)], len(train), draw, batch,
                 after_step=after_step)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -60,3 +61,26 @@ def accuracy(model: SmallCNN, images: torch.Tensor, labels: torch.Tensor, batch_
     from synth.metrics import label_fidelity
 
     return label_fidelity(model, images, labels, model.num_classes, batch_size)
+
+
+def cached_classifier(path: Path | None, data, *, steps: int, seed: int, role: str, device="cpu", log=None):
+    """A :class:`SmallCNN` of ``data`` (an ImageSet: images and labels) trained on ``device``, saved at ``path``
+    and reused while its record (data fingerprint, classes, steps, seed) still matches; retrained otherwise."""
+    from synth.classifier import ClassifierError, load_classifier, save_classifier
+    from synth.data import fingerprint
+
+    record = {"role": role, "data": fingerprint(data), "classes": list(data.classes), "steps": steps, "seed": seed}
+    if path is not None and path.is_file():
+        try:
+            net, _, info = load_classifier(path)
+            if all(info.get(k) == v for k, v in record.items()):
+                return net.to(device).eval().requires_grad_(False)
+        except ClassifierError:
+            pass  # damaged: retrained below
+    t0 = time.perf_counter()
+    net = train_classifier(data.images, data.labels, len(data.classes), steps=steps, seed=seed, device=device)
+    if path is not None:
+        save_classifier(net.cpu(), path, list(data.classes), record)
+    if log:
+        log(f"{role}: trained on the real training split ({time.perf_counter() - t0:.0f}s){f', {path}' if path else ''}")
+    return net.to(device).eval().requires_grad_(False)

@@ -67,6 +67,18 @@ def check_global_batch(old_cfg: dict, old_world: int, cfg: Config, world: int, r
                       f"{cfg.train.batch_size} x {cfg.train.grad_accum}); {fix}, or use a new --run folder")
 
 
+def with_defaults(old: dict, defaults: dict | None = None) -> dict:
+    """``old`` (a run's recorded config) with every key it lacks filled from today's defaults."""
+    defaults = config_to_dict(Config()) if defaults is None else defaults
+    out = dict(old)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = with_defaults(out[k], v)
+    return out
+
+
 def _read_run_meta(path: Path) -> dict:
     """``run.json`` of an earlier run; a damaged one is a one-line error (it decides what a resume may change)."""
     try:
@@ -102,6 +114,7 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1
         if meta.get("stage") != stage:
             raise ConfigError(f"run folder '{run}' holds a '{meta.get('stage')}' run, not '{stage}'; use another --run folder")
         old = meta["config"]
+        old = with_defaults(old)  # a key added since the run began reads as its default, not as a change
         changed = diff_configs(old, config_to_dict(cfg))
         bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]
         if latest_checkpoint(run) is not None:

@@ -290,8 +290,11 @@ def closest_pairs_png(path, syn_images: torch.Tensor, train_images: torch.Tensor
             if j >= len(pairs):
                 continue
             q = pairs[j]
-            img = (syn_images[q["synthetic_index"]] if r == 0 else train_images[q["train_index"]])[0]
-            ax.imshow(img.cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+            img = syn_images[q["synthetic_index"]] if r == 0 else train_images[q["train_index"]]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].cpu().numpy(), cmap="gray", vmin=0, vmax=255)
+            else:  # colour stays colour
+                ax.imshow(img.permute(1, 2, 0).cpu().numpy())
             if r == 0:
                 ax.set_title(f"{q['class']}\nd = {q['distance']:.3g}", fontsize=8)
             else:

@@ -153,7 +153,7 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
         raise TrainingError(f"autoencoder validation SSIM {m['ssim']:.3f} is below train.ssim_gate {cfg.train.ssim_gate}; "
                             f"train the autoencoder longer, or pass --set train.force=true")
     if cfg.train.ceiling_gate > 0 and train is not None:
-        judge = codec_judge(train, cfg.train.seed, run, log)
+        judge = codec_judge(train, cfg.train.seed, run, log, device=next(codec.vae.parameters()).device)
         c = codec_ceiling(codec, judge, val)
         m["ceiling"] = c
         per = c["reconstructed"]["per_class"]
@@ -172,20 +172,13 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
 JUDGE_STEPS = 400
 
 
-def codec_judge(train: ImageSet, seed: int, run: Path | None, log):
-    """A classifier of the real training split (its own seed), saved as ``<run>/codec-judge.safetensors``."""
-    from synth.classifier import load_classifier, save_classifier
-    from trainers.classifier import train_classifier
+def codec_judge(train: ImageSet, seed: int, run: Path | None, log, device="cpu"):
+    """A classifier of the real training split (its own seed), saved as ``<run>/codec-judge.safetensors`` and
+    reused while the data matches."""
+    from trainers.classifier import cached_classifier
 
-    path = run / "codec-judge.safetensors" if run is not None else None
-    if path is not None and path.is_file():
-        return load_classifier(path)[0]
-    t0 = time.perf_counter()
-    judge = train_classifier(train.images, train.labels, len(train.classes), steps=JUDGE_STEPS, seed=seed + 977)
-    if path is not None:
-        save_classifier(judge, path, list(train.classes), {"role": "codec ceiling judge", "steps": JUDGE_STEPS})
-    log(f"codec judge: trained on the real training split ({time.perf_counter() - t0:.0f}s)")
-    return judge.eval()
+    return cached_classifier(run / "codec-judge.safetensors" if run is not None else None, train, steps=JUDGE_STEPS,
+                             seed=seed + 977, role="codec judge", device=device, log=log)
 
 
 @torch.no_grad()

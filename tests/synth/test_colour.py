@@ -257,3 +257,29 @@ def test_grid_with_more_classes_than_fit_wraps_into_columns():
     assert tall.ndim == 3 and tall.shape[2] == 3  # colour stays colour
     assert tall.shape[0] < 17 * (one.shape[0] - 24) + 24  # 16 rows high, not 40
     assert tall.shape[1] > 2.5 * (one.shape[1] - 12)  # three columns of rows side by side
+
+
+def test_a_colour_marker_on_an_xray_keeps_it_grey_and_colour_fidelity_features_work():
+    from synth.classifier import SmallCNN
+    from synth.data import channel_layout
+    from synth.metrics import FeatureNet
+
+    xray = np.repeat(np.random.default_rng(1).integers(0, 256, (64, 64, 1), dtype=np.uint8), 3, 2)
+    xray[2:5, 2:5] = (255, 0, 0)  # a red burned-in marker: 9 of 4096 pixels
+    assert channel_layout(xray).ndim == 2
+    f = FeatureNet(SmallCNN(2, (8, 8), in_channels=3))
+    assert f(torch.zeros(2, 3, 16, 16, dtype=torch.uint8)).shape == (2, 8)
+    assert f(torch.zeros(2, 1, 16, 16, dtype=torch.uint8)).shape == (2, 8)  # grey repeated for an RGB model
+
+
+def test_a_run_recorded_before_data_channels_existed_still_resumes(tmp_path):
+    import json as _json
+
+    from trainers.ldm import train_ldm
+
+    train_ldm(tiny_cfg("train.steps=2"), tmp_path, log=lambda *a: None)
+    meta = _json.loads((tmp_path / "run.json").read_text())
+    del meta["config"]["data"]["channels"]  # as an older synth wrote it
+    (tmp_path / "run.json").write_text(_json.dumps(meta))
+    train_ldm(tiny_cfg("train.steps=4"), tmp_path, log=lambda *a: None)
+    assert (tmp_path / "checkpoints" / "step-00000004").is_dir()
