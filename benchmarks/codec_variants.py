@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
     ap.add_argument("--judge-steps", type=int, default=800)
+    ap.add_argument("--judges", type=int, default=1, help="judges (seeds) to score with: the ceiling depends on the judge")
     a = ap.parse_args(argv)
     base = load_config(a.config, [])
     common = dev_data_overrides(base.data.name) + [f"train.steps={a.steps}", "train.progress=false"]
@@ -54,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(a.config, common)
     train, val = load_split(cfg.data, "train", cfg.labels.classes or None), load_split(cfg.data, "val", cfg.labels.classes or None)
     t0 = time.perf_counter()
-    judge = train_classifier(train.images, train.labels, len(train.classes), steps=a.judge_steps, seed=cfg.train.seed + 31)
-    judge_s = time.perf_counter() - t0
+    judges = [train_classifier(train.images, train.labels, len(train.classes), steps=a.judge_steps, seed=cfg.train.seed + 31 + j)
+              for j in range(a.judges)]
+    judge_s = (time.perf_counter() - t0) / a.judges
     rows = []
     for text in a.variant:
         vname, extra = parse_variant(text)
@@ -67,22 +69,27 @@ def main(argv: list[str] | None = None) -> int:
         codec = load_autoencoder(run)
         codec.image_channels = val.channels
         rec = reconstruction_metrics(codec, val.images)
-        ceil = codec_ceiling(codec, judge, val)
+        ceils = [codec_ceiling(codec, judge, val) for judge in judges]
+        per_judge = [c["reconstructed"]["per_class"] for c in ceils]
+        k_all = list(per_judge[0])
         rows.append({"variant": vname, "overrides": extra, "seconds": round(seconds, 1), "psnr": rec["psnr"],
-                     "ssim": rec["ssim"], "real": ceil["real"]["per_class"], "ceiling": ceil["reconstructed"]["per_class"]})
+                     "ssim": rec["ssim"], "real": {k: sum(c["real"]["per_class"][k] for c in ceils) / len(ceils) for k in k_all},
+                     "ceiling": {k: sum(p[k] for p in per_judge) / len(per_judge) for k in k_all},
+                     "ceiling_min": {k: min(p[k] for p in per_judge) for k in k_all}, "ceiling_per_judge": per_judge})
         print(json.dumps(rows[-1]), flush=True)
     classes = list(val.classes)
     cmd = "python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Autoencoder variants: {name}", "", f"Command: `{cmd}`", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Same data, seed and budget ({a.steps} steps x batch {cfg.train.batch_size}) for every variant. Judge: "
-             f"SmallCNN trained on the real training split ({len(train)} images, {a.judge_steps} steps, {judge_s:.0f} s); "
-             f"validation: {len(val)} images. Codec ceiling = the judge's accuracy on reconstructed validation images "
-             "of the class (its accuracy on the real images alongside).", "",
-             "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling (real)" for c in classes) + " |",
+             f"{a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, {a.judge_steps} steps, "
+             f"seeds {cfg.train.seed + 31}.., {judge_s:.0f} s each); validation: {len(val)} images. Codec ceiling = a "
+             "judge's accuracy on reconstructed validation images of the class: mean over judges [lowest judge] (the "
+             "judges' mean accuracy on the real images alongside).", "",
+             "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",
              "|---|---|---|---|---|" + "---|" * len(classes)]
     for r in rows:
-        cells = " | ".join(f"{r['ceiling'][k]:.3f} ({r['real'][k]:.3f})" for k in range(len(classes)))
+        cells = " | ".join(f"{r['ceiling'][k]:.3f} [{r['ceiling_min'][k]:.3f}] ({r['real'][k]:.3f})" for k in range(len(classes)))
         lines.append(f"| {r['variant']} | {', '.join(r['overrides']) or '-'} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} | {cells} |")
     out = ROOT / "benchmarks" / "results" / f"{name}-codec-variants"
