@@ -45,22 +45,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from tiny import BRIDGE, TINY  # noqa: E402
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 OFFLINE_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
-# As benchmarks/fault_soak.py: a ~50k-parameter model on 16x16 phantoms trains in seconds.
-TINY = [
-    "data.name=phantom", "data.resolution=16", "data.phantom_items=48",
-    "model.unet.block_out_channels=[16,32]", "model.unet.attention_levels=[false,true]",
-    "model.unet.norm_num_groups=8", "model.unet.attention_head_dim=8",
-    "model.text.hidden_size=32", "model.text.num_layers=1", "model.text.num_heads=2", "model.text.max_length=12",
-    "model.text.vocab_size=600", "train.batch_size=8", "train.warmup_steps=1", "train.progress=false",
-    "train.log_every=5", "sample.per_class=2", "sample.steps=3",
-]
 SHARED_LDM = ["train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=3"]
-BRIDGE = ["labels.domains=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]", "train.steps=10",
-          "train.checkpoint_every=10"]
 CASE_LIMIT_S = 180  # one case may not run longer (a hang is a finding, not a stuck harness)
 CMD = "python benchmarks/bad_inputs.py"
 

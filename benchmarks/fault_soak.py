@@ -33,19 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from tiny import BRIDGE, TINY  # noqa: E402
 sys.path.insert(0, str(ROOT))
 
-TINY = [
-    "data.name=phantom", "data.resolution=16", "data.phantom_items=48",
-    "model.unet.block_out_channels=[16,32]", "model.unet.attention_levels=[false,true]",
-    "model.unet.norm_num_groups=8", "model.unet.attention_head_dim=8",
-    "model.text.hidden_size=32", "model.text.num_layers=1", "model.text.num_heads=2", "model.text.max_length=12",
-    "model.text.vocab_size=600", "train.batch_size=8", "train.warmup_steps=1", "train.progress=false",
-    "train.log_every=5", "sample.per_class=2", "sample.steps=3",
-]
 TRAIN = ["train.steps=60", "train.checkpoint_every=3", "train.keep_checkpoints=3"]
-BRIDGE = ["labels.domains=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]", "train.steps=10",
-          "train.checkpoint_every=10"]
 
 
 def sets(items: list[str]) -> list[str]:
