@@ -43,7 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from synth.data import describe, escape_problem, escaping_entry, file_name_problem, path_inside, show
+from synth.data import describe, escape_problem, escaping_entry, file_name_problem, json_object_lines, path_inside, show
 from synth.io import atomic_write_json, atomic_write_text, to_float
 from synth.labels import Condition, LabelSchema
 from synth.seeds import derive_seed, image_seed
@@ -228,15 +228,9 @@ def _read_set_text(file: Path, fix: str) -> str:
 
 def _json_lines(text: str, where: Callable[[int], str], fix: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line of a JSONL text; one-line AugmentError for anything else."""
-    for n, line in enumerate(text.split("\n"), 1):  # only '\n' ends a line: a JSON string may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested beyond the parser's stack
-            raise AugmentError(f"{where(n)} is not JSON; {fix}") from None
-        if not isinstance(row, dict):
-            raise AugmentError(f"{where(n)} is {describe(row)}, not a JSON object; {fix}")
+    for n, row, problem in json_object_lines(text):
+        if problem:
+            raise AugmentError(f"{where(n)} is {problem}; {fix}")
         yield n, row
 
 

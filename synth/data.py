@@ -30,7 +30,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -654,21 +654,29 @@ def _csv_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]
     return header, rows
 
 
-def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """(keys seen, [(line, row)]) of a JSONL manifest; every non-blank line must be one JSON object."""
-    rows: list[tuple[int, dict]] = []
-    keys: dict[str, None] = {}
+def json_object_lines(text: str) -> Iterator[tuple[int, Any, str | None]]:
+    """(line number, value, problem) for each non-blank line of a JSONL text; ``problem`` is None for a JSON
+    object, else what the line is instead ("not JSON", "a JSON list ...").  Callers raise their own error."""
     for n, line in enumerate(text.split("\n"), 1):  # only '\n' ends a line: a JSON string may hold U+2028
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested beyond the parser's stack
-            raise DataError(f"manifest '{path}' line {n}: not valid JSON; each line must be one JSON object "
-                            f"like {JSONL_EXAMPLE}") from None
-        if not isinstance(row, dict):
-            raise DataError(f"manifest '{path}' line {n}: {describe(row)}, not a JSON object; each line "
-                            f"must be one object like {JSONL_EXAMPLE}")
+            yield n, None, "not JSON"
+            continue
+        yield n, row, None if isinstance(row, dict) else f"{describe(row)}, not a JSON object"
+
+
+def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """(keys seen, [(line, row)]) of a JSONL manifest; every non-blank line must be one JSON object."""
+    rows: list[tuple[int, dict]] = []
+    keys: dict[str, None] = {}
+    for n, row, problem in json_object_lines(text):
+        if problem:
+            what = "not valid JSON; each line must be one JSON object" if problem == "not JSON" else \
+                f"{problem}; each line must be one object"
+            raise DataError(f"manifest '{path}' line {n}: {what} like {JSONL_EXAMPLE}")
         rows.append((n, row))
         keys.update(dict.fromkeys(row))
     return list(keys), rows
