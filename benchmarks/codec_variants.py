@@ -4,11 +4,12 @@
         --variant baseline --variant perceptual:train.perceptual_weight=0.2
 
 Each variant trains an autoencoder (same data, seed and step budget; its own ``--set`` overrides) into
-``runs/bench/codec-<name>``; one judge (a classifier trained on the real training split, its own seed,
-800 steps) then scores the real validation images and their reconstructions. The codec ceiling of a class is
-the judge's accuracy on the reconstructions: the most label fidelity a latent diffusion model on this
-codec can reach (see benchmarks/results/kermany-64.md). Writes ``benchmarks/results/<name>-codec-variants.md``
-and ``.json``.
+``runs/bench/codec-<name>``; the judges of the diffusion stage's ceiling gate (``--judges`` classifiers of the
+real training split, the gate's seeds and steps, cached in ``runs/bench/codec-<name>-judges``) then score the
+real validation images and their reconstructions. The codec ceiling of a class is the judges' mean accuracy on
+the reconstructions (the lowest judge's alongside): the most label fidelity a latent diffusion model on this
+codec can reach (see benchmarks/results/kermany-64.md), and what ``train.ceiling_gate`` gates.
+Writes ``benchmarks/results/<name>-codec-variants.md`` and ``.json``.
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ from synth.config import load_config  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.metrics import reconstruction_metrics  # noqa: E402
 from trainers.autoencoder import train_autoencoder  # noqa: E402
-from trainers.classifier import train_classifier  # noqa: E402
-from trainers.ldm import codec_ceiling  # noqa: E402
+from trainers.ldm import JUDGE_STEPS, codec_ceiling, codec_judge, judged_ceiling  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -46,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
-    ap.add_argument("--judge-steps", type=int, default=800)
-    ap.add_argument("--judges", type=int, default=1, help="judges (seeds) to score with: the ceiling depends on the judge")
+    ap.add_argument("--judges", type=int, default=3, help="judges (seeds) to score with: the ceiling depends on the judge")
     a = ap.parse_args(argv)
     base = load_config(a.config, [])
     common = dev_data_overrides(base.data.name) + [f"train.steps={a.steps}", "train.progress=false"]
@@ -55,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(a.config, common)
     train, val = load_split(cfg.data, "train", cfg.labels.classes or None), load_split(cfg.data, "val", cfg.labels.classes or None)
     t0 = time.perf_counter()
-    judges = [train_classifier(train.images, train.labels, len(train.classes), steps=a.judge_steps, seed=cfg.train.seed + 31 + j)
-              for j in range(a.judges)]
+    cache = ROOT / "runs" / "bench" / f"codec-{name}-judges"
+    cache.mkdir(parents=True, exist_ok=True)
+    judges = [codec_judge(train, cfg.train.seed, cache, print, index=j) for j in range(a.judges)]
     judge_s = (time.perf_counter() - t0) / a.judges
     rows = []
     for text in a.variant:
@@ -69,21 +69,18 @@ def main(argv: list[str] | None = None) -> int:
         codec = load_autoencoder(run)
         codec.image_channels = val.channels
         rec = reconstruction_metrics(codec, val.images)
-        ceils = [codec_ceiling(codec, judge, val) for judge in judges]
-        per_judge = [c["reconstructed"]["per_class"] for c in ceils]
-        k_all = list(per_judge[0])
+        c = judged_ceiling([codec_ceiling(codec, judge, val) for judge in judges])
         rows.append({"variant": vname, "overrides": extra, "seconds": round(seconds, 1), "psnr": rec["psnr"],
-                     "ssim": rec["ssim"], "real": {k: sum(c["real"]["per_class"][k] for c in ceils) / len(ceils) for k in k_all},
-                     "ceiling": {k: sum(p[k] for p in per_judge) / len(per_judge) for k in k_all},
-                     "ceiling_min": {k: min(p[k] for p in per_judge) for k in k_all}, "ceiling_per_judge": per_judge})
+                     "ssim": rec["ssim"], "real": c["real"], "ceiling": c["reconstructed"],
+                     "ceiling_min": c["reconstructed_min"], "ceiling_per_judge": c["per_judge"]})
         print(json.dumps(rows[-1]), flush=True)
     classes = list(val.classes)
     cmd = "python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"# Autoencoder variants: {name}", "", f"Command: `{cmd}`", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Same data, seed and budget ({a.steps} steps x batch {cfg.train.batch_size}) for every variant. Judge: "
-             f"{a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, {a.judge_steps} steps, "
-             f"seeds {cfg.train.seed + 31}.., {judge_s:.0f} s each); validation: {len(val)} images. Codec ceiling = a "
+             f"the ceiling gate's {a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, "
+             f"{JUDGE_STEPS} steps, {judge_s:.0f} s each when not cached); validation: {len(val)} images. Codec ceiling = a "
              "judge's accuracy on reconstructed validation images of the class: mean over judges [lowest judge] (the "
              "judges' mean accuracy on the real images alongside).", "",
              "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",

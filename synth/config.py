@@ -161,8 +161,11 @@ class TrainConfig:
     kl_weight: float = 1e-6  # autoencoder stage
     perceptual_weight: float = 0.0  # autoencoder stage: feature distance under a classifier trained on the real data
     perceptual_steps: int = 400  # training steps of that feature classifier (once per run, saved in it)
+    adversarial_weight: float = 0.0  # autoencoder stage: PatchGAN hinge term on reconstructions (0 = off)
+    adversarial_start: int = 0  # step at which that term switches on (the critic trains from step 0)
     ssim_gate: float = 0.85
     ceiling_gate: float = 0.0  # diffusion on a vae codec: per-class judge accuracy on reconstructions must reach it
+    ceiling_judges: int = 3  # real-data judges (seeds) behind that accuracy: their mean is gated, the lowest shown
     force: bool = False  # train diffusion despite a failing autoencoder gate
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -514,9 +517,10 @@ _POSITIVE = ("data.resolution", "data.phantom_items", "data.max_items", "data.va
              "model.unet.norm_num_groups", "model.text.hidden_size", "model.text.num_heads", "model.text.max_length",
              "model.text.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
              "train.text_lr", "train.num_train_timesteps", "train.min_snr_gamma", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.log_every", "train.perceptual_steps", "sample.steps", "sample.per_class")
+             "train.keep_checkpoints", "train.log_every", "train.perceptual_steps", "train.ceiling_judges", "sample.steps", "sample.per_class")
 _NON_NEGATIVE = ("model.text.num_layers", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-                 "train.noise_offset", "train.kl_weight", "train.perceptual_weight",
+                 "train.noise_offset", "train.kl_weight", "train.perceptual_weight", "train.adversarial_weight",
+                 "train.adversarial_start",
                  "train.sample_every", "train.eval_every",
                  "train.num_workers", "eval.max_shift", "eval.max_rotate")
 _RANGE_HINTS = {"train.text_lr": " (or null to freeze the text encoder)", "data.max_items": " (or null for all)",

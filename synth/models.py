@@ -110,6 +110,36 @@ def build_vae(in_channels: int, block_out_channels: list[int], layers_per_block:
                          scaling_factor=1.0)
 
 
+def discriminator_layers(resolution: int) -> int:
+    """Strided layers of :class:`PatchDiscriminator` for ``resolution`` px: 3 (70 px receptive field, as in
+    pix2pix and the latent-diffusion autoencoders) down to 1 so that small images keep a patch grid."""
+    return max(1, min(3, resolution.bit_length() - 4))
+
+
+class PatchDiscriminator(torch.nn.Module):
+    """PatchGAN critic: (B, C, H, W) in [-1, 1] -> (B, 1, h, w) logits, one per overlapping patch.
+
+    GroupNorm, not BatchNorm: each sample's logits depend on that sample only, so a batch split across
+    processes or accumulation steps trains the same critic.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 64, layers: int = 3):
+        super().__init__()
+        nn = torch.nn
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = width
+        for i in range(1, layers + 1):
+            nc = width * min(2 ** i, 8)
+            stride = 2 if i < layers else 1
+            mods += [nn.Conv2d(c, nc, 4, stride, 1, bias=False), nn.GroupNorm(min(32, nc // 16), nc), nn.LeakyReLU(0.2)]
+            c = nc
+        mods.append(nn.Conv2d(c, 1, 4, 1, 1))
+        self.body = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 def build_noise_scheduler(num_train_timesteps: int, beta_schedule: str, prediction_type: str):
     """The training noise schedule (Stable Diffusion's scaled-linear betas by default)."""
     from diffusers import DDPMScheduler

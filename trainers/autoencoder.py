@@ -1,7 +1,8 @@
 """Autoencoder stage: train or fine-tune a grey or RGB diffusers ``AutoencoderKL``.
 
 Loss: L1 reconstruction + ``train.kl_weight`` * KL [+ ``train.perceptual_weight`` * a
-feature distance under a classifier trained on the real data].  The export
+feature distance under a classifier trained on the real data] [+ ``train.adversarial_weight`` * a
+PatchGAN hinge term from ``train.adversarial_start`` on, the critic trained alongside].  The export
 (``<run>/export/vae``) carries the latent ``scaling_factor`` (1 / std of the
 training latents) and ``metrics.json`` with validation PSNR/SSIM, which the
 diffusion stage re-checks against ``train.ssim_gate`` (and ``train.ceiling_gate``).
@@ -61,21 +62,30 @@ def perceptual_distance(net, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class VAEObjective(torch.nn.Module):
     """Per-sample loss (B,): mean |x - rec| + kl_weight * KL(q(z|x) || N(0, I)) / pixels
-    [+ perceptual_weight * :func:`perceptual_distance` under ``feature_net``].
+    [+ perceptual_weight * :func:`perceptual_distance` under ``feature_net``]
+    [+ adversarial_weight * :func:`generator_hinge` + :func:`critic_hinge` under ``disc``].
 
     The perceptual term keeps what a classifier of the real data looks at (lung texture, opacities):
     an L1 autoencoder blurs exactly that away and caps label fidelity (benchmarks/codec_ceiling.py).
+    The adversarial term (a patch critic, as in the latent-diffusion autoencoders) puts back the texture
+    both of them average out.  Autoencoder and critic share one optimizer step: the critic's gradient
+    comes only from :func:`critic_hinge` (on detached reconstructions) and the autoencoder's only from
+    :func:`generator_hinge` (through a copy of the critic's weights that autograd does not follow), so one
+    backward trains both and a checkpoint restores both exactly.
     A module (not a function of the VAE) so that accelerate wraps it in DistributedDataParallel:
     one bucketed gradient all-reduce per step.
     """
 
-    def __init__(self, vae, kl_weight: float, feature_net=None, perceptual_weight: float = 0.0):
+    def __init__(self, vae, kl_weight: float, feature_net=None, perceptual_weight: float = 0.0, disc=None,
+                 adversarial_weight: float = 0.0):
         super().__init__()
         self.vae, self.kl_weight, self.perceptual_weight = vae, kl_weight, perceptual_weight
         self.feature_net = [feature_net]  # a list: not a submodule, so never trained, saved or all-reduced
+        self.disc, self.adversarial_weight = disc, adversarial_weight
 
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x: (B, C, H, W) in [-1, 1]; eps: (B, c, h, w) standard normal -> (B,)."""
+    def forward(self, x: torch.Tensor, eps: torch.Tensor, adversarial: bool = False) -> torch.Tensor:
+        """x: (B, C, H, W) in [-1, 1]; eps: (B, c, h, w) standard normal; adversarial: the generator term is on
+        (the critic trains whenever there is one) -> (B,)."""
         vae = self.vae
         inp = x if x.shape[1] == vae.config.in_channels else x.expand(-1, vae.config.in_channels, -1, -1)
         dist = vae.encode(inp).latent_dist
@@ -89,7 +99,25 @@ class VAEObjective(torch.nn.Module):
         if net is not None and self.perceptual_weight > 0:
             net.to(rec.device)
             loss = loss + self.perceptual_weight * perceptual_distance(net, rec.float(), x.float())
+        if self.disc is not None:
+            loss = loss + critic_hinge(self.disc, x, rec.detach())
+            if adversarial and self.adversarial_weight > 0:
+                loss = loss + self.adversarial_weight * generator_hinge(self.disc, rec)
         return loss
+
+
+def critic_hinge(disc, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) hinge loss of the patch critic: 0.5 * (mean relu(1 - D(real)) + mean relu(1 + D(fake)));
+    real, fake: (B, C, H, W)."""
+    r, f = disc(real).float(), disc(fake).float()
+    return 0.5 * (torch.relu(1 - r).mean(dim=(1, 2, 3)) + torch.relu(1 + f).mean(dim=(1, 2, 3)))
+
+
+def generator_hinge(disc, fake: torch.Tensor) -> torch.Tensor:
+    """Per-sample (B,) generator loss -mean D(fake) through the critic's weights held fixed: gradients reach
+    ``fake`` (the autoencoder) but not the critic, which must not learn to be fooled."""
+    fixed = {k: v.detach() for k, v in disc.named_parameters()}
+    return -torch.func.functional_call(disc, fixed, (fake,)).float().mean(dim=(1, 2, 3))
 
 
 def feature_net_for(cfg: Config, run: Path, train, say, device="cpu"):
@@ -133,6 +161,21 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     return out
 
 
+def adversarial_critic(cfg: Config, channels: int, say):
+    """The :class:`PatchDiscriminator` of ``train.adversarial_weight`` (its own seed; sized for the resolution)."""
+    from synth.models import PatchDiscriminator, discriminator_layers
+
+    if cfg.train.adversarial_start >= cfg.train.steps:
+        say(f"note: train.adversarial_start {cfg.train.adversarial_start} >= train.steps {cfg.train.steps}: the critic "
+            "trains but the adversarial term never switches on")
+    torch.manual_seed(cfg.train.seed + 7919)
+    layers = discriminator_layers(cfg.data.resolution)
+    disc = PatchDiscriminator(channels, 64, layers)
+    say(f"patch critic: {count_parameters(disc) / 1e6:.2f}M params, {layers} strided layers; adversarial term from "
+        f"step {cfg.train.adversarial_start} at weight {cfg.train.adversarial_weight}")
+    return disc
+
+
 @holding_run_lock
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
@@ -151,7 +194,10 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         vae.enable_gradient_checkpointing()
     images = train.images.to(device)
 
+    phase = {"adversarial": False}  # set by draw() for the step whose micro-batches batch() then builds
+
     def draw(step, gen, n):
+        phase["adversarial"] = step >= cfg.train.adversarial_start
         d = {"eps": torch.randn((n, *shape), generator=gen, device=gen.device)}
         if cfg.data.hflip:
             d["flip"] = torch.rand(n, generator=gen, device=gen.device) < 0.5
@@ -161,7 +207,7 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         imgs = images[idx]
         if "flip" in d:
             imgs = torch.where(d["flip"][:, None, None, None], imgs.flip(-1), imgs)
-        return {"x": to_float(imgs), "eps": d["eps"]}
+        return {"x": to_float(imgs), "eps": d["eps"], "adversarial": phase["adversarial"]}
 
     def after_step(step: int, f):
         if cfg.train.eval_every and step % cfg.train.eval_every == 0:
@@ -173,9 +219,14 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     net = r.once(lambda: feature_net_for(cfg, run, train, say, device)) if cfg.train.perceptual_weight > 0 else None
     if cfg.train.perceptual_weight > 0 and net is None:  # other ranks: rank 0 has written it
         net = feature_net_for(cfg, run, train, say, device)
-    objective = VAEObjective(vae, cfg.train.kl_weight, net, cfg.train.perceptual_weight)
-    task = Task("autoencoder", objective, {"vae": vae}, [("vae", cfg.train.lr)], len(train), draw, batch,
-                after_step=after_step)
+    trained, groups, disc = {"vae": vae}, [("vae", cfg.train.lr)], None
+    if cfg.train.adversarial_weight > 0:
+        disc = adversarial_critic(cfg, train.channels, say)
+        trained["disc"], groups = disc, groups + [("disc", cfg.train.lr)]
+    objective = VAEObjective(vae, cfg.train.kl_weight, net, cfg.train.perceptual_weight, disc,
+                             cfg.train.adversarial_weight)
+    task = Task("autoencoder", objective, trained, groups, len(train), draw, batch, after_step=after_step,
+                clip_groups_apart=True)
     # the autoencoder keeps its raw weights (no EMA): the export is what the gate measured
     fitted = fit(task, replace(cfg.train, ema_decay=0.0), accelerator, run, say)
 

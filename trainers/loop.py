@@ -57,6 +57,9 @@ class Task:
     batch: Callable[[torch.Tensor, dict], dict]
     after_step: Callable[[int, "Fitted"], None] | None = None  # main process: previews, validation
     extra_state: Callable[[int], dict] = field(default_factory=lambda: (lambda step: {}))
+    # ``train.grad_clip`` per param group instead of over all of them: an adversary's gradient spikes
+    # (a critic) must not throttle the model it judges
+    clip_groups_apart: bool = False
 
 
 @dataclass
@@ -224,7 +227,8 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
                 loss_run += loss.detach()
             bad |= ~torch.isfinite(loss_run)
             if tc.grad_clip > 0:
-                grad_norm = accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], tc.grad_clip)
+                clipped = [g["params"] for g in groups] if task.clip_groups_apart else [[p for g in groups for p in g["params"]]]
+                grad_norm = [accelerator.clip_grad_norm_(ps, tc.grad_clip) for ps in clipped][0]
             try:
                 optimizer.step()
             except RuntimeError as e:  # an absurd LR can overflow inside the optimizer itself
