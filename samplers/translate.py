@@ -29,10 +29,23 @@ SPLITS = ("train", "val", "test")
 
 
 def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
-    """The images to translate, prepared like training data (grey, pad to square, resize to the model's size).
+    """The images to translate, prepared like training data (grey or colour as the files are, pad to square,
+    resize to the model's size).
 
-    ``split``: ``all`` (every split the source has, in train, val, test order) or one split.
+    ``split``: ``all`` (every split the source has, in train, val, test order) or one split.  A source
+    mixing grey and colour images is refused: translation has no ``data.channels`` to settle it, and
+    silently greying colour (or colouring grey) would translate something else than the user's images.
     """
+    try:
+        return _load_input(path, resolution, split)
+    except DataError as e:
+        if "mixes grey and colour" not in str(e):
+            raise
+        raise DataError(str(e).split(";")[0] + "; --input must hold one kind: move the other kind out of it, or "
+                        "convert those files to the kind the model translates") from None
+
+
+def _load_input(path: str, resolution: int, split: str) -> ImageSet:
     from synth.config import DataConfig
     from synth.data import _load_path
 

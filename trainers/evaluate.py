@@ -610,6 +610,7 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     """``synth eval fidelity``: the report of one synthetic set; returns a one-paragraph summary."""
     from synth.augment import SyntheticSet
     from synth.config import load_config
+    from synth.io import channel_word
     from trainers.fidelity import feature_net, fidelity_report
 
     s = SyntheticSet(set_dir)
@@ -629,8 +630,16 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
                              f"data.max_items={max_items if max_items else 'null'}"] + list(overrides))
     features = Path(features) if features else Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}.safetensors"
     try:
-        net, classes, _ = feature_net(features, cfg.data)
         splits = real_splits(cfg, fraction)
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    syn_c, real_c = int(s.uint8(0).shape[0]), splits.train.channels
+    if syn_c != real_c:  # the feature net, judge and distances would compare grey with colour
+        raise EvalError(f"{set_dir} holds {channel_word(syn_c)} images but --data {data} gives {channel_word(real_c)} "
+                        f"ones; evaluate against the data its generator was trained on, or pass "
+                        f"--set data.channels={syn_c} to read the real images as {channel_word(syn_c)}")
+    try:
+        net, classes, _ = feature_net(features, cfg.data)
     except DataError as e:
         raise EvalError(str(e)) from None
     if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:

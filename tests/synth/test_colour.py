@@ -58,6 +58,10 @@ def test_mixed_folder_names_a_file_of_each_kind_and_channels_resolves_it(tmp_pat
         load_image_folder(root, "train", 12, "raise", None)
     assert load_image_folder(root, "train", 12, "raise", None, channels=3).channels == 3
     assert load_image_folder(root, "train", 12, "raise", None, channels=1).channels == 1
+    from samplers.translate import load_input  # translation has no data.channels: its fix is another one
+
+    with pytest.raises(DataError, match=r"grey: '.*grey.png', colour: '.*colour.png'\); --input must hold one kind"):
+        load_input(str(root), 12)
 
 
 def test_rgba_drops_alpha_with_a_note_and_two_channels_are_refused(tmp_path):
@@ -283,3 +287,19 @@ def test_a_run_recorded_before_data_channels_existed_still_resumes(tmp_path):
     (tmp_path / "run.json").write_text(_json.dumps(meta))
     train_ldm(tiny_cfg("train.steps=4"), tmp_path, log=lambda *a: None)
     assert (tmp_path / "checkpoints" / "step-00000004").is_dir()
+
+
+def test_fidelity_refuses_a_colour_set_against_grey_real_data(colour_export, tmp_path):
+    """Before any feature net is trained: the set's channel count against the real data's, with the fix."""
+    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from samplers.generator import load_generator
+    from trainers.evaluate import EvalError, fidelity_cli
+
+    g = load_generator(colour_export)
+    run_bulk(BulkRequest(model=str(colour_export), out=str(tmp_path / "set"), n=4, steps=2, shard_size=4, batch_size=4,
+                         spec=parse_label_spec("healthy=0.5,lesion=0.5", g.schema, log=lambda *a: None)), g,
+             progress=False)
+    with pytest.raises(EvalError, match=r"holds colour \(3-channel\) images but --data phantom gives grey \(1-channel\) "
+                                        r"ones; .* or pass --set data.channels=3"):
+        fidelity_cli(str(tmp_path / "set"), "phantom", None, None, None, ["data.phantom_items=32"], None)
+    assert not list(tmp_path.glob("features-*"))
