@@ -31,7 +31,7 @@ from synth.config import load_config  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.metrics import reconstruction_metrics  # noqa: E402
 from trainers.autoencoder import train_autoencoder  # noqa: E402
-from trainers.ldm import JUDGE_STEPS, codec_ceiling, codec_judge, judged_ceiling  # noqa: E402
+from trainers.ldm import codec_ceiling, codec_judge, judged_ceiling  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     cache = ROOT / "runs" / "bench" / f"codec-{name}-judges"
     cache.mkdir(parents=True, exist_ok=True)
-    judges = [codec_judge(train, cfg.train.seed, cache, print, index=j) for j in range(a.judges)]
+    judges = [codec_judge(train, cfg.train.seed, cache, print, index=j, steps=cfg.train.judge_steps)
+              for j in range(a.judges)]
     judge_s = (time.perf_counter() - t0) / a.judges
     rows = []
     for text in a.variant:
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Same data, seed and budget ({a.steps} steps x batch {cfg.train.batch_size}) for every variant. Judge: "
              f"the ceiling gate's {a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, "
-             f"{JUDGE_STEPS} steps, {judge_s:.0f} s each when not cached); validation: {len(val)} images. Codec ceiling = a "
+             f"{cfg.train.judge_steps} steps, {judge_s:.0f} s each when not cached); validation: {len(val)} images. Codec ceiling = a "
              "judge's accuracy on reconstructed validation images of the class: mean over judges [lowest judge] (the "
              "judges' mean accuracy on the real images alongside).", "",
              "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",

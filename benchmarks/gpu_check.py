@@ -16,6 +16,8 @@ Writes ``<out>/gpu_check.md`` (a markdown table per section) and ``gpu_check.jso
 7. the sampler vs StableDiffusionPipeline at SD-1.5 size, fp16, 25 steps, guidance 2.5, batch 16,
    same noise; compiled, with the warm-up charged to a 10,000-image set
 8. the bridge: pixel training rate, and `synth translate`'s engine end to end vs in memory
+9. the autoencoder with its perceptual term and patch critic (the Kermany-64 recipe), then a latent
+   run's codec gate: its feature net and three ceiling judges trained on the device
 
 Models have random weights: speed and memory do not depend on what they learned. Each
 section runs on its own; a failure is recorded with its one-line reason and the others go on
@@ -55,10 +57,12 @@ def sizes(tiny: bool) -> dict:
     if tiny:
         return {"pixel_steps": 6, "latent_steps": 4, "sd_steps": 3, "sd_res": 64, "sd_batch": 2, "plain_steps": 3,
                 "bulk_n": 48, "bulk_batch": 16, "bulk_steps": 3, "det_n": 4, "sampler_batch": 2, "sampler_steps": 3,
-                "sampler_repeats": 2, "compile": False, "set_size": 10_000, "res": 16, "latent_res": 32}
+                "sampler_repeats": 2, "compile": False, "set_size": 10_000, "res": 16, "latent_res": 32, "ae_steps": 4,
+                "judge_steps": 20}
     return {"pixel_steps": 400, "latent_steps": 200, "sd_steps": 12, "sd_res": 512, "sd_batch": 8, "plain_steps": 12,
             "bulk_n": 8192, "bulk_batch": 1024, "bulk_steps": 20, "det_n": 16, "sampler_batch": 16, "sampler_steps": 25,
-            "sampler_repeats": 3, "compile": True, "set_size": 10_000, "res": 32, "latent_res": 64}
+            "sampler_repeats": 3, "compile": True, "set_size": 10_000, "res": 32, "latent_res": 64, "ae_steps": 200,
+            "judge_steps": 400}
 
 
 def sd_shapes(tiny: bool) -> dict:
@@ -158,6 +162,39 @@ def section_latent(tmp: Path, sz: dict) -> dict:
         "train.progress=false", "train.checkpoint_every=100000", f"train.log_every={sz['latent_steps']}",
         f"train.mixed_precision={precision()}", "sample.per_class=2", "sample.steps=2"])
     return train_rate(cfg, tmp / "latent")
+
+
+def section_autoencoder(tmp: Path, sz: dict) -> dict:
+    """Autoencoder steps/s with both extra terms on (critic switched on halfway), then the codec gate of a
+    latent run on it: PSNR/SSIM and ``train.ceiling_judges`` judges, all on the device."""
+    from trainers.autoencoder import train_autoencoder
+
+    res, steps = sz["latent_res"], sz["ae_steps"]
+    common = ["data.name=phantom", f"data.resolution={res}", "data.phantom_items=2048", "labels.classes=[normal,pneumonia]",
+              "train.progress=false", f"train.mixed_precision={precision()}"]
+    cfg = load_config(ROOT / "configs" / "kermany-64-autoencoder.yaml", common + [
+        f"train.steps={steps}", "train.checkpoint_every=100000", f"train.log_every={steps}",
+        "train.adversarial_weight=0.05", f"train.adversarial_start={steps // 2}", f"train.perceptual_steps={sz['judge_steps']}"])
+    reset_peak()
+    t0 = time.perf_counter()
+    train_autoencoder(cfg, tmp / "ae9", log=lambda *a: None)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (tmp / "ae9" / "logs" / "scalars.jsonl").read_text().splitlines()]
+    sps = [r for r in rows if "samples_per_s" in r][-1]["samples_per_s"]
+    out = {"ae_steps": steps, "ae_samples_per_s": round(sps, 1), "ae_steps_per_s": round(sps / cfg.train.batch_size, 2),
+           "ae_wall_s_incl_feature_net_export": round(wall, 1), "ae_peak_GiB": peak_gib()}
+    from trainers.ldm import train_ldm
+
+    lcfg = load_config(ROOT / "configs" / "kermany-64.yaml", common + [
+        "labels.prompts={}", f"model.autoencoder={tmp / 'ae9'}", "train.force=true", "train.steps=2",
+        f"train.judge_steps={sz['judge_steps']}", "train.checkpoint_every=100000", "train.log_every=2",
+        "sample.per_class=1", "sample.steps=2"])
+    said: list[str] = []
+    t0 = time.perf_counter()
+    train_ldm(lcfg, tmp / "latent9", log=said.append)
+    out["gate_and_2_steps_s"] = round(time.perf_counter() - t0, 1)
+    out["ceiling"] = next((m for m in said if m.startswith("codec ceiling")), "not printed")[:200]
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -525,6 +562,7 @@ def main(argv=None) -> int:
         ("6. determinism", lambda: section_determinism(tmp, sz)),
         ("7. sampler vs StableDiffusionPipeline at SD-1.5 size", lambda: section_sampler(tmp, sz, args.tiny)),
         ("8. bridge training and bulk translation", lambda: section_bridge(tmp, sz)),
+        ("9. autoencoder (perceptual + patch critic) and the codec gate", lambda: section_autoencoder(tmp, sz)),
     ]
     results, failed = {}, 0
     t_all = time.perf_counter()

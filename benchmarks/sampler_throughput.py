@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -262,7 +261,7 @@ def main() -> None:
     res: dict = {"command": "python " + " ".join(sys.argv), "machine": f"{platform.machine()} (lscpu: AMD EPYC, avx512_bf16), "
                  f"{torch.get_num_threads()} torch threads", "torch": torch.__version__}
     res["peak_matmul_flops"] = {k: matmul_peak(v) for k, v in DTYPES.items()}
-    log(f"peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in res["peak_matmul_flops"].items()))
+    log("peak matmul GFLOP/s: " + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in res["peak_matmul_flops"].items()))
     tiny = Path(args.tiny)
     res["tiny"] = bench_model("tiny", tiny, 32, args.steps, 1.5, args.repeats, not args.no_compile, log)
     mid = build_mid_export(tmp)

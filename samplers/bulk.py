@@ -53,19 +53,19 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from synth.distributed import barrier, dist_info, main_first
 from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
 from synth.labels import Condition, LabelError, LabelSchema
 from synth.seeds import image_seed
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 FORMATS = ("imagefolder", "webdataset")
-T = TypeVar("T")
 
 
 class BulkError(RuntimeError):
@@ -875,18 +875,6 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
 # Processes
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world) from torchrun / accelerate launch environment variables."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _process_group() -> None:
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-
-
 @contextlib.contextmanager
 def process_group(world: int):
     """The gloo group of a multi-process run, destroyed on the way out (success or error).
@@ -904,44 +892,6 @@ def process_group(world: int):
     finally:
         if owns and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        _process_group()
-        dist.barrier()
-
-
-def main_first(world: int, fn: Callable[[], T], rank: int | None = None) -> T | None:
-    """Run ``fn`` on rank 0 only, then tell every rank how it went (also a barrier).
-
-    If ``fn`` raises on rank 0, every rank raises a BulkError with the same message
-    (rank 0 re-raises its own exception), so no rank waits forever at a later
-    barrier for a main process that has already exited.  Returns ``fn()``'s value
-    on rank 0 and None elsewhere.
-    """
-    rank = dist_info()[0] if rank is None else rank
-    result, error, message = None, None, None
-    if rank == 0:
-        try:
-            result = fn()
-        except Exception as e:  # shared below, then raised on every rank
-            error = e
-            message = str(e) if isinstance(e, BulkError) else f"the main process failed: {type(e).__name__}: {e}"
-    if world > 1:
-        import torch.distributed as dist
-
-        _process_group()
-        box = [message]
-        dist.broadcast_object_list(box, src=0)
-        message = box[0]
-    if error is not None:
-        raise error
-    if message is not None:
-        raise BulkError(message)
-    return result
 
 
 # ---------------------------------------------------------------------------
@@ -1114,7 +1064,7 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
          progress: bool, job=None, pad: bool = True, log: Callable[[str], None] = print) -> BulkResult:
     """run_bulk's body, once the request is checked: prepare and lock ``out``, then :func:`_run_locked`."""
     out = Path(req.out)
-    lock = main_first(world, lambda: _make_out(out, identity, req, log), rank)
+    lock = main_first(lambda: _make_out(out, identity, req, log), world, rank)
     try:
         return _run_locked(req, generator, device, meta, schema, identity, rank, world, progress, job, pad)
     finally:
@@ -1152,8 +1102,8 @@ def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSc
         bar.close()
         writer.shutdown()
     seconds = time.perf_counter() - t0
-    _barrier(world)  # every rank's shards are recorded before the manifest reads them
-    manifest = main_first(world, lambda: _write_manifest_or_say(out, req, meta, schema, identity), rank) or {}
+    barrier(world)  # every rank's shards are recorded before the manifest reads them
+    manifest = main_first(lambda: _write_manifest_or_say(out, req, meta, schema, identity), world, rank) or {}
     if main:
         gaps = req.n - manifest["n_done"]
         if gaps:

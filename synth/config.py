@@ -166,6 +166,7 @@ class TrainConfig:
     ssim_gate: float = 0.85
     ceiling_gate: float = 0.0  # diffusion on a vae codec: per-class judge accuracy on reconstructions must reach it
     ceiling_judges: int = 3  # real-data judges (seeds) behind that accuracy: their mean is gated, the lowest shown
+    judge_steps: int = 400  # training steps of each judge (once per run, saved in it)
     force: bool = False  # train diffusion despite a failing autoencoder gate
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
@@ -517,7 +518,8 @@ _POSITIVE = ("data.resolution", "data.phantom_items", "data.max_items", "data.va
              "model.unet.norm_num_groups", "model.text.hidden_size", "model.text.num_heads", "model.text.max_length",
              "model.text.vocab_size", "train.steps", "train.batch_size", "train.grad_accum", "train.lr",
              "train.text_lr", "train.num_train_timesteps", "train.min_snr_gamma", "train.checkpoint_every",
-             "train.keep_checkpoints", "train.log_every", "train.perceptual_steps", "train.ceiling_judges", "sample.steps", "sample.per_class")
+             "train.keep_checkpoints", "train.log_every", "train.perceptual_steps", "train.ceiling_judges",
+             "train.judge_steps", "sample.steps", "sample.per_class")
 _NON_NEGATIVE = ("model.text.num_layers", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
                  "train.noise_offset", "train.kl_weight", "train.perceptual_weight", "train.adversarial_weight",
                  "train.adversarial_start",

@@ -83,6 +83,15 @@ def main_first(fn: Callable[[], T], world: int | None = None, rank: int | None =
     return result
 
 
+def barrier(world: int | None = None) -> None:
+    """Wait for every rank (creating the gloo group if a launcher has not); nothing when alone."""
+    world = dist_info()[1] if world is None else world
+    if _group_ready(world):
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 def broadcast_from_main(value, world: int | None = None):
     """Rank 0's ``value`` on every rank (a picklable object); the value itself when alone."""
     world = dist_info()[1] if world is None else world

@@ -156,7 +156,7 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
                             f"train the autoencoder longer, or pass --set train.force=true")
     if cfg.train.ceiling_gate > 0 and train is not None:
         device = next(codec.vae.parameters()).device
-        judges = [codec_judge(train, cfg.train.seed, run, log, device=device, index=j)
+        judges = [codec_judge(train, cfg.train.seed, run, log, device=device, index=j, steps=cfg.train.judge_steps)
                   for j in range(cfg.train.ceiling_judges)]
         c = judged_ceiling([codec_ceiling(codec, judge, val) for judge in judges])
         m["ceiling"] = c
@@ -173,17 +173,14 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
     return m
 
 
-JUDGE_STEPS = 400
-
-
-def codec_judge(train: ImageSet, seed: int, run: Path | None, log, device="cpu", index: int = 0):
+def codec_judge(train: ImageSet, seed: int, run: Path | None, log, device="cpu", index: int = 0, steps: int = 400):
     """Judge ``index``: a classifier of the real training split (its own seed), saved as
     ``<run>/codec-judge[-index].safetensors`` and reused while the data matches."""
     from trainers.classifier import cached_classifier
 
     name = "codec-judge.safetensors" if index == 0 else f"codec-judge-{index}.safetensors"
     role = "codec judge" if index == 0 else f"codec judge {index + 1}"  # the first keeps its name: cached judges stay valid
-    return cached_classifier(run / name if run is not None else None, train, steps=JUDGE_STEPS,
+    return cached_classifier(run / name if run is not None else None, train, steps=steps,
                              seed=seed + 977 + 1000 * index, role=role, device=device, log=log)
 
 

@@ -1,7 +1,6 @@
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -254,7 +253,7 @@ def refuse():
     raise BulkError("output folder 'x' holds images from another model")
 try:
     with process_group(2):
-        main_first(2, refuse)
+        main_first(refuse, 2)
 except BulkError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -124,7 +124,7 @@ def test_manifest_csv_and_jsonl(tmp_path):
 
 
 def test_dicom_folder(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.data import get_testdata_file
 
     for cls, name in (("ct", "CT_small.dcm"), ("mr", "MR_small.dcm")):
@@ -150,7 +150,7 @@ def test_npz_without_labels_is_a_one_line_error(tmp_path):
 
 def test_dicom_monochrome1_is_windowed_then_inverted(tmp_path):
     """CR/DX MONOCHROME1: the window is in stored units, so window first, then invert (hand-computed)."""
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -43,7 +43,7 @@ def test_autoencoder_with_perceptual_term_trains_its_feature_net_once(tmp_path):
 
 def test_ceiling_gate_refuses_a_codec_that_caps_a_class_unless_forced(tmp_path):
     train_autoencoder(tiny_cfg("train.steps=1"), tmp_path / "ae", **quiet)  # one step: it blurs everything
-    gated = ("model.codec=vae", f"model.autoencoder={tmp_path / 'ae'}", "train.ssim_gate=0", "train.ceiling_gate=0.99",
+    gated = ("model.codec=vae", f"model.autoencoder={tmp_path / 'ae'}", "train.ssim_gate=0", "train.ceiling_gate=0.99", "train.judge_steps=30",
              "train.steps=1")
     said = []
     with pytest.raises(TrainingError, match=r"the autoencoder caps class '.*': 2 judges trained on the real data "
