@@ -31,7 +31,7 @@ from synth.config import load_config  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.metrics import reconstruction_metrics  # noqa: E402
 from trainers.autoencoder import train_autoencoder  # noqa: E402
-from trainers.ldm import codec_ceiling, codec_judge, judged_ceiling  # noqa: E402
+from trainers.ldm import codec_ceiling, codec_judge, judged_ceiling, reconstruct  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
     ap.add_argument("--judges", type=int, default=3, help="judges (seeds) to score with: the ceiling depends on the judge")
     a = ap.parse_args(argv)
+    if a.judges < 1:
+        ap.error("--judges must be at least 1")
     base = load_config(a.config, [])
     common = dev_data_overrides(base.data.name) + [f"train.steps={a.steps}", "train.progress=false"]
     name = a.name or Path(a.config).stem
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         codec = load_autoencoder(run)
         codec.image_channels = val.channels
         rec = reconstruction_metrics(codec, val.images)
-        c = judged_ceiling([codec_ceiling(codec, judge, val) for judge in judges])
+        recon = reconstruct(codec, val)
+        c = judged_ceiling([codec_ceiling(codec, judge, val, rec=recon) for judge in judges])
         rows.append({"variant": vname, "overrides": extra, "seconds": round(seconds, 1), "psnr": rec["psnr"],
                      "ssim": rec["ssim"], "real": c["real"], "ceiling": c["reconstructed"],
                      "ceiling_min": c["reconstructed_min"], "ceiling_per_judge": c["per_judge"]})

@@ -37,13 +37,19 @@ def loop_rate(run: Path) -> float:
 
 
 def classifier_step_s(train, steps: tuple[int, int] = (5, 25)) -> float:
-    """Seconds per SmallCNN step (the judges' and feature net's trainer): difference of two short runs."""
+    """Seconds per SmallCNN step (the judges' and feature net's trainer) on the device the trainers use:
+    difference of two short runs."""
     from trainers.classifier import train_classifier
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     times = []
     for n in steps:
+        if device == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        train_classifier(train.images, train.labels, len(train.classes), steps=n)
+        train_classifier(train.images, train.labels, len(train.classes), steps=n, device=device)
+        if device == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return (times[1] - times[0]) / (steps[1] - steps[0])
 

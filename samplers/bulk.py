@@ -1114,5 +1114,5 @@ def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSc
 
 
 __all__ = ["BulkRequest", "BulkResult", "BulkError", "ConditionSpec", "condition_for", "parse_label_spec",
-           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest", "main_first", "process_group",
+           "parse_prompt_file", "run_bulk", "ShardWriter", "write_manifest", "process_group",
            "deterministic_kernels"]

@@ -41,7 +41,7 @@ def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
     except DataError as e:
         if "mixes grey and colour" not in str(e):
             raise
-        raise DataError(str(e).split(";")[0] + "; --input must hold one kind: move the other kind out of it, or "
+        raise DataError(str(e).split("); set data.channels")[0] + "); --input must hold one kind: move the other kind out of it, or "
                         "convert those files to the kind the model translates") from None
 
 

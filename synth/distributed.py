@@ -41,21 +41,24 @@ def share_outcome(error: BaseException | None, world: int, src: int = 0) -> None
         return
     import torch.distributed as dist
 
-    payload = [None if error is None else (type(error).__module__, type(error).__qualname__, str(error))]
+    payload = [None if error is None else (type(error).__module__, type(error).__qualname__, str(error),
+                                           getattr(error, "errno", None), getattr(error, "strerror", None),
+                                           getattr(error, "filename", None))]
     dist.broadcast_object_list(payload, src=src)
     if payload[0] is None:
         return
     if error is not None:
         raise error
-    mod, name, msg = payload[0]
-    raise _rebuild(mod, name, msg)
+    raise _rebuild(*payload[0])
 
 
-def _rebuild(mod: str, name: str, msg: str) -> BaseException:
+def _rebuild(mod: str, name: str, msg: str, errno=None, strerror=None, filename=None) -> BaseException:
     import importlib
 
     try:
         cls = getattr(importlib.import_module(mod), name)
+        if isinstance(cls, type) and issubclass(cls, OSError) and errno is not None:
+            return cls(errno, strerror, filename)  # errno kept: the CLI's one-line disk-full / read-only messages
         if isinstance(cls, type) and issubclass(cls, Exception):
             return cls(msg)
     except Exception:  # an exception type we cannot rebuild still stops this rank, with the message

@@ -112,7 +112,7 @@ def build_vae(in_channels: int, block_out_channels: list[int], layers_per_block:
 
 def discriminator_layers(resolution: int) -> int:
     """Strided layers of :class:`PatchDiscriminator` for ``resolution`` px: 3 (70 px receptive field, as in
-    pix2pix and the latent-diffusion autoencoders) down to 1 so that small images keep a patch grid."""
+    pix2pix and the latent-diffusion autoencoders) down to 1 for small images (at least 8 px: a 2x2 grid there)."""
     return max(1, min(3, resolution.bit_length() - 4))
 
 

@@ -161,6 +161,25 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     return out
 
 
+def check_critic_resume(cfg: Config, run: Path) -> None:
+    """A run's checkpoints hold a critic exactly when ``train.adversarial_weight`` > 0: switching it on or off
+    mid-run would leave the optimizer state and the checkpoints disagreeing with the model list."""
+    from trainers.common import latest_checkpoint
+
+    last = latest_checkpoint(run)
+    if last is None:
+        return
+    had = (last[1] / "disc.safetensors").is_file()
+    if had != (cfg.train.adversarial_weight > 0):
+        was = "with" if had else "without"
+        raise ConfigError(f"cannot resume '{run}': its checkpoints were written {was} a patch critic but "
+                          f"train.adversarial_weight is now {cfg.train.adversarial_weight}; keep it "
+                          f"{'> 0' if had else '0'} (its value may change) or train into a new --run")
+
+
+MIN_CRITIC_RESOLUTION = 8
+
+
 def adversarial_critic(cfg: Config, channels: int, say):
     """The :class:`PatchDiscriminator` of ``train.adversarial_weight`` (its own seed; sized for the resolution)."""
     from synth.models import PatchDiscriminator, discriminator_layers
@@ -168,6 +187,9 @@ def adversarial_critic(cfg: Config, channels: int, say):
     if cfg.train.adversarial_start >= cfg.train.steps:
         say(f"note: train.adversarial_start {cfg.train.adversarial_start} >= train.steps {cfg.train.steps}: the critic "
             "trains but the adversarial term never switches on")
+    if cfg.data.resolution < MIN_CRITIC_RESOLUTION:
+        raise ConfigError(f"train.adversarial_weight needs images of at least {MIN_CRITIC_RESOLUTION} px for its patch "
+                          f"critic (data.resolution is {cfg.data.resolution}); set train.adversarial_weight=0")
     torch.manual_seed(cfg.train.seed + 7919)
     layers = discriminator_layers(cfg.data.resolution)
     disc = PatchDiscriminator(channels, 64, layers)
@@ -220,6 +242,9 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if cfg.train.perceptual_weight > 0 and net is None:  # other ranks: rank 0 has written it
         net = feature_net_for(cfg, run, train, say, device)
     trained, groups, disc = {"vae": vae}, [("vae", cfg.train.lr)], None
+    check_critic_resume(cfg, run)
+    if cfg.train.adversarial_start and cfg.train.adversarial_weight == 0:
+        say(f"note: train.adversarial_start {cfg.train.adversarial_start} has no effect: train.adversarial_weight is 0")
     if cfg.train.adversarial_weight > 0:
         disc = adversarial_critic(cfg, train.channels, say)
         trained["disc"], groups = disc, groups + [("disc", cfg.train.lr)]

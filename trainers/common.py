@@ -41,8 +41,7 @@ class TrainingError(RuntimeError):
 RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
                    "labels", "model",
                    "train.prediction_type", "train.num_train_timesteps",
-                   "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay",
-                   "train.adversarial_weight")
+                   "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
 
 
 def global_batch_of(cfg: Config, world: int) -> int:

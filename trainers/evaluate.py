@@ -628,7 +628,6 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     cfg = load_config(None, [f"data.name={data}", f"data.resolution={res}", "data.val_max_items=null",
                              f"data.fraction={fraction}", f"data.seed={seed}",
                              f"data.max_items={max_items if max_items else 'null'}"] + list(overrides))
-    features = Path(features) if features else Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}.safetensors"
     try:
         splits = real_splits(cfg, fraction)
     except DataError as e:
@@ -638,6 +637,9 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
         raise EvalError(f"{set_dir} holds {channel_word(syn_c)} images but --data {data} gives {channel_word(real_c)} "
                         f"ones; evaluate against the data its generator was trained on, or pass "
                         f"--set data.channels={syn_c} to read the real images as {channel_word(syn_c)}")
+    colour = "-rgb" if syn_c == 3 else ""  # a grey feature net cached beside the set is not reused for colour
+    default = Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}{colour}.safetensors"
+    features = Path(features) if features else default
     try:
         net, classes, _ = feature_net(features, cfg.data)
     except DataError as e:

@@ -158,16 +158,18 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
         device = next(codec.vae.parameters()).device
         judges = [codec_judge(train, cfg.train.seed, run, log, device=device, index=j, steps=cfg.train.judge_steps)
                   for j in range(cfg.train.ceiling_judges)]
-        c = judged_ceiling([codec_ceiling(codec, judge, val) for judge in judges])
+        rec = reconstruct(codec, val)
+        c = judged_ceiling([codec_ceiling(codec, judge, val, rec=rec) for judge in judges])
         m["ceiling"] = c
         per, low_j, real = c["reconstructed"], c["reconstructed_min"], c["real"]
-        log(f"codec ceiling (mean of {len(judges)} judges' accuracy on reconstructed [lowest judge] / real validation "
-            "images): " + ", ".join(f"{val.classes[k]} {per[k]:.3f} [{low_j[k]:.3f}] / {real[k]:.3f}" for k in per))
+        who = "1 judge" if len(judges) == 1 else f"{len(judges)} judges"
+        log(f"codec ceiling ({who}: mean accuracy on reconstructed [lowest judge] / real validation images): "
+            + ", ".join(f"{val.classes[k]} {per[k]:.3f} [{low_j[k]:.3f}] / {real[k]:.3f}" for k in per))
         low = [k for k in per if per[k] == per[k] and per[k] < cfg.train.ceiling_gate]
         if low and not cfg.train.force:
             k = low[0]
-            raise TrainingError(f"the autoencoder caps class '{val.classes[k]}': {len(judges)} judges trained on the real "
-                                f"data recognise on average {per[k]:.3f} of its reconstructed validation images (below "
+            raise TrainingError(f"the autoencoder caps class '{val.classes[k]}': {who} trained on the real data "
+                                f"recognise on average {per[k]:.3f} of its reconstructed validation images (below "
                                 f"train.ceiling_gate {cfg.train.ceiling_gate}); train the autoencoder longer or with "
                                 f"train.perceptual_weight / train.adversarial_weight, or pass --set train.force=true")
     return m
@@ -196,15 +198,23 @@ def judged_ceiling(ceilings: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def codec_ceiling(codec, judge, data: ImageSet, batch: int = 64) -> dict:
-    """The judge's per-class accuracy on ``data``'s real images and on their reconstructions (encode -> decode
-    at the latent mean): the most label fidelity a diffusion model on this codec can reach."""
+def reconstruct(codec, data: ImageSet, batch: int = 64) -> torch.Tensor:
+    """``data``'s images encoded and decoded at the latent mean: uint8 (N, C, H, W) on the CPU."""
     from synth.io import to_uint8
-    from synth.metrics import label_fidelity
 
     p = next(codec.vae.parameters())
-    rec = torch.cat([to_uint8(codec.decode(codec.encode(to_float(data.images[i:i + batch]).to(p.device, p.dtype))).float()).cpu()
-                     for i in range(0, len(data), batch)])
+    return torch.cat([to_uint8(codec.decode(codec.encode(to_float(data.images[i:i + batch]).to(p.device, p.dtype))).float()).cpu()
+                      for i in range(0, len(data), batch)])
+
+
+@torch.no_grad()
+def codec_ceiling(codec, judge, data: ImageSet, batch: int = 64, rec: torch.Tensor | None = None) -> dict:
+    """The judge's per-class accuracy on ``data``'s real images and on their reconstructions (encode -> decode
+    at the latent mean; ``rec`` from :func:`reconstruct` when several judges score the same codec): the most
+    label fidelity a diffusion model on this codec can reach."""
+    from synth.metrics import label_fidelity
+
+    rec = reconstruct(codec, data, batch) if rec is None else rec
     n = len(data.classes)
     return {"real": label_fidelity(judge, data.images, data.labels, n),
             "reconstructed": label_fidelity(judge, rec, data.labels, n)}

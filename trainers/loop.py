@@ -174,6 +174,17 @@ def _nonfinite_error(value: float, lo: int, hi: int, last_good) -> TrainingError
                          f"Lower train.lr or set train.grad_clip")
 
 
+def clip_gradients(accelerator, groups: list[dict], max_norm: float, apart: bool):
+    """Clip to ``max_norm`` over all param groups, or per group when ``apart``; returns the (first group's) norm.
+
+    Apart: fp16's GradScaler may unscale an optimizer's gradients once per step, so unscale once and clip
+    each group with torch (accelerate's clip would unscale again and raise)."""
+    if not apart:
+        return accelerator.clip_grad_norm_([p for g in groups for p in g["params"]], max_norm)
+    accelerator.unscale_gradients()
+    return [torch.nn.utils.clip_grad_norm_(g["params"], max_norm) for g in groups][0]
+
+
 def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = print) -> Fitted:
     """Train ``task`` to ``tc.steps`` (resuming from ``run``'s last checkpoint)."""
     main, device = accelerator.is_main_process, accelerator.device
@@ -227,8 +238,7 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
                 loss_run += loss.detach()
             bad |= ~torch.isfinite(loss_run)
             if tc.grad_clip > 0:
-                clipped = [g["params"] for g in groups] if task.clip_groups_apart else [[p for g in groups for p in g["params"]]]
-                grad_norm = [accelerator.clip_grad_norm_(ps, tc.grad_clip) for ps in clipped][0]
+                grad_norm = clip_gradients(accelerator, groups, tc.grad_clip, task.clip_groups_apart)
             try:
                 optimizer.step()
             except RuntimeError as e:  # an absurd LR can overflow inside the optimizer itself

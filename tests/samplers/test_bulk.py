@@ -248,7 +248,8 @@ def test_batch_size_in_identity_on_cuda_only(tiny_export, tmp_path):
 
 MAIN_FIRST_SCRIPT = """
 import sys
-from samplers.bulk import BulkError, main_first, process_group
+from samplers.bulk import BulkError, process_group
+from synth.distributed import main_first
 def refuse():
     raise BulkError("output folder 'x' holds images from another model")
 try:

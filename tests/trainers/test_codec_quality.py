@@ -1,5 +1,6 @@
 """A sharper autoencoder and a gate that measures what matters: the perceptual term (features of a classifier
-trained on the real data) and the codec-ceiling gate (a real-data judge's per-class accuracy on reconstructions)."""
+trained on the real data), the patch-adversarial term, and the codec-ceiling gate (real-data judges' mean
+per-class accuracy on reconstructions)."""
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -49,7 +50,7 @@ def test_ceiling_gate_refuses_a_codec_that_caps_a_class_unless_forced(tmp_path):
     with pytest.raises(TrainingError, match=r"the autoencoder caps class '.*': 2 judges trained on the real data "
                                             r"recognise on average 0\.\d+ of its reconstructed validation images"):
         train_ldm(tiny_cfg(*gated, "train.ceiling_judges=2"), tmp_path / "ldm", log=said.append)
-    assert any("codec ceiling (mean of 2 judges" in str(m) for m in said)
+    assert any("codec ceiling (2 judges: mean accuracy" in str(m) for m in said)
     assert (tmp_path / "ldm" / "codec-judge.safetensors").is_file()
     assert (tmp_path / "ldm" / "codec-judge-1.safetensors").is_file()  # its own seed: a second opinion
     train_ldm(tiny_cfg(*gated, "train.ceiling_judges=2", "train.force=true"), tmp_path / "ldm", **quiet)
@@ -110,5 +111,10 @@ def test_adversarial_term_switches_on_at_its_step_and_resumes_bit_exact(tmp_path
         a = load_file(str(ck / "step-00000004" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000004" / f"{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    with pytest.raises(ConfigError, match="train.adversarial_weight"):  # a critic cannot appear mid-run
-        train_autoencoder(tiny_cfg("train.steps=6"), tmp_path / "b", **quiet)
+    with pytest.raises(ConfigError, match=r"written with a patch critic but train.adversarial_weight is now 0\.0"):
+        train_autoencoder(tiny_cfg("train.steps=6"), tmp_path / "b", **quiet)  # a critic cannot vanish mid-run
+    with pytest.raises(ConfigError, match=r"written without a patch critic"):  # nor appear
+        train_autoencoder(tiny_cfg("train.steps=6", *adv), tmp_path / "plain", **quiet)
+    train_autoencoder(tiny_cfg("train.steps=6", "train.adversarial_weight=0.2"), tmp_path / "b", **quiet)  # its weight may
+    with pytest.raises(ConfigError, match=r"at least 8 px for its patch critic \(data.resolution is 6\)"):
+        train_autoencoder(tiny_cfg("data.resolution=6", *adv), tmp_path / "small", **quiet)

@@ -76,3 +76,20 @@ def test_rank0_failure_stops_every_rank(tmp_path):
     # both ranks print the same one-line error; the only traceback is torchrun's own summary
     assert p.stderr.count("error: run folder") == 2, p.stderr[-2000:]
     assert p.stderr.count("Traceback") <= 1 and "ChildFailedError" in p.stderr
+
+
+def test_rank0_errors_are_rebuilt_with_their_type_and_errno():
+    """What the other ranks raise: the same class and message; an OSError keeps its errno, so the CLI's one-line
+    disk-full / read-only messages hold on every rank; a class it cannot rebuild still stops with the message."""
+    import errno
+
+    from synth.config import ConfigError
+    from synth.distributed import _rebuild
+
+    e = _rebuild("synth.config", "ConfigError", "bad key")
+    assert type(e) is ConfigError and str(e) == "bad key"
+    full = OSError(errno.ENOSPC, "No space left on device", "/out/x.png")
+    e = _rebuild(type(full).__module__, type(full).__qualname__, str(full), full.errno, full.strerror, full.filename)
+    assert type(e) is OSError and e.errno == errno.ENOSPC and e.filename == "/out/x.png"
+    e = _rebuild("no.such.module", "Boom", "it broke")
+    assert isinstance(e, RuntimeError) and "rank 0 failed: Boom: it broke" in str(e)
