@@ -40,12 +40,41 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [kv for kv in rest.split(",") if kv]
 
 
+def train_seconds(run: Path, train) -> float:
+    """Wall-clock seconds of ``train()``, remembered in ``<run>/bench-seconds.json`` by the call that trained the
+    run from scratch, so that a rerun which only resumes a finished run reports the training, not the resume."""
+    record = run / "bench-seconds.json"
+    fresh = not (run / "checkpoints").is_dir()
+    t0 = time.perf_counter()
+    train()
+    seconds = time.perf_counter() - t0
+    if fresh:
+        record.write_text(json.dumps({"seconds": round(seconds, 1)}) + "\n")
+    elif record.is_file():
+        seconds = json.loads(record.read_text())["seconds"]
+    return seconds
+
+
+def earlier_rows(path: Path, names: set[str]) -> tuple[list[dict], list[str]]:
+    """Rows and commands of an earlier report (``--append``), without the variants about to be rerun."""
+    if not path.is_file():
+        return [], []
+    old = json.loads(path.read_text())
+    rows = [r for r in old.get("rows", []) if r["variant"] not in names]
+    for r in rows:  # JSON turned the class indices into strings
+        for key in ("real", "ceiling", "ceiling_min"):
+            r[key] = {int(k): v for k, v in r[key].items()}
+    cmds = old.get("commands") or [old["command"]]
+    return rows, cmds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
+    ap.add_argument("--append", action="store_true", help="keep the report's other variants (rows of earlier runs)")
     ap.add_argument("--judges", type=int, default=3, help="judges (seeds) to score with: the ceiling depends on the judge")
     a = ap.parse_args(argv)
     if a.judges < 1:
@@ -61,41 +90,40 @@ def main(argv: list[str] | None = None) -> int:
     judges = [codec_judge(train, cfg.train.seed, cache, print, index=j, steps=cfg.train.judge_steps)
               for j in range(a.judges)]
     judge_s = (time.perf_counter() - t0) / a.judges
-    rows = []
+    out = ROOT / "benchmarks" / "results" / f"{name}-codec-variants"
+    rows, cmds = earlier_rows(out.with_suffix(".json"), {parse_variant(t)[0] for t in a.variant}) if a.append else ([], [])
     for text in a.variant:
         vname, extra = parse_variant(text)
         vcfg = load_config(a.config, common + extra)
         run = ROOT / "runs" / "bench" / f"codec-{name}-{vname}"
-        t0 = time.perf_counter()
-        train_autoencoder(vcfg, run, log=lambda m: print(f"[{vname}] {m}", flush=True))
-        seconds = time.perf_counter() - t0
+        seconds = train_seconds(run, lambda: train_autoencoder(vcfg, run, log=lambda m: print(f"[{vname}] {m}", flush=True)))
         codec = load_autoencoder(run)
         codec.image_channels = val.channels
         rec = reconstruction_metrics(codec, val.images)
         recon = reconstruct(codec, val)
         c = judged_ceiling([codec_ceiling(codec, judge, val, rec=recon) for judge in judges])
-        rows.append({"variant": vname, "overrides": extra, "seconds": round(seconds, 1), "psnr": rec["psnr"],
+        rows.append({"variant": vname, "overrides": extra, "steps": vcfg.train.steps, "seconds": round(seconds, 1), "psnr": rec["psnr"],
                      "ssim": rec["ssim"], "real": c["real"], "ceiling": c["reconstructed"],
                      "ceiling_min": c["reconstructed_min"], "ceiling_per_judge": c["per_judge"]})
         print(json.dumps(rows[-1]), flush=True)
     classes = list(val.classes)
-    cmd = "python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    lines = [f"# Autoencoder variants: {name}", "", f"Command: `{cmd}`", "",
+    cmds.append("python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    lines = [f"# Autoencoder variants: {name}", "", "Commands:", ""] + [f"    {c}" for c in cmds] + ["",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
-             f"Same data, seed and budget ({a.steps} steps x batch {cfg.train.batch_size}) for every variant. Judge: "
+             f"Same data and seed for every variant; budget {cfg.train.batch_size} images x the steps its overrides "
+             f"give (default {a.steps}); train s includes the perceptual feature net. Judge: "
              f"the ceiling gate's {a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, "
              f"{cfg.train.judge_steps} steps, {judge_s:.0f} s each when not cached); validation: {len(val)} images. Codec ceiling = a "
              "judge's accuracy on reconstructed validation images of the class: mean over judges [lowest judge] (the "
              "judges' mean accuracy on the real images alongside).", "",
-             "| variant | overrides | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",
-             "|---|---|---|---|---|" + "---|" * len(classes)]
+             "| variant | overrides | steps | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(classes)]
     for r in rows:
         cells = " | ".join(f"{r['ceiling'][k]:.3f} [{r['ceiling_min'][k]:.3f}] ({r['real'][k]:.3f})" for k in range(len(classes)))
-        lines.append(f"| {r['variant']} | {', '.join(r['overrides']) or '-'} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
+        lines.append(f"| {r['variant']} | {', '.join(r['overrides']) or '-'} | {r.get('steps', a.steps)} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} | {cells} |")
-    out = ROOT / "benchmarks" / "results" / f"{name}-codec-variants"
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": cmd, "rows": rows, "classes": classes}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"commands": cmds, "rows": rows, "classes": classes}, indent=2) + "\n")
     print("\n".join(lines))
     return 0
 
