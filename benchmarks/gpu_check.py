@@ -183,6 +183,12 @@ def section_autoencoder(tmp: Path, sz: dict) -> dict:
     sps = [r for r in rows if "samples_per_s" in r][-1]["samples_per_s"]
     out = {"ae_steps": steps, "ae_samples_per_s": round(sps, 1), "ae_steps_per_s": round(sps / cfg.train.batch_size, 2),
            "ae_wall_s_incl_feature_net_export": round(wall, 1), "ae_peak_GiB": peak_gib()}
+    if torch.cuda.is_available():  # fp16 with the critic: GradScaler unscales once while groups are clipped apart
+        f16 = load_config(ROOT / "configs" / "kermany-64-autoencoder.yaml", common + [
+            "train.mixed_precision=fp16", "train.steps=6", "train.checkpoint_every=100000", "train.log_every=6",
+            "train.adversarial_weight=0.05", "train.adversarial_start=2", f"train.perceptual_steps={sz['judge_steps']}"])
+        train_autoencoder(f16, tmp / "ae9-fp16", log=lambda *a: None)
+        out["ae_fp16_with_critic"] = "ran 6 steps"
     from trainers.ldm import train_ldm
 
     lcfg = load_config(ROOT / "configs" / "kermany-64.yaml", common + [
