@@ -1,7 +1,7 @@
 """Autoencoder variants side by side: validation PSNR, SSIM and the codec ceiling of label fidelity per class.
 
-    python benchmarks/codec_variants.py --config configs/kermany-64-autoencoder.yaml --steps 300 \
-        --variant baseline --variant perceptual:train.perceptual_weight=0.2
+    python benchmarks/codec_variants.py --config configs/kermany-64-autoencoder.yaml \
+        --variant preset --variant no-critic:train.adversarial_weight=0 [--append]
 
 Each variant trains an autoencoder (same data, seed and step budget; its own ``--set`` overrides) into
 ``runs/bench/codec-<name>``; the judges of the diffusion stage's ceiling gate (``--judges`` classifiers of the
@@ -55,6 +55,13 @@ def train_seconds(run: Path, train) -> float:
     return seconds
 
 
+def recipe(cfg) -> dict:
+    """What a variant trained with, whatever the preset said at the time (overrides are relative to it)."""
+    t = cfg.train
+    return {"steps": t.steps, "latent_channels": cfg.model.vae.latent_channels, "perceptual_weight": t.perceptual_weight,
+            "adversarial_weight": t.adversarial_weight, "adversarial_start": t.adversarial_start}
+
+
 def earlier_rows(path: Path, names: set[str]) -> tuple[list[dict], list[str]]:
     """Rows and commands of an earlier report (``--append``), without the variants about to be rerun."""
     if not path.is_file():
@@ -71,7 +78,7 @@ def earlier_rows(path: Path, names: set[str]) -> tuple[list[dict], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=None, help="training steps of every variant (default: the preset's)")
     ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
     ap.add_argument("--append", action="store_true", help="keep the report's other variants (rows of earlier runs)")
@@ -80,16 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.judges < 1:
         ap.error("--judges must be at least 1")
     base = load_config(a.config, [])
-    common = dev_data_overrides(base.data.name) + [f"train.steps={a.steps}", "train.progress=false"]
+    common = dev_data_overrides(base.data.name) + ([f"train.steps={a.steps}"] if a.steps else []) + ["train.progress=false"]
     name = a.name or Path(a.config).stem
     cfg = load_config(a.config, common)
     train, val = load_split(cfg.data, "train", cfg.labels.classes or None), load_split(cfg.data, "val", cfg.labels.classes or None)
-    t0 = time.perf_counter()
     cache = ROOT / "runs" / "bench" / f"codec-{name}-judges"
     cache.mkdir(parents=True, exist_ok=True)
     judges = [codec_judge(train, cfg.train.seed, cache, print, index=j, steps=cfg.train.judge_steps)
               for j in range(a.judges)]
-    judge_s = (time.perf_counter() - t0) / a.judges
     out = ROOT / "benchmarks" / "results" / f"{name}-codec-variants"
     rows, cmds = earlier_rows(out.with_suffix(".json"), {parse_variant(t)[0] for t in a.variant}) if a.append else ([], [])
     for text in a.variant:
@@ -102,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = reconstruction_metrics(codec, val.images)
         recon = reconstruct(codec, val)
         c = judged_ceiling([codec_ceiling(codec, judge, val, rec=recon) for judge in judges])
-        rows.append({"variant": vname, "overrides": extra, "steps": vcfg.train.steps, "seconds": round(seconds, 1), "psnr": rec["psnr"],
+        rows.append({"variant": vname, "overrides": extra, "recipe": recipe(vcfg), "seconds": round(seconds, 1), "psnr": rec["psnr"],
                      "ssim": rec["ssim"], "real": c["real"], "ceiling": c["reconstructed"],
                      "ceiling_min": c["reconstructed_min"], "ceiling_per_judge": c["per_judge"]})
         print(json.dumps(rows[-1]), flush=True)
@@ -111,16 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"# Autoencoder variants: {name}", "", "Commands:", ""] + [f"    {c}" for c in cmds] + ["",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Same data and seed for every variant; budget {cfg.train.batch_size} images x the steps its overrides "
-             f"give (default {a.steps}); train s includes the perceptual feature net. Judge: "
+             f"give (column steps); train s includes the perceptual feature net. Judge: "
              f"the ceiling gate's {a.judges} SmallCNN(s) trained on the real training split ({len(train)} images, "
-             f"{cfg.train.judge_steps} steps, {judge_s:.0f} s each when not cached); validation: {len(val)} images. Codec ceiling = a "
+             f"{cfg.train.judge_steps} steps; trained once, cached in runs/bench); validation: {len(val)} images. Codec ceiling = a "
              "judge's accuracy on reconstructed validation images of the class: mean over judges [lowest judge] (the "
              "judges' mean accuracy on the real images alongside).", "",
-             "| variant | overrides | steps | train s | PSNR dB | SSIM | " + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(classes)]
+             "| variant | steps | latent channels | perceptual | adversarial (from step) | train s | PSNR dB | SSIM | "
+             + " | ".join(f"{c} ceiling [min] (real)" for c in classes) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for r in rows:
         cells = " | ".join(f"{r['ceiling'][k]:.3f} [{r['ceiling_min'][k]:.3f}] ({r['real'][k]:.3f})" for k in range(len(classes)))
-        lines.append(f"| {r['variant']} | {', '.join(r['overrides']) or '-'} | {r.get('steps', a.steps)} | {r['seconds']:.0f} | {r['psnr']:.2f} | "
+        q = r["recipe"]
+        adv = f"{q['adversarial_weight']:g} ({q['adversarial_start']})" if q["adversarial_weight"] else "-"
+        lines.append(f"| {r['variant']} | {q['steps']} | {q['latent_channels']} | {q['perceptual_weight'] or '-'} | {adv} | "
+                     f"{r['seconds']:.0f} | {r['psnr']:.2f} | "
                      f"{r['ssim']:.4f} | {cells} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"commands": cmds, "rows": rows, "classes": classes}, indent=2) + "\n")
