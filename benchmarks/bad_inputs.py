@@ -910,6 +910,19 @@ def train_cases() -> list[Case]:
                        "run/config.yaml")),
         Case("train-run-is-file", "cli", "--run names an existing file", lambda c, d: write(d / "run", "a file"),
              lambda c, d, s: ["train", "ldm", "--run", str(d / "run"), *sets(TINY)], "error", r"(?i)file"),
+        Case("train-critic-too-small", "cli", "autoencoder with a patch critic on 6 px images",
+             lambda c, d: None, lambda c, d, s: ["train", "autoencoder", "--run", str(d / "ae"),
+                                                 *sets(TINY + ["data.resolution=6", "train.adversarial_weight=0.1"])],
+             "error", r"at least 8 px for its patch critic"),
+        Case("train-critic-appears", "cli", "resume an autoencoder run with train.adversarial_weight switched on",
+             lambda c, d: must_succeed(["train", "autoencoder", "--run", str(d / "ae"), *sets(TINY + ["train.steps=2"])]),
+             lambda c, d, s: ["train", "autoencoder", "--run", str(d / "ae"),
+                              *sets(TINY + ["train.steps=4", "train.adversarial_weight=0.1"])],
+             "error", r"written without a patch critic"),
+        Case("train-zero-judges", "cli", "train.ceiling_judges=0 with the ceiling gate on",
+             lambda c, d: None, lambda c, d, s: ["train", "ldm", "--run", str(d / "run"),
+                                                 *sets(TINY + ["train.ceiling_gate=0.5", "train.ceiling_judges=0"])],
+             "error", r"train\.ceiling_judges"),
     ]
 
 

@@ -79,13 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--steps", type=int, default=None, help="training steps of every variant (default: the preset's)")
-    ap.add_argument("--variant", action="append", required=True, help="name[:key=value,...]")
+    ap.add_argument("--variant", action="append", default=[], help="name[:key=value,...]; none with --append: "
+                    "rewrite the report from its JSON")
     ap.add_argument("--name", default=None, help="report name (default: the config's stem)")
     ap.add_argument("--append", action="store_true", help="keep the report's other variants (rows of earlier runs)")
     ap.add_argument("--judges", type=int, default=3, help="judges (seeds) to score with: the ceiling depends on the judge")
     a = ap.parse_args(argv)
     if a.judges < 1:
         ap.error("--judges must be at least 1")
+    if not a.variant and not a.append:
+        ap.error("give at least one --variant (or --append alone to rewrite the report)")
     base = load_config(a.config, [])
     common = dev_data_overrides(base.data.name) + ([f"train.steps={a.steps}"] if a.steps else []) + ["train.progress=false"]
     name = a.name or Path(a.config).stem
@@ -112,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                      "ceiling_min": c["reconstructed_min"], "ceiling_per_judge": c["per_judge"]})
         print(json.dumps(rows[-1]), flush=True)
     classes = list(val.classes)
-    cmds.append("python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    if a.variant:  # a rewrite alone adds no results, so no command
+        cmds.append("python benchmarks/codec_variants.py " + " ".join(sys.argv[1:] if argv is None else argv))
     lines = [f"# Autoencoder variants: {name}", "", "Commands:", ""] + [f"    {c}" for c in cmds] + ["",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
              f"Same data and seed for every variant; budget {cfg.train.batch_size} images x the steps its overrides "
