@@ -161,10 +161,18 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     return out
 
 
-def check_critic_resume(cfg: Config, run: Path) -> None:
-    """A run's checkpoints hold a critic exactly when ``train.adversarial_weight`` > 0: switching it on or off
-    mid-run would leave the optimizer state and the checkpoints disagreeing with the model list."""
+MIN_CRITIC_RESOLUTION = 8
+
+
+def check_critic(cfg: Config, run: Path) -> None:
+    """Before anything is written to ``run``: a critic needs images of at least 8 px, and a run's checkpoints
+    hold a critic exactly when ``train.adversarial_weight`` > 0 (switching it on or off mid-run would leave the
+    optimizer state and the checkpoints disagreeing with the model list)."""
     from trainers.common import latest_checkpoint
+
+    if cfg.train.adversarial_weight > 0 and cfg.data.resolution < MIN_CRITIC_RESOLUTION:
+        raise ConfigError(f"train.adversarial_weight needs images of at least {MIN_CRITIC_RESOLUTION} px for its patch "
+                          f"critic (data.resolution is {cfg.data.resolution}); set train.adversarial_weight=0")
 
     last = latest_checkpoint(run)
     if last is None:
@@ -177,9 +185,6 @@ def check_critic_resume(cfg: Config, run: Path) -> None:
                           f"{'> 0' if had else '0'} (its value may change) or train into a new --run")
 
 
-MIN_CRITIC_RESOLUTION = 8
-
-
 def adversarial_critic(cfg: Config, channels: int, say):
     """The :class:`PatchDiscriminator` of ``train.adversarial_weight`` (its own seed; sized for the resolution)."""
     from synth.models import PatchDiscriminator, discriminator_layers
@@ -187,9 +192,6 @@ def adversarial_critic(cfg: Config, channels: int, say):
     if cfg.train.adversarial_start >= cfg.train.steps:
         say(f"note: train.adversarial_start {cfg.train.adversarial_start} >= train.steps {cfg.train.steps}: the critic "
             "trains but the adversarial term never switches on")
-    if cfg.data.resolution < MIN_CRITIC_RESOLUTION:
-        raise ConfigError(f"train.adversarial_weight needs images of at least {MIN_CRITIC_RESOLUTION} px for its patch "
-                          f"critic (data.resolution is {cfg.data.resolution}); set train.adversarial_weight=0")
     torch.manual_seed(cfg.train.seed + 7919)
     layers = discriminator_layers(cfg.data.resolution)
     disc = PatchDiscriminator(channels, 64, layers)
@@ -201,6 +203,7 @@ def adversarial_critic(cfg: Config, channels: int, say):
 @holding_run_lock
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
+    check_critic(cfg, Path(run_dir))  # before open_run records this config in the run
     r = open_run(cfg, run_dir, "autoencoder", log)
     accelerator, run, say, main, device = r.accelerator, r.folder, r.say, r.main, r.device
 
@@ -242,7 +245,6 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if cfg.train.perceptual_weight > 0 and net is None:  # other ranks: rank 0 has written it
         net = feature_net_for(cfg, run, train, say, device)
     trained, groups, disc = {"vae": vae}, [("vae", cfg.train.lr)], None
-    check_critic_resume(cfg, run)
     if cfg.train.adversarial_start and cfg.train.adversarial_weight == 0:
         say(f"note: train.adversarial_start {cfg.train.adversarial_start} has no effect: train.adversarial_weight is 0")
     if cfg.train.adversarial_weight > 0:

@@ -111,8 +111,10 @@ def test_adversarial_term_switches_on_at_its_step_and_resumes_bit_exact(tmp_path
         a = load_file(str(ck / "step-00000004" / f"{name}.safetensors"))
         b = load_file(str(tmp_path / "b" / "checkpoints" / "step-00000004" / f"{name}.safetensors"))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    recorded = [(tmp_path / "b" / f).read_bytes() for f in ("run.json", "config.yaml")]
     with pytest.raises(ConfigError, match=r"written with a patch critic but train.adversarial_weight is now 0\.0"):
         train_autoencoder(tiny_cfg("train.steps=6"), tmp_path / "b", **quiet)  # a critic cannot vanish mid-run
+    assert [(tmp_path / "b" / f).read_bytes() for f in ("run.json", "config.yaml")] == recorded  # refused before writing
     with pytest.raises(ConfigError, match=r"written without a patch critic"):  # nor appear
         train_autoencoder(tiny_cfg("train.steps=6", *adv), tmp_path / "plain", **quiet)
     train_autoencoder(tiny_cfg("train.steps=6", "train.adversarial_weight=0.2"), tmp_path / "b", **quiet)  # its weight may
