@@ -175,7 +175,7 @@ def check_critic(cfg: Config, run: Path) -> None:
                           f"critic (data.resolution is {cfg.data.resolution}); set train.adversarial_weight=0")
 
     last = latest_checkpoint(run)
-    if last is None:
+    if last is None or _recorded_stage(run) != "autoencoder":  # another stage's run: open_run says so
         return
     had = (last[1] / "disc.safetensors").is_file()
     if had != (cfg.train.adversarial_weight > 0):
@@ -183,6 +183,15 @@ def check_critic(cfg: Config, run: Path) -> None:
         raise ConfigError(f"cannot resume '{run}': its checkpoints were written {was} a patch critic but "
                           f"train.adversarial_weight is now {cfg.train.adversarial_weight}; keep it "
                           f"{'> 0' if had else '0'} (its value may change) or train into a new --run")
+
+
+def _recorded_stage(run: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run / "run.json").read_text()).get("stage")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def adversarial_critic(cfg: Config, channels: int, say):
