@@ -268,6 +268,18 @@ def read_rows(root: Path) -> list[dict]:
     return rows
 
 
+def quality_kept(root: Path, rows: list[dict], quality: str) -> list[dict]:
+    """The metadata ``rows`` that :func:`quality_filter` kept (``quality="keep"``); every row must be decided."""
+    if quality != "keep":
+        raise AugmentError(f"quality must be None or 'keep', got {quality!r}")
+    decided = read_quality(root)
+    undecided = [r["file_name"] for r in rows if r["file_name"] not in decided]
+    if undecided:
+        raise AugmentError(f"quality.jsonl of '{root}' has no decision for {len(undecided)} images "
+                           f"(first: {undecided[0]}; the set changed after filtering); run quality_filter again")
+    return [r for r in rows if decided[r["file_name"]]]
+
+
 def read_quality(root: Path) -> dict[str, bool]:
     """``quality.jsonl`` decisions of a set: file name -> kept."""
     file = root / "quality.jsonl"
@@ -377,14 +389,7 @@ class SyntheticSet(Dataset):
         return rows
 
     def _quality_kept(self, rows: list[dict], quality: str) -> list[dict]:
-        if quality != "keep":
-            raise AugmentError(f"quality must be None or 'keep', got {quality!r}")
-        decided = read_quality(self.root)
-        undecided = [r["file_name"] for r in rows if r["file_name"] not in decided]
-        if undecided:
-            raise AugmentError(f"quality.jsonl of '{self.root}' has no decision for {len(undecided)} images "
-                               f"(first: {undecided[0]}; the set changed after filtering); run quality_filter again")
-        return [r for r in rows if decided[r["file_name"]]]
+        return quality_kept(self.root, rows, quality)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -512,14 +517,19 @@ class SyntheticStream(IterableDataset):
     order + a buffer of that many items); ``set_epoch(e)`` changes the order
     deterministically from ``(seed, e)``; 0 keeps file order.  Call ``set_epoch`` before
     each epoch's iteration, with ``persistent_workers=False`` (workers copy the dataset).
+    ``quality="keep"`` (imagefolder sets): only the images :func:`quality_filter` kept.
     """
 
     def __init__(self, path: str | os.PathLike, *, transform: Callable | None = None, classes=None,
                  label_map: Mapping[str, str | None] | None = None, shuffle_buffer: int = 0, seed: int = 0,
-                 rank: int | None = None, world_size: int | None = None):
+                 rank: int | None = None, world_size: int | None = None, quality: str | None = None):
         self.root = Path(path)
         self.manifest = read_set_manifest(self.root)
         self.format = set_format(self.root, self.manifest)
+        self.quality = quality
+        if quality is not None and self.format == "webdataset":
+            raise AugmentError(f"quality='keep' needs an imagefolder set (quality_filter decides per file); '{self.root}' "
+                               f"is a webdataset set: sample it again with --format imagefolder")
         if shuffle_buffer < 0:
             raise AugmentError(f"shuffle_buffer must be >= 0 (0: file order), got {shuffle_buffer}")
         self.transform, self.shuffle_buffer, self.seed, self.epoch = transform, int(shuffle_buffer), int(seed), 0
@@ -551,8 +561,10 @@ class SyntheticStream(IterableDataset):
         return shards
 
     def _folder_shards(self) -> list[tuple[str, int]]:
-        """Imagefolder: the rows grouped by shard folder, in file order."""
-        self._rows = read_rows(self.root)
+        """Imagefolder: the rows (only the kept ones with ``quality="keep"``) grouped by shard folder, in file order;
+        filtered before the split across ranks and workers, so their counts stay equal."""
+        rows = read_rows(self.root)
+        self._rows = rows if self.quality is None else quality_kept(self.root, rows, self.quality)
         groups: dict[str, list[int]] = {}
         for k, r in enumerate(self._rows):
             groups.setdefault(r["file_name"].split("/")[0], []).append(k)

@@ -366,6 +366,14 @@ def test_quality_filter_writes_decisions_and_keep(tmp_path):
     assert [r["kept"] for r in rows] == [i not in (1, 5) for i in range(12)] and rows[1]["confidence"] < 0.9
     kept = SyntheticSet(root, quality="keep")
     assert len(kept) == 10 and 1 not in [item_id(kept[i][0]) for i in range(len(kept))]
+    # streamed: the same kept images, split evenly across ranks after filtering
+    halves = [list(SyntheticStream(root, quality="keep", rank=r, world_size=2)) for r in range(2)]
+    assert [len(h) for h in halves] == [5, 5]
+    assert sorted(item_id(x) for h in halves for x, _ in h) == sorted(item_id(kept[i][0]) for i in range(len(kept)))
+    with pytest.raises(AugmentError, match="quality must be None or 'keep'"):
+        SyntheticStream(root, quality="best")
+    with pytest.raises(AugmentError, match=r"quality='keep' needs an imagefolder set .* --format imagefolder"):
+        SyntheticStream(write_set(tmp_path / "w-stream", alternating(4), fmt="webdataset"), quality="keep")
     judge.weights_sha256 = "recorded"
     assert quality_filter(root, judge, threshold=0.5, classes=["NORMAL", "Pneumonia"])["classifier_sha256"] == "recorded"
     # a saved synth classifier (safetensors) works by path; its hash is the file's weights hash
