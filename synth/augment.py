@@ -527,6 +527,8 @@ class SyntheticStream(IterableDataset):
         self.manifest = read_set_manifest(self.root)
         self.format = set_format(self.root, self.manifest)
         self.quality = quality
+        if quality not in (None, "keep"):
+            raise AugmentError(f"quality must be None or 'keep', got {quality!r}")
         if quality is not None and self.format == "webdataset":
             raise AugmentError(f"quality='keep' needs an imagefolder set (quality_filter decides per file); '{self.root}' "
                                f"is a webdataset set: sample it again with --format imagefolder")

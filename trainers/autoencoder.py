@@ -177,12 +177,24 @@ def check_critic(cfg: Config, run: Path) -> None:
     last = latest_checkpoint(run)
     if last is None or _recorded_stage(run) != "autoencoder":  # another stage's run: open_run says so
         return
-    had = (last[1] / "disc.safetensors").is_file()
+    had = _has_critic(last[1])
     if had != (cfg.train.adversarial_weight > 0):
         was = "with" if had else "without"
         raise ConfigError(f"cannot resume '{run}': its checkpoints were written {was} a patch critic but "
                           f"train.adversarial_weight is now {cfg.train.adversarial_weight}; keep it "
                           f"{'> 0' if had else '0'} (its value may change) or train into a new --run")
+
+
+def _has_critic(checkpoint: Path) -> bool:
+    """Whether ``checkpoint`` was written with a critic: its state.json's file hashes say so even when the file
+    itself is damaged or gone (then the resume quarantines it, not this check); the file's presence otherwise."""
+    import json
+
+    try:
+        sums = json.loads((checkpoint / "state.json").read_text()).get("checksums")
+    except (OSError, ValueError, AttributeError):
+        sums = None
+    return "disc.safetensors" in sums if isinstance(sums, dict) else (checkpoint / "disc.safetensors").is_file()
 
 
 def _recorded_stage(run: Path) -> str | None:
