@@ -118,5 +118,8 @@ def test_adversarial_term_switches_on_at_its_step_and_resumes_bit_exact(tmp_path
     with pytest.raises(ConfigError, match=r"written without a patch critic"):  # nor appear
         train_autoencoder(tiny_cfg("train.steps=6", *adv), tmp_path / "plain", **quiet)
     train_autoencoder(tiny_cfg("train.steps=6", "train.adversarial_weight=0.2"), tmp_path / "b", **quiet)  # its weight may
+    from trainers.autoencoder import check_critic  # a critic file gone from the newest checkpoint is damage, which
+    (tmp_path / "b" / "checkpoints" / "step-00000006" / "disc.safetensors").unlink()  # the resume quarantines
+    check_critic(tiny_cfg("train.steps=8", *adv), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"at least 8 px for its patch critic \(data.resolution is 6\)"):
         train_autoencoder(tiny_cfg("data.resolution=6", *adv), tmp_path / "small", **quiet)
