@@ -36,13 +36,13 @@ def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
     mixing grey and colour images is refused: translation has no ``data.channels`` to settle it, and
     silently greying colour (or colouring grey) would translate something else than the user's images.
     """
+    from synth.data import MixedChannelsError
+
     try:
         return _load_input(path, resolution, split)
-    except DataError as e:
-        if "mixes grey and colour" not in str(e):
-            raise
-        raise DataError(str(e).split("); set data.channels")[0] + "); --input must hold one kind: move the other kind out of it, or "
-                        "convert those files to the kind the model translates") from None
+    except MixedChannelsError as e:
+        raise DataError(f"{e.what}; --input must hold one kind: move the other kind out of it, or convert those "
+                        "files to the kind the model translates") from None
 
 
 def _load_input(path: str, resolution: int, split: str) -> ImageSet:

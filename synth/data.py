@@ -49,6 +49,24 @@ class DataError(ValueError):
     """Bad or missing data; the message is one line naming the problem and the fix."""
 
 
+class MixedChannelsError(DataError):
+    """Grey and colour images in one source (``data.channels: auto``); ``grey`` / ``colour`` name one file of
+    each, so a caller without ``data.channels`` (translation) can give its own fix."""
+
+    def __init__(self, grey: str, colour: str | None = None):
+        if colour is None:  # rebuilt from its message alone (another rank's copy of rank 0's error)
+            self.grey, self.colour = None, None
+            super().__init__(grey)
+            return
+        self.grey, self.colour = grey, colour
+        super().__init__(f"{self.what}; set data.channels=3 to keep colour (grey images become three equal channels) "
+                         f"or data.channels=1 to make every image grey")
+
+    @property
+    def what(self) -> str:
+        return f"the data mixes grey and colour images (grey: '{self.grey}', colour: '{self.colour}')"
+
+
 @dataclass
 class ImageSet:
     """A prepared split: ``images`` uint8 (N, C, R, R) (C = 1 grey or 3 RGB), ``labels`` int64 (N,)."""
@@ -137,9 +155,7 @@ def stack_images(images: Sequence[np.ndarray], names: Sequence[str], channels="a
     if channels == "auto":
         if colour and len(colour) < len(images):
             grey = next(i for i, a in enumerate(images) if a.ndim == 2)
-            raise DataError(f"the data mixes grey and colour images (grey: '{names[grey]}', colour: "
-                            f"'{names[colour[0]]}'); set data.channels=3 to keep colour (grey images become three "
-                            f"equal channels) or data.channels=1 to make every image grey")
+            raise MixedChannelsError(names[grey], names[colour[0]])
         channels = 3 if colour else 1
     if channels == 1:
         arr = np.stack([to_grey(a) for a in images])[:, None]
