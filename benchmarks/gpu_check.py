@@ -478,8 +478,9 @@ def three_domain_npz(path: Path, res: int, n: int = 1536, n_test: int = 256) -> 
 
     from synth.data import phantom_domains
 
-    imgs, dom = phantom_domains(n, res)
-    np.savez(path, train_images=imgs, train_labels=dom[:, None], val_images=imgs[:64], val_labels=dom[:64, None],
+    # The test split may be larger than the train split (the GPU run translates 2048 images from 1536).
+    imgs, dom = phantom_domains(max(n, n_test), res)
+    np.savez(path, train_images=imgs[:n], train_labels=dom[:n, None], val_images=imgs[:64], val_labels=dom[:64, None],
              test_images=imgs[:n_test], test_labels=(np.arange(n_test) % 2)[:, None])
     return path
 
@@ -551,6 +552,14 @@ def to_markdown(results: dict, args, info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(args, results: dict, t_all: float) -> None:
+    """Write ``gpu_check.json`` and ``gpu_check.md`` for the sections finished so far."""
+    info = {**device_info(), "total_s": round(time.perf_counter() - t_all, 1)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu_check.json").write_text(json.dumps({"info": info, "results": results}, indent=2) + "\n")
+    (args.out / "gpu_check.md").write_text(to_markdown(results, args, info))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the code paths, not the speed")
@@ -585,10 +594,9 @@ def main(argv=None) -> int:
         res = {**res, "section_s": round(time.perf_counter() - t0, 1)} if "error" not in res else res
         results[name] = res
         print(f"[{time.perf_counter() - t_all:.0f}s] {name}: {json.dumps(res)}", flush=True)
-    info = {**device_info(), "total_s": round(time.perf_counter() - t_all, 1)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps({"info": info, "results": results}, indent=2) + "\n")
-    (args.out / "gpu_check.md").write_text(to_markdown(results, args, info))
+        # Written after every section: a run stopped at a time limit still leaves what it measured.
+        write_report(args, results, t_all)
+    write_report(args, results, t_all)
     print(f"wrote {args.out / 'gpu_check.md'}")
     shutil.rmtree(tmp, ignore_errors=True)
     return 1 if failed else 0
