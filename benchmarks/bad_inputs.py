@@ -1395,7 +1395,10 @@ def eval_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    cases = config_cases() + data_cases() + train_cases() + sample_cases() + translate_cases() + augment_cases() + eval_cases()
+    from bad_inputs_boundaries import boundary_cases
+
+    cases = (config_cases() + data_cases() + train_cases() + sample_cases() + translate_cases() + augment_cases()
+             + eval_cases() + boundary_cases())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     assert not dup, f"duplicate case ids {dup}"

@@ -59,9 +59,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synth.cards import dataset_card, write_card
 from synth.distributed import barrier, dist_info, main_first
 from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
 from synth.labels import Condition, LabelError, LabelSchema
+from synth.provenance import base_provenance, image_provenance, pnginfo
 from synth.seeds import image_seed
 
 GOLDEN = (math.sqrt(5) - 1) / 2
@@ -128,7 +130,8 @@ def parse_prompt_file(path: str | Path, schema: LabelSchema) -> ConditionSpec:
     if not p.is_file():
         raise LabelError(f"prompts file '{p}' not found; pass a text file with one prompt or label per line")
     try:
-        text = p.read_bytes().decode("utf-8")
+        # utf-8-sig: Notepad and Excel put a byte-order mark first, which would turn line 1 into free text
+        text = p.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise LabelError(f"prompts file '{p}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
                          f"save it as UTF-8") from None
@@ -201,17 +204,23 @@ class BulkRequest:
     def identity(self, meta: dict, schema: LabelSchema, device: str | torch.device = "cpu") -> dict:
         """Everything that decides the pixels and layout (never ``n`` or the process count).
 
-        The batch size only on CUDA: GPU kernels give slightly different results for
-        different batch shapes, while on CPU every image is batch-size independent, so
-        CPU runs stay free to change it.
+        See :func:`device_identity` for the batch size (CUDA) and the thread count (CPU).
         """
         ident = {"model_id": meta.get("model_id"), "weights_sha256": meta.get("weights_sha256"),
                  "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
                  "format": self.format, "shard_size": self.shard_size, "dtype": self.dtype,
                  "conditions": self.spec.to_json(schema)}
-        if is_cuda(device):
-            ident["batch_size"] = self.batch_size
-        return ident
+        return {**ident, **device_identity(device, self.batch_size)}
+
+
+def device_identity(device: str | torch.device, batch_size: int) -> dict:
+    """What of the machine decides the pixels: on CUDA the batch size (kernels differ by batch shape, up to
+    1 grey level on an H200); on CPU the intra-op thread count (kernels split their sums by thread, so 1 and
+    2 threads can differ in the last bits, and after rounding in a grey level), while every CPU image is
+    batch-size independent, so CPU runs stay free to change the batch size."""
+    from synth.threads import identity_threads
+
+    return {"batch_size": batch_size} if is_cuda(device) else {"cpu_threads": identity_threads()}
 
 
 def batch_len(req: BulkRequest) -> int:
@@ -259,16 +268,30 @@ def deterministic_kernels(device: str | torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-OUR_NAMES = ("manifest.json", "metadata.jsonl", ".synth")
+OUR_NAMES = ("manifest.json", "metadata.jsonl", "README.md", ".synth")
 SHARD_DIR_RE = re.compile(r"^shard-\d{5}$")
 SHARD_TAR_RE = re.compile(r"^shard-\d{5}\.tar$")
 PNG_RE = re.compile(r"^\d{8}\.png$")
 OUR_FILE_RE = re.compile(r"^(\d{8}\.png|\..+\.tmp)$")  # a shard folder's images and write temps
-ROOT_TMP_RE = re.compile(r"^\.(manifest\.json|metadata\.jsonl|shard-\d{5}\.tar)\..+\.tmp$")  # left by a kill
+ROOT_TMP_RE = re.compile(r"^\.(manifest\.json|metadata\.jsonl|README\.md|shard-\d{5}\.tar)\..+\.tmp$")  # left by a kill
+
+
+MACHINE_KEYS = {"batch_size", "cpu_threads"}
 
 
 def _ran_on(ident: dict) -> str:
-    return f"on CUDA with --batch-size {ident['batch_size']}" if "batch_size" in ident else "on CPU (no batch size recorded)"
+    if "batch_size" in ident:
+        return f"on CUDA with --batch-size {ident['batch_size']}"
+    if "cpu_threads" in ident:
+        return f"on CPU with {ident['cpu_threads']} thread(s)"
+    return "on CPU"
+
+
+def _same_machine_fix(old: dict) -> str:
+    """How to resume a set on the machine settings it was made with."""
+    if "batch_size" in old:
+        return f"resume or extend it on a GPU with the same --batch-size {old['batch_size']}"
+    return f"resume or extend it on CPU with 'synth --threads {old['cpu_threads']} ...' (the same command otherwise)"
 
 
 def _ours(p: Path) -> bool | None:
@@ -321,11 +344,13 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
             old = json.loads(req_file.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             old = {"damaged": True}  # treated as other settings: refused unless --overwrite
+        if "cpu_threads" in identity and "batch_size" not in old and "cpu_threads" not in old:
+            old = {**old, "cpu_threads": identity["cpu_threads"]}  # a CPU set from before threads were recorded
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-        if diff == ["batch_size"] and not overwrite:
+        if diff and set(diff) <= MACHINE_KEYS and not overwrite:
             raise BulkError(f"output folder '{out}' was sampled {_ran_on(old)} and this run is {_ran_on(identity)}; "
-                            f"on a GPU the batch size changes pixels (up to 1 grey level), so resume or extend it "
-                            f"on the same kind of device with the same --batch-size, or use another --out or --overwrite")
+                            f"the device, a GPU's batch size and the CPU thread count change pixels (by up to 1 grey "
+                            f"level), so {_same_machine_fix(old)}, or use another --out or --overwrite")
         if diff and not overwrite:
             raise BulkError(f"output folder '{out}' holds images from another model or settings (differs in: "
                             f"{', '.join(diff)}); use another --out or pass --overwrite to replace them")
@@ -572,10 +597,12 @@ def metadata_row(index: int, cond: Condition, seed: int, req: BulkRequest, schem
 PNG_COMPRESS_LEVEL = 6  # level 1 is not faster for small images and bigger (benchmarks/results/writer_throughput.md)
 
 
-def png_bytes(img: np.ndarray) -> bytes:
-    """uint8 (H, W) -> PNG bytes (lossless, no metadata: identical bytes for identical pixels)."""
+def png_bytes(img: np.ndarray, prov: dict | None = None) -> bytes:
+    """uint8 (H, W) or (H, W, 3) -> PNG bytes, lossless; with ``prov`` its provenance as text chunks
+    (:mod:`synth.provenance`). No time stamps: identical pixels and settings give identical bytes."""
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    extra = {"pnginfo": pnginfo(prov)} if prov is not None else {}
+    Image.fromarray(img).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL, **extra)
     return buf.getvalue()
 
 
@@ -620,13 +647,15 @@ def put_file(path: str | Path, data: bytes, maybe_on_disk: bool = False) -> None
         raise
 
 
-def tar_bytes(rows: list[dict], pngs: dict[int, bytes]) -> bytes:
-    """A webdataset shard in memory: ``<index>.png/.json/.cls`` per row, fixed mtime (same bytes every run)."""
+def tar_bytes(rows: list[dict], pngs: dict[int, bytes], provenance: dict | None = None) -> bytes:
+    """A webdataset shard in memory: ``<index>.png/.json/.cls`` per row, fixed mtime (same bytes every run).
+    With ``provenance`` each JSON also says the image is synthetic and how it was made."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for row in rows:
             key = f"{row['index']:08d}"
-            meta = json.dumps(row, sort_keys=True).encode()
+            meta = json.dumps({**row, "provenance": image_provenance(provenance, row)} if provenance else row,
+                              sort_keys=True).encode()
             cls = str(row["label_id"] if row["label_id"] is not None else -1).encode()
             for ext, payload in (("png", pngs[row["index"]]), ("json", meta), ("cls", cls)):
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -663,8 +692,9 @@ class ShardWriter:
     """
 
     def __init__(self, out: Path, req: BulkRequest, n: int, workers: int | None = None,
-                 max_pending: int | None = None, job_size: int = 16):
+                 max_pending: int | None = None, job_size: int = 16, provenance: dict | None = None):
         self.out, self.req, self.n, self.job_size = out, req, n, job_size
+        self.provenance = provenance  # the set's shared fields; each PNG adds its row's (synth.provenance)
         self.workers = workers or writer_threads()
         self.max_pending = max_pending or max(1024, 2 * req.batch_size)
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="synth-writer")
@@ -733,8 +763,8 @@ class ShardWriter:
             self._finish_or_keep_error(index // self.req.shard_size, done)
             self._check()
 
-    def _encode(self, s: int, index: int, img: np.ndarray, maybe_on_disk: bool) -> tuple[dict, bytes]:
-        data = png_bytes(img)
+    def _encode(self, s: int, index: int, img: np.ndarray, row: dict, maybe_on_disk: bool) -> tuple[dict, bytes]:
+        data = png_bytes(img, None if self.provenance is None else image_provenance(self.provenance, row))
         if self.req.format == "imagefolder":
             rel = f"{shard_name(s)}/{png_name(index)}"
             put_file(os.path.join(self.out, rel), data, maybe_on_disk)  # str, not Path: per-image cost
@@ -746,7 +776,7 @@ class ShardWriter:
         try:
             if self.req.format == "imagefolder":
                 (self.out / shard_name(s)).mkdir(exist_ok=True)
-            results = [(it[0], *self._encode(s, it[0], it[1], it[3])) for it in items]
+            results = [(it[0], *self._encode(s, it[0], it[1], it[2], it[3])) for it in items]
         except BaseException as e:  # surfaced to the main thread
             self.error = self.error or e
             self._release(len(items))
@@ -781,7 +811,7 @@ class ShardWriter:
         rows = [st.rows[i] for i in sorted(st.rows)]
         if self.req.format == "webdataset":
             tar = self.out / f"{shard_name(s)}.tar"
-            data = tar_bytes(rows, st.pngs)
+            data = tar_bytes(rows, st.pngs, self.provenance)
             for leftover in self.out.glob(f".{tar.name}.*.tmp"):  # from a run killed mid-write
                 leftover.unlink(missing_ok=True)
             durable_write(tar, data)  # fsyncs the tar and the output root
@@ -868,6 +898,7 @@ def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema,
         "settings": settings, "label_schema": schema.to_json(), "versions": _versions(), "shard_size": req.shard_size,
     }
     atomic_write_json(out / "manifest.json", manifest)
+    write_card(out, dataset_card(manifest))
     return manifest
 
 
@@ -1089,7 +1120,7 @@ def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSc
             raise BulkError(f"'{req.model}' changed since this run started (its weights hash differs); "
                             f"run the same command again")
 
-    writer = ShardWriter(out, req, req.n)
+    writer = ShardWriter(out, req, req.n, provenance=base_provenance(identity))
     from tqdm.auto import tqdm
 
     bar = tqdm(total=plan.n_sampled, disable=not (main and progress), unit="img", dynamic_ncols=True,

@@ -117,15 +117,13 @@ class TranslateRequest(BulkRequest):
 
     def identity(self, meta: dict, schema: LabelSchema, device="cpu") -> dict:
         """Everything that decides the pixels: the model, the input's hash, the domains, tau and the solver."""
-        from samplers.bulk import is_cuda
+        from samplers.bulk import device_identity
 
         ident = {"task": "translate", "model_id": meta.get("model_id"), "weights_sha256": meta.get("weights_sha256"),
                  "input_sha256": self.input_hash, "source": self.source, "target": self.target, "tau": self.tau,
                  "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
                  "format": self.format, "shard_size": self.shard_size, "dtype": self.dtype}
-        if is_cuda(device):
-            ident["batch_size"] = self.batch_size
-        return ident
+        return {**ident, **device_identity(device, self.batch_size)}
 
 
 class TranslateJob:

@@ -1058,6 +1058,10 @@ def _confidences(model, data: SyntheticSet, targets: torch.Tensor, n_classes: in
         if logits.ndim != 2 or logits.shape[1] != n_classes:
             raise AugmentError(f"the classifier returned logits of shape {tuple(logits.shape)}, expected (B, {n_classes}) "
                                f"for its {n_classes} classes; pass classes= the classifier's class names in output order")
+        if not torch.isfinite(logits).all():
+            bad = int((~torch.isfinite(logits).all(dim=1)).nonzero()[0]) + lo
+            raise AugmentError(f"the classifier returned NaN or infinite logits (first for '{data.rows[bad]['file_name']}'); "
+                               f"nothing was written: check its weights and its input range (float [-1, 1])")
         p = torch.softmax(logits.float(), dim=1)
         out += p[torch.arange(len(idx)), targets[lo:lo + len(idx)].to(p.device)].tolist()
     return out

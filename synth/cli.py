@@ -5,9 +5,13 @@ import errno
 import sys
 from pathlib import Path
 
-import click
+from synth.threads import set_wait_policy
 
-from synth.config import ConfigError, load_config, read_yaml
+set_wait_policy()  # before anything imports torch: libgomp reads its wait policy once, when it loads
+
+import click  # noqa: E402
+
+from synth.config import ConfigError, load_config, read_yaml  # noqa: E402
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -22,13 +26,30 @@ def _user_errors():
     from trainers.common import TrainingError
     from trainers.evaluate import EvalError
     from synth.io import FolderBusyError, ForeignFolderError
+    from synth.seeds import SeedError
+    from synth.threads import ThreadsError
+    from synth.provenance import InspectError
 
-    return (FolderBusyError, ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
+    return (InspectError, ThreadsError, SeedError, FolderBusyError, ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
             EvalError)
 
 
 # Faults of the machine, not of synth or the input: a full disk or quota, a read-only or vanished mount, no permission.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+# Faults of a path the user typed: each gets its own fix.
+PATH_ERRNOS = {errno.ENAMETOOLONG: "a name in it is too long (most file systems allow 255 bytes per folder or file "
+                                   "name); choose a shorter path",
+               errno.ENOTDIR: "a part of it is a file, not a folder; choose another path",
+               errno.EISDIR: "it is a folder where a file is expected; choose a file path",
+               errno.ELOOP: "it loops through symbolic links; resolve the links or choose another path"}
+
+
+def path_error_line(e: OSError) -> str:
+    """One line for an OSError caused by the path itself (too long, not a folder, a link loop)."""
+    where = f" '{e.filename}'" if e.filename else ""
+    return f"cannot use the path{where}: {PATH_ERRNOS[e.errno]}"
 
 
 def _run(fn, *args, **kwargs):
@@ -47,6 +68,9 @@ def _run(fn, *args, **kwargs):
         click.echo(f"error: {oom_message('--batch-size (or --chunk-size)')}", err=True)
         sys.exit(2)
     except OSError as e:
+        if e.errno in PATH_ERRNOS:
+            click.echo(f"error: {path_error_line(e)}", err=True)
+            sys.exit(2)
         if e.errno not in ENVIRONMENT_ERRNOS:
             raise
         where = f" '{e.filename}'" if e.filename else ""
@@ -61,11 +85,21 @@ def _config(config: str | None, overrides: tuple[str, ...]):
 
 @click.group()
 @click.version_option(package_name="synth")
-def main():
+@click.option("--threads", default=None, metavar="N",
+              help="CPU threads per process (default: OMP_NUM_THREADS if set, else the cores available divided by "
+                   "the processes on this machine). A CPU sample set records it; env SYNTH_THREADS.")
+def main(threads):
     """synth: labelled synthetic medical images."""
+    import os
+
+    from synth import threads as cpu
     from synth.quiet import install
 
     install()
+    choice = _run(cpu.choose_threads, threads)
+    cpu.apply(choice)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(choice.line(), err=True)
 
 
 @main.group()
@@ -94,7 +128,7 @@ def _default_run(stage: str, config: str | None) -> str:
 @train.command("autoencoder")
 @_with_opts
 def train_autoencoder_cmd(config, run_dir, overrides):
-    """Train or fine-tune the 1-channel autoencoder; reports validation PSNR/SSIM."""
+    """Train or fine-tune the autoencoder (grey or colour, as the data); reports validation PSNR/SSIM."""
     from trainers.autoencoder import train_autoencoder
 
     cfg = _config(config, overrides)
@@ -404,6 +438,19 @@ def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out)
 
     res = _run(fidelity_cli, set_dir, data, resolution, fraction, features, list(overrides), out)
     click.echo(res)
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_cmd(path, as_json):
+    """Say whether a PNG, a webdataset shard or a folder is synthetic, and how it was made."""
+    import json
+
+    from synth.provenance import inspect_lines, inspect_path
+
+    report = _run(inspect_path, path)
+    click.echo(json.dumps(report, indent=2, ensure_ascii=False) if as_json else "\n".join(inspect_lines(report)))
 
 
 if __name__ == "__main__":

@@ -531,6 +531,7 @@ _RANGE_HINTS = {"train.text_lr": " (or null to freeze the text encoder)", "data.
 # numpy refuses negative seeds and torch those past 2**64; derived seeds add small offsets
 _SEEDS = ("data.seed", "train.seed", "sample.seed")
 _SEED_LIMIT = 2**63
+MAX_RESOLUTION = 4096  # 4x Stable Diffusion XL's side; beyond it one (N, C, R, R) batch no longer fits a GPU
 _UNIT_OPEN = ("train.cond_drop_prob", "train.ema_decay", "train.adam_beta1", "train.adam_beta2")  # [0, 1)
 
 
@@ -544,6 +545,9 @@ def _check_ranges(cfg: Config) -> None:
         v = _get(cfg, key)
         if v < 0:
             raise ConfigError(f"{key} must be >= 0, got {show(v)}")
+    if cfg.data.resolution > MAX_RESOLUTION:
+        raise ConfigError(f"data.resolution {cfg.data.resolution} is over {MAX_RESOLUTION} px (one image would take "
+                          f"{cfg.data.resolution ** 2 * 3 / 2**30:.1f} GiB as RGB); use a resolution <= {MAX_RESOLUTION}")
     for key in _SEEDS:
         v = _get(cfg, key)
         if not 0 <= v < _SEED_LIMIT:

@@ -34,9 +34,63 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+EXIF_ORIENTATION = 0x0112
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp", ".gif"}
+
+# Files are chosen by what they hold, not what they are called: PACS exports name DICOMs ``IM0001``,
+# and a ``.png`` may hold anything. (offset, magic bytes) -> format.
+MAGIC = [(0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"II*\x00", "tiff"),
+         (0, b"MM\x00*", "tiff"), (0, b"BM", "bmp"), (0, b"GIF87a", "gif"), (0, b"GIF89a", "gif"),
+         (128, b"DICM", "dicom")]
+
+
+BMP_DIB_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
+
+
+def sniff_format(path: Path) -> str | None:
+    """The image format ``path`` holds, read from its first bytes ('png', 'jpeg', 'tiff', 'bmp', 'gif',
+    'webp', 'dicom'), or None when it holds none of them. A ``.dcm`` without the 128-byte preamble
+    (old ACR-NEMA files) counts as DICOM by its name alone."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:2] == b"BM" and (len(head) < 18 or int.from_bytes(head[14:18], "little") not in BMP_DIB_SIZES):
+        return None  # two letters are weak evidence: a BMP also names its DIB header size (a text "BM..." does not)
+    for offset, magic, fmt in MAGIC:
+        if head[offset:offset + len(magic)] == magic:
+            return fmt
+    if path.suffix.lower() in (".dcm", ".dicom") and len(head) >= 8:
+        return "dicom"
+    return None
+
+
+def image_files(folder: Path) -> tuple[list[Path], Counter]:
+    """Every file under ``folder`` (recursively, sorted) that holds an image, and a count of the files
+    seen but not used, by reason ('not an image', 'hidden')."""
+    used, unused = [], Counter()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in f.relative_to(folder).parts):
+            unused["hidden"] += 1
+        elif sniff_format(f) is None:
+            unused["not an image" + (f" (named {f.suffix.lower()})" if f.suffix.lower() in IMAGE_EXTS else "")] += 1
+        else:
+            used.append(f)
+    return used, unused
+
+
+def unused_note(unused: Counter, where: str) -> list[str]:
+    """One note naming how many files under ``where`` were seen but not used, and why."""
+    if not unused:
+        return []
+    parts = ", ".join(f"{n} {why}" for why, n in sorted(unused.items()))
+    return [f"note: {sum(unused.values())} file(s) under '{where}' were not used: {parts}"]
 
 MEDMNIST_CLASSES = {
     "pneumoniamnist": ["normal", "pneumonia"],
@@ -191,13 +245,32 @@ def scale_intensity(arr: np.ndarray, window: tuple[float, float] | None = None) 
     if arr.dtype == np.uint8 and window is None:
         return arr
     a = arr.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.all():
+        # masked regions (NaN) and overflow (inf) stay out of the window and become black
+        if not finite.any():
+            raise DataError("every pixel is NaN or infinite; the image holds no values to show")
+        a = np.where(finite, a, np.nan)
     if window is not None:
         lo, hi = window
     else:
-        lo, hi = np.percentile(a, [0.5, 99.5])
+        lo, hi = np.nanpercentile(a, [0.5, 99.5]) if not finite.all() else np.percentile(a, [0.5, 99.5])
     if hi <= lo:
         hi = lo + 1.0
-    return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+    scaled = np.round((np.nan_to_num(a, nan=lo) - lo) / (hi - lo) * 255.0)
+    return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def nonfinite_count(arr: np.ndarray) -> int:
+    """How many pixels of a decoded array are NaN or infinite (0 for integer arrays)."""
+    return int(arr.size - np.count_nonzero(np.isfinite(arr))) if arr.dtype.kind == "f" else 0
+
+
+def nonfinite_note(n_pixels: int, n_images: int, where: str) -> list[str]:
+    if not n_pixels:
+        return []
+    return [f"note: {n_pixels} NaN or infinite pixel(s) in {n_images} image(s) of '{where}' were left out of the intensity "
+            f"window and shown black"]
 
 
 def pad_to_square(arr: np.ndarray) -> np.ndarray:
@@ -222,7 +295,11 @@ def resize(arr: np.ndarray, size: int) -> np.ndarray:
 
 def prepare(arr: np.ndarray, size: int, name: str = "image", window=None) -> np.ndarray:
     """Raw image array -> uint8 (size, size) grey or (size, size, 3) colour, padded to square then resized."""
-    return resize(pad_to_square(scale_intensity(channel_layout(arr, name), window)), size)
+    try:
+        scaled = scale_intensity(channel_layout(arr, name), window)
+    except DataError as e:
+        raise DataError(str(e) if str(e).startswith(name) else f"{name}: {e}") from None
+    return resize(pad_to_square(scaled), size)
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -253,10 +330,12 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
 
 def read_raw(path: Path) -> tuple[np.ndarray, tuple[float, float] | None]:
     """A file as decoded: (array (H, W) or (H, W, C), DICOM window or None). Raises on unreadable files."""
-    if path.suffix.lower() in (".dcm", ".dicom"):
+    if sniff_format(path) == "dicom":
         return read_dicom(path)
-    with Image.open(path) as im:
-        im.load()
+    with Image.open(path) as opened:
+        opened.load()
+        # a phone or scanner may store the pixels rotated with an EXIF note; a reader sees the displayed image
+        im = ImageOps.exif_transpose(opened) if opened.getexif().get(EXIF_ORIENTATION, 1) != 1 else opened
         if im.mode in ("I;16", "I;16B", "I;16L", "I", "F", "L", "RGB", "RGBA", "LA"):
             return np.asarray(im), None
         if im.mode in ("P", "PA"):  # a palette: its colours (and transparency) as RGB(A)
@@ -421,31 +500,73 @@ def load_npz(path: Path, split: str, size: int, classes: list[str] | None, chann
         raise DataError(f"'{path}' has '{key}' but no '{split}_labels'; a MedMNIST-format .npz needs both "
                         f"(it holds {sorted(z.files)})")
     raw = z[f"{split}_labels"]
+    if imgs.ndim == 0 or len(imgs) == 0:
+        raise DataError(f"'{path}': '{key}' holds no images (shape {tuple(imgs.shape)}); the {split} split is empty, "
+                        f"so fill it or pass another file")
     if raw.ndim == 0 or raw.shape[0] != len(imgs) or raw.size == 0 and len(imgs):
         raise DataError(f"'{path}': '{split}_labels' has shape {tuple(raw.shape)} but '{key}' holds {len(imgs)} images; "
                         f"give one label per image")
-    labels = raw.reshape(len(imgs), -1)[:, 0].astype(np.int64)
+    labels = decode_labels(raw.reshape(len(imgs), -1), f"'{path}': '{split}_labels'")
     if imgs.ndim not in (3, 4) or (imgs.ndim == 4 and imgs.shape[-1] not in (1, 3, 4)):
         two = " (2 channels: grey + alpha?)" if imgs.ndim == 4 and imgs.shape[-1] == 2 else ""
         raise DataError(f"'{path}': '{key}' has shape {tuple(imgs.shape)}{two}; expected (N, H, W) grey or "
                         f"(N, H, W, 3) RGB")
+    check_memory(len(imgs), size, 1, f"'{path}'")
     names_i = [f"{path}[{key}][{i}]" for i in range(len(imgs))]
+    bad = [nonfinite_count(a) for a in imgs] if imgs.dtype.kind == "f" else []
     out = stack_images([prepare(a, size, n) for a, n in zip(imgs, names_i)], names_i, channels, size)
     stem = path.stem.lower()
     names = classes or MEDMNIST_CLASSES.get(stem) or [f"class_{k}" for k in range(int(labels.max()) + 1)]
     alpha = len(imgs) if imgs.ndim == 4 and imgs.shape[-1] == 4 else 0
-    return ImageSet(out, torch.from_numpy(labels), list(names), source=str(path), notes=alpha_note(alpha, str(path)))
+    notes = alpha_note(alpha, str(path)) + nonfinite_note(sum(bad), sum(b > 0 for b in bad), str(path))
+    return ImageSet(out, torch.from_numpy(labels), list(names), source=str(path), notes=notes)
+
+
+def decode_labels(raw: np.ndarray, where: str) -> np.ndarray:
+    """Labels as stored, (N, K) -> int64 class ids (N,).
+
+    K = 1: the column, when every value is a whole number >= 0.  K > 1: one-hot rows (exactly one 1, the
+    rest 0) decode to the column of their 1; anything else (multi-label rows, scores) is refused, because
+    reading one column of it would invert or invent labels.
+    """
+    if raw.dtype.kind not in "biuf":
+        raise DataError(f"{where} holds {raw.dtype} values; labels must be whole numbers (class ids) or one-hot rows")
+    values = raw.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{where} holds NaN or infinite labels; give each image a class id")
+    if raw.shape[1] > 1:
+        one_hot = np.isin(values, (0.0, 1.0)).all() and (values.sum(axis=1) == 1).all()
+        if not one_hot:
+            row = int(np.flatnonzero(~(np.isin(values, (0.0, 1.0)).all(axis=1) & (values.sum(axis=1) == 1)))[0])
+            raise DataError(f"{where} has {raw.shape[1]} columns and row {row} ({values[row].tolist()}) is not one-hot; "
+                            f"synth needs one class per image: store class ids (N,) or one-hot rows")
+        return values.argmax(axis=1).astype(np.int64)
+    col = values[:, 0]
+    frac = np.flatnonzero(col != np.round(col))
+    if len(frac):
+        raise DataError(f"{where} holds non-integer labels (row {int(frac[0])}: {float(col[frac[0]]):g}); labels must be class "
+                        f"ids 0, 1, ...: threshold or round them yourself")
+    if (col > MAX_CLASS_INDEX).any():
+        row = int(np.flatnonzero(col > MAX_CLASS_INDEX)[0])
+        raise DataError(f"{where} holds label {int(col[row])} (row {row}), which would make that many classes; labels "
+                        f"must be class ids 0..{MAX_CLASS_INDEX} (is this an ID column?)")
+    if (col < 0).any():
+        row = int(np.flatnonzero(col < 0)[0])
+        raise DataError(f"{where} holds a negative label (row {row}: {int(col[row])}); labels must be class ids 0, 1, ...")
+    return col.astype(np.int64)
 
 
 def _read_files(files: list[Path], size: int, on_error: str, channels="auto") -> tuple[torch.Tensor, list[int], list[str]]:
     """Decode files; returns (uint8 (N, C, size, size), kept indices, notes). Fails on the first bad file
     unless skipping; a mix of grey and colour files is an error under ``channels: auto`` (see stack_images)."""
-    images, kept, alpha = [], [], 0
+    images, kept, alpha, bad_pixels, bad_images = [], [], 0, 0, 0
     for i, f in enumerate(files):
         try:
             arr, window = read_raw(f)
             images.append(prepare(arr, size, str(f), window))
             alpha += has_alpha(arr)
+            n_bad = nonfinite_count(arr)
+            bad_pixels, bad_images = bad_pixels + n_bad, bad_images + (n_bad > 0)
             kept.append(i)
         except Exception as e:
             if on_error == "skip":
@@ -453,11 +574,23 @@ def _read_files(files: list[Path], size: int, on_error: str, channels="auto") ->
             reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             raise DataError(f"cannot read image {str(f)!r} ({reason}); fix or remove it, or set data.on_error=skip") from None
     where = str(files[0].parent.parent) if files else ""
-    return stack_images(images, [str(files[i]) for i in kept], channels, size), kept, alpha_note(alpha, where)
+    notes = alpha_note(alpha, where) + nonfinite_note(bad_pixels, bad_images, where)
+    return stack_images(images, [str(files[i]) for i in kept], channels, size), kept, notes
 
 
 def _class_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _refuse_case_collisions(dirs: list[Path], base: Path) -> None:
+    """Class folders whose names differ only in case (``Normal/`` and ``normal/``) would share one label."""
+    seen: dict[str, Path] = {}
+    for d in dirs:
+        key = unicodedata.normalize("NFC", d.name).casefold()
+        if key in seen:
+            raise DataError(f"class folders '{seen[key].name}' and '{d.name}' under '{base}' differ only in case, so "
+                            f"synth cannot tell them apart; merge them into one folder or rename one")
+        seen[key] = d
 
 
 def load_image_folder(root: Path, split: str, size: int, on_error: str, classes: list[str] | None,
@@ -473,10 +606,13 @@ def load_image_folder(root: Path, split: str, size: int, on_error: str, classes:
         base = root
     cdirs = _class_dirs(base)
     if not cdirs:
-        files = sorted(p for p in base.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        files, unused = image_files(base)
         if not files:
-            raise DataError(f"no images found under '{base}'; expected <class>/<image> sub-folders")
+            seen = f" ({unused_note(unused, str(base))[0]})" if unused else ""
+            raise DataError(f"no images found under '{base}'{seen}; synth reads PNG, JPEG, TIFF, BMP, GIF, WebP and "
+                            f"DICOM in <class>/<image> sub-folders")
         raise DataError(f"images under '{base}' are not in class sub-folders; use <class>/<image> or a CSV/JSONL manifest")
+    _refuse_case_collisions(cdirs, base)
     names = [d.name for d in cdirs]
     if classes:
         lowered = [c.lower() for c in classes]
@@ -484,16 +620,48 @@ def load_image_folder(root: Path, split: str, size: int, on_error: str, classes:
         if bad:
             raise DataError(f"folder classes {bad} under '{base}' are not in labels.classes {classes}; add them or fix the folders")
     schema_names = list(classes) if classes else names
-    files, labels = [], []
+    files, labels, unused = [], [], Counter()
     for d in cdirs:
         idx = [c.lower() for c in schema_names].index(d.name.lower())
-        for f in sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS):
-            files.append(f)
-            labels.append(idx)
+        found, not_used = image_files(d)
+        files += found
+        labels += [idx] * len(found)
+        unused += not_used
+    if not files and unused:
+        raise DataError(f"no images found under '{base}' ({unused_note(unused, str(base))[0]}); synth reads PNG, JPEG, "
+                        f"TIFF, BMP, GIF, WebP and DICOM")
+    check_memory(len(files), size, 1, f"'{base}'")
     images, kept, notes = _read_files(files, size, on_error, channels)
     labels = [labels[i] for i in kept]
     return ImageSet(images, torch.tensor(labels, dtype=torch.long), schema_names, source=str(base),
-                    skipped=len(files) - len(kept), notes=notes)
+                    skipped=len(files) - len(kept), notes=notes + unused_note(unused, str(base)))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine has available now (Linux: MemAvailable), or None when unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(n_images: int, size: int, channels: int, where: str) -> None:
+    """Refuse before allocating when ``n_images`` prepared images at ``size`` px cannot fit in memory.
+
+    Counts the uint8 set (N, C, R, R) twice (the prepared arrays and their stacked copy); a lower bound, so
+    a set that fits is never refused, and one that cannot fit is refused before a single image is decoded.
+    """
+    need = n_images * channels * size * size * 2
+    free = available_memory()
+    if free is not None and need > free:
+        raise DataError(f"{where}: {n_images} images at {size} x {size} px need about {need / 2**30:.1f} GiB but this "
+                        f"machine has {free / 2**30:.1f} GiB available; lower data.resolution or set data.max_items")
 
 
 # ---------------------------------------------------------------------------
@@ -877,17 +1045,40 @@ def subset_record(s: ImageSet, data_cfg) -> dict:
     source = Path(str(data_cfg.name)).name.lower().removesuffix(".npz")  # "pneumoniamnist" == ".../pneumoniamnist.npz"
     h = hashlib.sha256(f"{source}|{n_source}|".encode())
     h.update(rows.to(torch.int64).numpy().tobytes())
+    counts = torch.bincount(s.labels, minlength=len(s.classes)).tolist() if len(s) else [0] * len(s.classes)
     return {"data": data_cfg.name, "fraction": data_cfg.fraction, "max_items": data_cfg.max_items, "seed": data_cfg.seed,
-            "n": len(s), "n_source": n_source, "indices_sha256": h.hexdigest()[:16]}
+            "n": len(s), "n_source": n_source, "indices_sha256": h.hexdigest()[:16],
+            "counts_per_class": dict(zip(s.classes, counts))}
 
 
 def _carve(s: ImageSet, split: str, fraction: float, seed: int) -> ImageSet:
     """Deterministic train/val carve of a source with no validation split."""
+    return _subset(s, carve_indices(s.labels, s.classes, split, fraction, seed, s.source))
+
+
+def carve_indices(labels: torch.Tensor, classes: list[str], split: str, fraction: float, seed: int,
+                  where: str = "") -> torch.Tensor:
+    """Sorted indices of the ``split`` side of a stratified train/val carve, fixed by ``seed``.
+
+    Each class gives ``round(fraction * count)`` images to validation (at least 1 when it has 2 or more),
+    and never its last one, so no class leaves training empty. Labels (N,) int64 -> indices (M,).
+    """
     g = torch.Generator().manual_seed(seed + 7919)
-    perm = torch.randperm(len(s), generator=g)
-    n_val = max(1, int(round(len(s) * fraction)))
-    idx = perm[:n_val] if split == "val" else perm[n_val:]
-    return _subset(s, idx.sort().values)
+    perm = torch.randperm(len(labels), generator=g)
+    val = []
+    for k in labels.unique().tolist():
+        members = perm[labels[perm] == k]
+        n_val = min(max(1, int(round(len(members) * fraction))), len(members) - 1)
+        val.append(members[:n_val])
+    val_idx = torch.cat(val) if val else torch.zeros(0, dtype=torch.long)
+    if split == "val" and len(val_idx) == 0:
+        counts = torch.bincount(labels, minlength=len(classes)).tolist()
+        raise DataError(f"'{where}' has no validation split and every class has a single image "
+                        f"({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))}), so none can be set aside for "
+                        f"validation; add images (2 or more per class) or a val/ folder")
+    mask = torch.zeros(len(labels), dtype=torch.bool)
+    mask[val_idx] = True
+    return torch.nonzero(mask if split == "val" else ~mask).flatten()
 
 
 def load_split(data_cfg, split: str = "train", classes: list[str] | None = None) -> ImageSet:

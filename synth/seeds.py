@@ -8,6 +8,7 @@ image's starting noise vs its ancestral noise) never share a stream.
 from __future__ import annotations
 
 import hashlib
+import operator
 
 import torch
 
@@ -28,9 +29,28 @@ def image_seed(base: int, index: int) -> int:
     return int.from_bytes(h, "little") & ((1 << 63) - 1)
 
 
+SEED_LIMIT = 1 << 63  # torch seeds are signed 64-bit: [0, 2**63) is the range every stream here can use
+
+
+class SeedError(ValueError):
+    """A seed outside [0, 2**63) or not an integer."""
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """``seed`` as an int in [0, 2**63), else a one-line :class:`SeedError` naming it."""
+    try:
+        value = operator.index(seed)  # ints and numpy integers; 1.5 and "7" are refused
+    except TypeError:
+        raise SeedError(f"{what} {seed!r} is not an integer; use a whole number in [0, 2**63)") from None
+    if isinstance(seed, bool) or not 0 <= value < SEED_LIMIT:
+        raise SeedError(f"{what} {seed!r} is outside [0, 2**63) (torch seeds are signed 64-bit); use a whole number "
+                        f"in that range")
+    return value
+
+
 def generator_for(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded with ``seed`` (CPU by default, so results match across devices)."""
-    return torch.Generator(device=device).manual_seed(int(seed))
+    return torch.Generator(device=device).manual_seed(check_seed(seed))
 
 
 def step_generator(seed: int, step: int, rank: int = 0, stream: int | str = 0,

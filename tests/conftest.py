@@ -14,6 +14,16 @@ KERMANY = SHARED / "kermany-cxr-224"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One CPU thread for every process the suite starts and for this one: the bytes a test compares and the
+# tolerances it checks must not depend on the machine's core count or on OMP_NUM_THREADS (issue 19).
+# Tests of the thread choice itself set their own environment.
+os.environ["SYNTH_THREADS"] = "1"
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def need(path: Path) -> Path:

@@ -157,6 +157,9 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     from trainers.export import weights_record
 
     atomic_write_json(tmp / "metrics.json", {**metrics, **weights_record(tmp)})  # hashes: checked when loaded
+    from synth.cards import codec_card, write_card
+
+    write_card(tmp, codec_card({**metrics, **weights_record(tmp)}))
     atomic_replace_dir(tmp, out, marker="metrics.json")
     return out
 

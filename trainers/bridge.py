@@ -75,13 +75,17 @@ def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor) -> torc
 
 def domains_of(cfg: Config, classes: list[str]) -> list[str]:
     """The model's domains: ``labels.domains`` (which must match the data) or the data's classes."""
-    domains = list(cfg.labels.domains) or list(classes)
+    if cfg.labels.domains and cfg.labels.classes and list(cfg.labels.domains) != list(cfg.labels.classes):
+        raise ConfigError(f"labels.domains {list(cfg.labels.domains)} and labels.classes {list(cfg.labels.classes)} "
+                          f"both name a bridge's classes and differ; set one of them")
+    domains = list(cfg.labels.domains) or list(cfg.labels.classes) or list(classes)
     if len(domains) < 2:
         raise ConfigError(f"a bridge needs at least 2 domains, the data has {domains}; give images of each "
                           f"domain (a folder per domain, or a manifest whose label is the domain)")
-    if cfg.labels.domains and list(cfg.labels.domains) != list(classes):
-        raise ConfigError(f"labels.domains {list(cfg.labels.domains)} do not match the data's domains {list(classes)}; "
-                          f"fix labels.domains or leave it empty")
+    named = list(cfg.labels.domains) or list(cfg.labels.classes)
+    key = "labels.domains" if cfg.labels.domains else "labels.classes"
+    if named and named != list(classes):
+        raise ConfigError(f"{key} {named} do not match the data's domains {list(classes)}; fix {key} or leave it empty")
     return domains
 
 
@@ -114,8 +118,10 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     # --- data: the classes are the domains --------------------------------------------
     t0 = time.perf_counter()
-    train = load_split(cfg.data, "train", list(cfg.labels.domains) or None)
-    val = load_split(cfg.data, "val", list(cfg.labels.domains) or None)
+    # labels.classes names a bridge's classes as it does an LDM's (labels.domains is its older spelling)
+    names = list(cfg.labels.domains) or list(cfg.labels.classes) or None
+    train = load_split(cfg.data, "train", names)
+    val = load_split(cfg.data, "val", names)
     domains = domains_of(cfg, train.classes)
     counts = torch.bincount(train.labels, minlength=len(domains)).tolist()
     for note in check_splits_agree(train, val):

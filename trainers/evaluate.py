@@ -651,10 +651,22 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     images, labels, _ = synthetic_tensors(Path(set_dir), classes)
     rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=Path(out or set_dir))
     lf = rep.get("label_fidelity", {}).get("per_class", {})
-    return (f"FID {rep['fid']['fid']:.2f}, KID {rep['fid']['kid_mean']:.4f}; label fidelity "
-            + ", ".join(f"{k} {v:.3f}" for k, v in lf.items())
-            + f"; privacy score {rep['privacy']['score']:.3f} (real baseline {rep['privacy']['real_rate']:.3f}); "
-            f"report in {Path(out or set_dir) / 'fidelity.md'}")
+    summary = (f"FID {rep['fid']['fid']:.2f}, KID {rep['fid']['kid_mean']:.4f}; label fidelity "
+               + ", ".join(f"{k} {v:.3f}" for k, v in lf.items())
+               + f"; privacy score {rep['privacy']['score']:.3f} (real baseline {rep['privacy']['real_rate']:.3f})")
+    from synth.cards import append_measurement
+
+    # the set's card keeps what was measured of it (a resumed or extended set keeps this section)
+    title = f"synth eval fidelity against {data} (fraction {fraction}, {len(images)} images)"
+    append_measurement(set_dir, title, [f"- {summary}", f"- full report: `{Path(out or set_dir) / 'fidelity.md'}`"])
+    model_dir = (s.manifest.get("model") or {}).get("path")
+    if model_dir and Path(model_dir).is_dir():  # the generator's card too: what was measured of its images
+        s_settings = s.manifest.get("settings") or {}
+        with contextlib.suppress(OSError):
+            append_measurement(model_dir, title, [f"- set `{set_dir}` (guidance {s_settings.get('guidance')}, "
+                                                  f"sampler {s_settings.get('sampler')}, {s_settings.get('steps')} "
+                                                  f"steps): {summary}"])
+    return f"{summary}; report in {Path(out or set_dir) / 'fidelity.md'}"
 
 
 __all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from samplers.generator import ARTIFACT_FILE
+from synth.cards import model_card, write_card
 from synth.config import config_to_dict, save_config
 from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs
 from synth.models import digest_weights
@@ -70,6 +71,7 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
     }
     meta["model_id"] = f"synth-ldm-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
+    write_card(tmp, model_card(meta))
     atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
     return out
 
@@ -106,5 +108,6 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
     }
     meta["model_id"] = f"synth-bridge-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
+    write_card(tmp, model_card(meta))
     atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
     return out

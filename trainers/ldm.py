@@ -53,7 +53,7 @@ def schema_from(cfg: Config, data: ImageSet) -> LabelSchema:
                        prompts=cfg.labels.prompts)
 
 
-def check_labels(data: ImageSet, schema: LabelSchema, split: str) -> None:
+def check_labels(data: ImageSet, schema: LabelSchema, split: str, named: bool = True) -> None:
     """Labels in range; on the training split every class of the schema must have images (a class the model
     never saw would still be sampled and labelled as if it had)."""
     if len(data) and (int(data.labels.min()) < 0 or int(data.labels.max()) >= schema.num_classes):
@@ -62,9 +62,12 @@ def check_labels(data: ImageSet, schema: LabelSchema, split: str) -> None:
     if split == "train" and len(data):
         counts = torch.bincount(data.labels, minlength=schema.num_classes).tolist()
         unseen = [c for c, n in zip(schema.classes, counts) if n == 0]
-        if unseen:
+        if unseen and named:
             raise ConfigError(f"class '{unseen[0]}' of labels.classes has no training image ({len(unseen)} such); "
                               f"remove it from labels.classes or add its images")
+        if unseen:  # the classes came from the data itself: labels.classes is not the user's to fix
+            raise ConfigError(f"class '{unseen[0]}' of '{data.source}' has no training image ({len(unseen)} such); "
+                              f"add images of it to the training data")
 
 
 def prompts_of(data: ImageSet, schema: LabelSchema) -> list[str]:
@@ -409,7 +412,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     train = load_split(cfg.data, "train", cfg.labels.classes or None)
     val = load_split(cfg.data, "val", cfg.labels.classes or None)
     schema = schema_from(cfg, train)
-    check_labels(train, schema, "train")
+    check_labels(train, schema, "train", named=bool(cfg.labels.classes))
     check_labels(val, schema, "validation")
     prompts = prompts_of(train, schema)
     for note in check_splits_agree(train, val):

@@ -127,3 +127,19 @@ def test_a_class_label_selects_its_domain_in_bulk_sampling(bridge_export, tmp_pa
     from PIL import Image
     got = np.asarray(Image.open(tmp_path / "set" / rows[0]["file_name"]))
     assert rows[0]["label"] == "inverted" and np.array_equal(got, want)
+
+
+def test_labels_classes_names_a_bridge_like_an_ldm(tmp_path):
+    """Issue 19: ``labels.classes`` was silently ignored by the bridge (npz classes came out class_0..2)."""
+    import json
+
+    from trainers.bridge import train_bridge
+
+    data = three_domains(tmp_path / "d.npz", n=48)
+    cfg = tiny_cfg(f"data.name={data}", "labels.classes=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]",
+                   "train.steps=2")
+    export = train_bridge(cfg, tmp_path / "run", **quiet)
+    assert json.loads((export / "synth.json").read_text())["domains"] == ["clean", "dim", "inverted"]
+    with pytest.raises(ConfigError, match="labels.domains .* and labels.classes .* differ"):
+        train_bridge(tiny_cfg(f"data.name={data}", "labels.classes=[a,b,c]", "labels.domains=[clean,dim,inverted]"),
+                     tmp_path / "run2", **quiet)
