@@ -429,7 +429,7 @@ def eval_augment(config, out, overrides, report, device):
                    "default: what the set's manifest records, else 1.0.")
 @click.option("--features", type=click.Path(dir_okay=False), default=None,
               help="Feature extractor / judge file (trained on the full real training split once, then reused). "
-                   "Default: <set>/../features-<data>-<resolution>[-rgb].safetensors")
+                   "Default: <out>/features-<data>-<resolution>[-rgb].safetensors with --out, else beside the set folder")
 @click.option("--set-config", "overrides", multiple=True, metavar="KEY=VALUE", help="Data config override, e.g. data.cache_dir=DIR.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder (default: the set folder).")
 def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out):

@@ -638,7 +638,9 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
                         f"ones; evaluate against the data its generator was trained on, or pass "
                         f"--set data.channels={syn_c} to read the real images as {channel_word(syn_c)}")
     colour = "-rgb" if syn_c == 3 else ""  # a grey feature net cached beside the set is not reused for colour
-    default = Path(set_dir).resolve().parent / f"features-{Path(data).name}-{res}{colour}.safetensors"
+    # beside the set (shared by the sets of one folder), or inside --out: nothing is written outside --out
+    home = Path(out).resolve() if out else Path(set_dir).resolve().parent
+    default = home / f"features-{Path(data).name}-{res}{colour}.safetensors"
     features = Path(features) if features else default
     try:
         net, classes, _ = feature_net(features, cfg.data)
