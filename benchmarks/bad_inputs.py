@@ -1089,7 +1089,8 @@ def sample_cases() -> list[Case]:
         Case("sample-model-unfinished-run", "cli", "--model names a run folder whose training has not finished (no export)",
              lambda c, d: shutil.rmtree(_copy_run(c, d) / "export"),
              lambda c, d, s: c.sample_args(d / "out", 4, model=d / "run"), "error", r"without an export", check=refused),
-        Case("sample-seed-negative", "cli", "--seed -1", nothing, S(4, "--seed", "-1"), "ok", check=expect_set(4)),
+        Case("sample-seed-negative", "cli", "--seed -1 (seeds are [0, 2**63) everywhere, as in the config)", nothing,
+             S(4, "--seed", "-1"), "error", r"--seed -1 is outside \[0, 2\*\*63\)", check=nothing_written("out")),
         Case("sample-out-is-file", "cli", "--out names an existing file", lambda c, d: write(d / "out", "my notes"),
              S(4), "error", r"(?i)file"),
         Case("sample-out-user-folder", "cli", "--out is a non-empty folder of the user's",
@@ -1110,7 +1111,7 @@ def sample_cases() -> list[Case]:
              r"--shrink"),
         Case("sample-shrink", "cli", "--n 3 --shrink into a 6-image set", lambda c, d: copy_set(c, d, "out"), S(3, "--shrink"),
              "ok", r"--shrink: deleted 3 images", check=_same_images_as_set6(3),
-             replaced=("out/shard-00000/0000000[3-9].png", "out/shard-00001/*", "out/.synth/*", "out/metadata.jsonl",
+             replaced=("out/shard-00000/0000000[3-9].png", "out/shard-00001/*", "out/.synth/*", "out/metadata.jsonl", "out/README.md",
                        "out/manifest.json")),
         Case("sample-torn-done-record", "cli", "a shard's done record cut short (power loss), same command again",
              _torn_record, S(6), "ok", check=_check_torn, replaced=("out/.synth/*",)),
@@ -1411,7 +1412,8 @@ FAST = ("cfg-missing", "cfg-python-tag", "cfg-unknown-key", "set-without-equals"
         "train-user-export-folder", "train-truncated-checkpoint", "sample-labels-unknown", "sample-pickle-refused",
         "sample-modified-weights", "sample-out-user-folder", "sample-overwrite-user-file", "sample-shrink",
         "sample-torn-done-record", "sample-concurrent", "tr-unknown-domain", "aug-dotdot", "aug-mix-fraction-1.5",
-        "eval-augment-fraction-0", "eval-fidelity-missing-set")
+        "eval-augment-fraction-0", "eval-fidelity-missing-set", "b-dicom-no-suffix", "b-class-case-collision",
+        "b-npz-one-hot", "b-prompts-bom", "b-resume-other-threads", "b-exif-rotated-jpeg")
 
 
 # ---------------------------------------------------------------------------

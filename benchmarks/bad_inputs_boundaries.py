@@ -209,7 +209,7 @@ def boundary_cases() -> list[Case]:
         # --- odd encodings and formats -----------------------------------------------------------------
         Case("b-heic-only", "api", "a class folder of .heic photos (a format synth does not read)",
              lambda c, d: write(d / "data" / "a" / "x.heic", b"\0\0\0\x18ftypheic" + b"\0" * 64),
-             load_split_of(lambda d: d / "data", split="test"), "error", r"1 not an image .*synth reads PNG"),
+             load_split_of(lambda d: d / "data", split="test"), "error", r"1 not an image.*synth reads PNG"),
         Case("b-png-named-jpg", "api", "PNG files named .jpg", lambda c, d: _folder_of(d, "PNG", ".jpg"),
              load_split_of(lambda d: d / "data", split="test"), "ok", check=_count(6)),
         Case("b-jpeg-named-png", "api", "JPEG files named .png", lambda c, d: _folder_of(d, "JPEG", ".png"),
@@ -221,8 +221,10 @@ def boundary_cases() -> list[Case]:
              check=lambda c, d, s, o: [] if o.value.max() == 900 else [f"max {o.value.max()}, expected 900"]),
         Case("b-text-named-bmp", "api", "a text file starting 'BM' named .bmp beside real images",
              lambda c, d: (image_folder(d / "data", 2), write(d / "data" / "normal" / "notes.bmp", "BMI table\n" * 5)),
-             load_split_of(lambda d: d / "data", split="test"), "ok",
-             check=_count(4, note="1 not an image (named .bmp)")),
+             load_split_of(lambda d: d / "data", split="test"), "error", r"cannot read image .*notes\.bmp"),
+        Case("b-text-no-suffix", "api", "a text file starting 'BM' with no suffix beside real images",
+             lambda c, d: (image_folder(d / "data", 2), write(d / "data" / "normal" / "README", "BMI table\n" * 5)),
+             load_split_of(lambda d: d / "data", split="test"), "ok", check=_count(4, note="1 not an image")),
         Case("b-exif-upside-down", "api", "a JPEG with EXIF orientation 3 (upside down)",
              lambda c, d: _exif_jpeg(d / "u.jpg", 3), _read_raw_of("u.jpg"), "ok", check=_band_at_right),
         Case("b-float-tiff-inf", "api", "float TIFFs with +inf pixels (overflow)",
@@ -258,10 +260,8 @@ def boundary_cases() -> list[Case]:
         # --- OS limits ------------------------------------------------------------------------------------------
         Case("b-out-under-a-file", "cli", "--out below an existing file (a/file.txt/out)",
              lambda c, d: write(d / "file.txt", "x"), lambda c, d, s: c.sample_args(d / "file.txt" / "out", 2), "error",
-             r"is a file|not a folder"),
+             r"is a file|not a folder|Not a directory"),
         # --- numbers at the edge of their types ------------------------------------------------------------
-        Case("b-seed-negative", "cli", "synth sample --seed -1", nothing,
-             lambda c, d, s: c.sample_args(d / "out", 2, "--seed", "-1"), "error", r"seed -1|\[0, 2\*\*63\)"),
         Case("b-seed-2-63", "api", "sample(..., seeds=[2**63]) (one past the signed 64-bit range)", nothing,
              _sample_seed(2 ** 63), "error", r"seed 9223372036854775808 is outside"),
         Case("b-threads-zero", "cli", "synth --threads 0 sample ...", nothing,

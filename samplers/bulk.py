@@ -59,12 +59,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from synth.cards import dataset_card, write_card
+from synth.cards import CARD, dataset_card, is_synth_card, write_card
 from synth.distributed import barrier, dist_info, main_first
 from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
 from synth.labels import Condition, LabelError, LabelSchema
 from synth.provenance import base_provenance, image_provenance, pnginfo
-from synth.seeds import image_seed
+from synth.seeds import check_seed, image_seed
+from synth.threads import adopt_threads
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 FORMATS = ("imagefolder", "webdataset")
@@ -245,6 +246,7 @@ def check_request(req: BulkRequest) -> None:
         raise BulkError(f"unknown sampler '{req.sampler}'; choose one of {', '.join(SAMPLERS)}")
     if req.batch_size <= 0 or req.shard_size <= 0 or req.steps <= 0:
         raise BulkError("--batch-size, --shard-size and --steps must be positive")
+    check_seed(req.seed, "--seed")
     if not math.isfinite(req.guidance) or req.guidance < 0:
         raise BulkError(f"--guidance must be a finite number >= 0 (1 = no guidance), got {req.guidance}")
 
@@ -291,12 +293,16 @@ def _same_machine_fix(old: dict) -> str:
     """How to resume a set on the machine settings it was made with."""
     if "batch_size" in old:
         return f"resume or extend it on a GPU with the same --batch-size {old['batch_size']}"
+    if "cpu_threads" not in old:
+        return "resume or extend it on CPU"
     return f"resume or extend it on CPU with 'synth --threads {old['cpu_threads']} ...' (the same command otherwise)"
 
 
 def _ours(p: Path) -> bool | None:
     """Whether an entry of an output folder is synth's: True, False, or None for a shard folder (ours
-    only if every file in it is)."""
+    only if every file in it is). A README.md is ours only when it is synth's card."""
+    if p.name == CARD:
+        return is_synth_card(p)
     if p.name in OUR_NAMES or ROOT_TMP_RE.match(p.name) or (SHARD_TAR_RE.match(p.name) and p.is_file()):
         return True
     if SHARD_DIR_RE.match(p.name) and p.is_dir() and not p.is_symlink():
@@ -347,6 +353,9 @@ def prepare_out(out: Path, identity: dict, overwrite: bool, main: bool) -> None:
         if "cpu_threads" in identity and "batch_size" not in old and "cpu_threads" not in old:
             old = {**old, "cpu_threads": identity["cpu_threads"]}  # a CPU set from before threads were recorded
         diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        if diff == ["cpu_threads"] and adopt_threads(old["cpu_threads"]):
+            identity["cpu_threads"] = old["cpu_threads"]  # nobody chose a count: take the set's, so it resumes as made
+            diff = []
         if diff and set(diff) <= MACHINE_KEYS and not overwrite:
             raise BulkError(f"output folder '{out}' was sampled {_ran_on(old)} and this run is {_ran_on(identity)}; "
                             f"the device, a GPU's batch size and the CPU thread count change pixels (by up to 1 grey "

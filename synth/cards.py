@@ -129,20 +129,35 @@ def dataset_card(manifest: dict) -> str:
     return _front_matter(front) + "\n" + "\n".join(body) + "\n"
 
 
-def write_card(folder: str | Path, text: str) -> Path:
-    """Write ``folder/README.md`` atomically, keeping the measurements an earlier card held."""
+def is_synth_card(path: Path) -> bool:
+    """Whether ``path`` is a card synth wrote (it holds the measurements marker): a user's own README is not."""
+    try:
+        return MEASURED in path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+
+
+def write_card(folder: str | Path, text: str) -> Path | None:
+    """Write ``folder/README.md`` atomically, keeping the measurements an earlier card held; a README.md that
+    is not synth's card is left alone (returns None)."""
     path = Path(folder) / CARD
+    if path.exists() and not is_synth_card(path):
+        return None
     atomic_write_text(path, text + "\n" + _kept_measurements(path))
     return path
 
 
 def append_measurement(folder: str | Path, title: str, lines: list[str]) -> Path | None:
-    """Append a section (``## title`` + ``lines``) below the card's measurements marker; None without a card."""
+    """Put a section (``### title`` + ``lines``) below the card's measurements marker, replacing an earlier
+    section of the same title (a rerun updates, never duplicates); None without a synth card."""
     path = Path(folder) / CARD
-    if not path.is_file():
+    if not path.is_file() or not is_synth_card(path):
         return None
     text = path.read_text(encoding="utf-8")
-    if MEASURED not in text:
-        text = text.rstrip("\n") + "\n\n" + MEASURED + "\n"
-    atomic_write_text(path, text.rstrip("\n") + f"\n\n### {title}\n\n" + "\n".join(lines) + "\n")
+    head = f"\n\n### {title}\n\n"
+    i = text.find(head)
+    if i >= 0:
+        j = text.find("\n\n### ", i + len(head))
+        text = text[:i] + (text[j:] if j >= 0 else "\n")
+    atomic_write_text(path, text.rstrip("\n") + head + "\n".join(lines) + "\n")
     return path

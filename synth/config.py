@@ -69,6 +69,8 @@ class DataConfig:
     max_items: int | None = None  # deterministic subset of the training split
     fraction: float = 1.0  # stratified share of the training split (low-data studies); recorded in exports
     val_fraction: float = 0.1  # carved from train when the source has no val split
+    # how: stratified (each class in proportion, never its last image) or random (synth before issue 19)
+    carve: str = "stratified"
     val_max_items: int | None = 256
     phantom_items: int = 512
     seed: int = 0
@@ -600,6 +602,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.ceiling_gate must be in [0, 1] (a per-class accuracy; 0 = off), got {cfg.train.ceiling_gate}")
     if not 0 < cfg.data.fraction <= 1:
         raise ConfigError(f"data.fraction must be in (0, 1] (share of the training split to use), got {cfg.data.fraction}")
+    if cfg.data.carve not in ("stratified", "random"):
+        raise ConfigError(f"data.carve must be stratified or random, got {show(cfg.data.carve)}")
     if not 0 < cfg.data.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     if not cfg.data.name.strip():

@@ -43,8 +43,7 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"
 # Files are chosen by what they hold, not what they are called: PACS exports name DICOMs ``IM0001``,
 # and a ``.png`` may hold anything. (offset, magic bytes) -> format.
 MAGIC = [(0, b"\x89PNG\r\n\x1a\n", "png"), (0, b"\xff\xd8\xff", "jpeg"), (0, b"II*\x00", "tiff"),
-         (0, b"MM\x00*", "tiff"), (0, b"BM", "bmp"), (0, b"GIF87a", "gif"), (0, b"GIF89a", "gif"),
-         (128, b"DICM", "dicom")]
+         (0, b"MM\x00*", "tiff"), (0, b"II+\x00", "tiff"), (0, b"MM\x00+", "tiff"), (0, b"BM", "bmp"), (0, b"GIF87a", "gif"), (0, b"GIF89a", "gif")]
 
 
 BMP_DIB_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
@@ -59,6 +58,8 @@ def sniff_format(path: Path) -> str | None:
             head = f.read(132)
     except OSError:
         return None
+    if head[128:132] == b"DICM":
+        return "dicom"  # first: a DICOM's 128-byte preamble may itself be a TIFF header (dual-format files)
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "webp"
     if head[:2] == b"BM" and (len(head) < 18 or int.from_bytes(head[14:18], "little") not in BMP_DIB_SIZES):
@@ -72,16 +73,19 @@ def sniff_format(path: Path) -> str | None:
 
 
 def image_files(folder: Path) -> tuple[list[Path], Counter]:
-    """Every file under ``folder`` (recursively, sorted) that holds an image, and a count of the files
-    seen but not used, by reason ('not an image', 'hidden')."""
+    """Every file under ``folder`` (recursively, sorted) named as an image or holding one (by its first
+    bytes: suffix-less DICOMs), and a count of the files seen but not used, by reason ('not an image',
+    'hidden')."""
     used, unused = [], Counter()
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         if any(part.startswith(".") for part in f.relative_to(folder).parts):
             unused["hidden"] += 1
-        elif sniff_format(f) is None:
-            unused["not an image" + (f" (named {f.suffix.lower()})" if f.suffix.lower() in IMAGE_EXTS else "")] += 1
+        elif f.name.upper() == "DICOMDIR":
+            unused["DICOMDIR index"] += 1  # a PACS export's table of contents: DICOM, but no image
+        elif f.suffix.lower() in IMAGE_EXTS or sniff_format(f) is not None:
+            used.append(f)  # an image by name is read (a broken one is an error, or skipped with on_error=skip)
         else:
-            used.append(f)
+            unused["not an image"] += 1
     return used, unused
 
 
@@ -516,7 +520,8 @@ def load_npz(path: Path, split: str, size: int, classes: list[str] | None, chann
     bad = [nonfinite_count(a) for a in imgs] if imgs.dtype.kind == "f" else []
     out = stack_images([prepare(a, size, n) for a, n in zip(imgs, names_i)], names_i, channels, size)
     stem = path.stem.lower()
-    names = classes or MEDMNIST_CLASSES.get(stem) or [f"class_{k}" for k in range(int(labels.max()) + 1)]
+    n_named = max(int(labels.max()) + 1, raw.shape[1] if raw.ndim == 2 and raw.shape[1] > 1 else 0)  # one-hot: K columns
+    names = classes or MEDMNIST_CLASSES.get(stem) or [f"class_{k}" for k in range(n_named)]
     alpha = len(imgs) if imgs.ndim == 4 and imgs.shape[-1] == 4 else 0
     notes = alpha_note(alpha, str(path)) + nonfinite_note(sum(bad), sum(b > 0 for b in bad), str(path))
     return ImageSet(out, torch.from_numpy(labels), list(names), source=str(path), notes=notes)
@@ -589,7 +594,7 @@ def _refuse_case_collisions(dirs: list[Path], base: Path) -> None:
         key = unicodedata.normalize("NFC", d.name).casefold()
         if key in seen:
             raise DataError(f"class folders '{seen[key].name}' and '{d.name}' under '{base}' differ only in case, so "
-                            f"synth cannot tell them apart; merge them into one folder or rename one")
+                            f"synth cannot tell them apart (case or Unicode form); merge them into one folder or rename one")
         seen[key] = d
 
 
@@ -661,7 +666,7 @@ def check_memory(n_images: int, size: int, channels: int, where: str) -> None:
     free = available_memory()
     if free is not None and need > free:
         raise DataError(f"{where}: {n_images} images at {size} x {size} px need about {need / 2**30:.1f} GiB but this "
-                        f"machine has {free / 2**30:.1f} GiB available; lower data.resolution or set data.max_items")
+                        f"machine has {free / 2**30:.1f} GiB available; lower data.resolution or load fewer images")
 
 
 # ---------------------------------------------------------------------------
@@ -1048,30 +1053,72 @@ def subset_record(s: ImageSet, data_cfg) -> dict:
     counts = torch.bincount(s.labels, minlength=len(s.classes)).tolist() if len(s) else [0] * len(s.classes)
     return {"data": data_cfg.name, "fraction": data_cfg.fraction, "max_items": data_cfg.max_items, "seed": data_cfg.seed,
             "n": len(s), "n_source": n_source, "indices_sha256": h.hexdigest()[:16],
-            "counts_per_class": dict(zip(s.classes, counts))}
+            "counts_per_class": dict(zip(s.classes, counts)), "carve": getattr(data_cfg, "carve", "stratified")}
 
 
-def _carve(s: ImageSet, split: str, fraction: float, seed: int) -> ImageSet:
-    """Deterministic train/val carve of a source with no validation split."""
+def _carve(s: ImageSet, split: str, data_cfg) -> ImageSet:
+    """Deterministic train/val carve of a source with no validation split (``data.carve``)."""
+    fraction, seed = data_cfg.val_fraction, data_cfg.seed
+    if getattr(data_cfg, "carve", "stratified") == "random":
+        return _subset(s, random_carve_indices(len(s), split, fraction, seed))
     return _subset(s, carve_indices(s.labels, s.classes, split, fraction, seed, s.source))
+
+
+def random_carve_indices(n: int, split: str, fraction: float, seed: int) -> torch.Tensor:
+    """The carve of synth before issue 19 (not stratified: it may take a class's only image), kept so runs and
+    exports made with it resume and evaluate on the same split (``data.carve=random``)."""
+    g = torch.Generator().manual_seed(seed + 7919)
+    perm = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(n * fraction)))
+    return (perm[:n_val] if split == "val" else perm[n_val:]).sort().values
+
+
+def carve_applies(data_cfg) -> bool:
+    """Whether ``data.name`` has no validation split of its own, so ``data.carve`` decides the split."""
+    p = Path(str(data_cfg.name)).expanduser()
+    if p.is_dir():
+        return not any(d.name.lower() in ("val", "valid", "validation") for d in _class_dirs(p))
+    if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"):
+        try:
+            return _manifest_has_no_val(p)
+        except DataError:
+            return False
+    return False
+
+
+def val_quota(counts: dict[int, int], n_val: int) -> dict[int, int]:
+    """Validation images per class: ``n_val`` shared in proportion to ``counts`` (largest remainder; ties
+    to the bigger class, then the lower id), never a class's last image."""
+    total = sum(counts.values())
+    exact = {k: n_val * c / total for k, c in counts.items()}
+    quota = {k: min(int(exact[k]), max(0, counts[k] - 1)) for k in counts}
+    order = sorted(counts, key=lambda k: (-(exact[k] - int(exact[k])), -counts[k], k))
+    left = n_val - sum(quota.values())
+    while left > 0:
+        room = [k for k in order if quota[k] < counts[k] - 1]
+        if not room:
+            break  # every class is down to its last training image
+        for k in room[:left]:
+            quota[k] += 1
+        left -= len(room[:left])
+    return quota
 
 
 def carve_indices(labels: torch.Tensor, classes: list[str], split: str, fraction: float, seed: int,
                   where: str = "") -> torch.Tensor:
     """Sorted indices of the ``split`` side of a stratified train/val carve, fixed by ``seed``.
 
-    Each class gives ``round(fraction * count)`` images to validation (at least 1 when it has 2 or more),
-    and never its last one, so no class leaves training empty. Labels (N,) int64 -> indices (M,).
+    ``round(fraction * N)`` images (at least 1) go to validation, shared between the classes in proportion
+    (:func:`val_quota`), never a class's last one, so no class leaves training empty. Labels (N,) int64 ->
+    indices (M,).
     """
     g = torch.Generator().manual_seed(seed + 7919)
     perm = torch.randperm(len(labels), generator=g)
-    val = []
-    for k in labels.unique().tolist():
-        members = perm[labels[perm] == k]
-        n_val = min(max(1, int(round(len(members) * fraction))), len(members) - 1)
-        val.append(members[:n_val])
+    members = {k: perm[labels[perm] == k] for k in labels.unique().tolist()}
+    quota = val_quota({k: len(m) for k, m in members.items()}, max(1, int(round(len(labels) * fraction))))
+    val = [m[:quota[k]] for k, m in members.items() if quota[k]]
     val_idx = torch.cat(val) if val else torch.zeros(0, dtype=torch.long)
-    if split == "val" and len(val_idx) == 0:
+    if split == "val" and len(val_idx) == 0 and len(labels):
         counts = torch.bincount(labels, minlength=len(classes)).tolist()
         raise DataError(f"'{where}' has no validation split and every class has a single image "
                         f"({', '.join(f'{c}: {n}' for c, n in zip(classes, counts))}), so none can be set aside for "
@@ -1124,15 +1171,15 @@ def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
     if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"):
         s = load_manifest(p, split, size, on_error, classes, ch)
         if split == "val" and len(s) == 0:
-            return _carve(load_manifest(p, "train", size, on_error, classes, ch), "val", data_cfg.val_fraction, data_cfg.seed)
+            return _carve(load_manifest(p, "train", size, on_error, classes, ch), "val", data_cfg)
         if split == "train" and _manifest_has_no_val(p):
-            return _carve(s, "train", data_cfg.val_fraction, data_cfg.seed)
+            return _carve(s, "train", data_cfg)
         return s
     if p.is_dir():
         has_val = any(d.name.lower() in ("val", "valid", "validation") for d in _class_dirs(p))
         if split in ("train", "val") and not has_val:
             full = load_image_folder(p, "train", size, on_error, classes, ch)
-            return _carve(full, split, data_cfg.val_fraction, data_cfg.seed)
+            return _carve(full, split, data_cfg)
         return load_image_folder(p, split, size, on_error, classes, ch)
     raise DataError(f"'{p}' is not a .npz, .csv, .jsonl or folder; pass one of those")
 

@@ -85,9 +85,10 @@ def read_png_provenance(path: str | Path) -> dict | None:
     if raw is None:
         return {"synthetic": True} if text.get(SYNTHETIC_KEY) == "true" else None
     try:
-        return json.loads(raw)
+        prov = json.loads(raw)
     except json.JSONDecodeError:
-        return {"synthetic": True, "damaged_provenance": raw[:200]}
+        prov = None
+    return prov if isinstance(prov, dict) else {"synthetic": True, "damaged_provenance": str(raw)[:200]}
 
 
 class InspectError(ValueError):
@@ -110,11 +111,25 @@ def _tar_provenance(path: Path) -> tuple[int, dict | None]:
                 n += 1
                 if first is None:
                     f = tar.extractfile(member)
-                    first = json.loads(f.read()).get("provenance") if f else None
+                    meta = json.loads(f.read()) if f else None
+                    first = meta.get("provenance") if isinstance(meta, dict) else None
     return n, first
 
 
 def inspect_path(path: str | Path) -> dict:
+    """See :func:`_inspect`; a damaged file (cut PNG, not a tar, broken JSON) is a one-line InspectError."""
+    import tarfile
+
+    try:
+        return _inspect(path)
+    except (OSError, tarfile.TarError, ValueError, AttributeError) as e:
+        if isinstance(e, InspectError):
+            raise
+        raise InspectError(f"cannot read '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                           f"it is damaged or not what its name says") from None
+
+
+def _inspect(path: str | Path) -> dict:
     """What ``synth inspect`` reports about a PNG, a webdataset shard or a folder, as a JSON-able dict.
 
     ``{"path", "kind": "png" | "tar" | "set" | "folder", "synthetic": bool | None, ...}``: for a PNG its

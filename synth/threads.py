@@ -52,7 +52,8 @@ def cores_available() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
         if quota != "max":
             cores = min(cores, max(1, math.floor(int(quota) / int(period))))
     except (OSError, ValueError):
@@ -75,7 +76,7 @@ def choose_threads(requested: int | None = None, env: dict | None = None) -> Thr
     """The intra-op thread count for this process (see the module docstring for the order)."""
     env = os.environ if env is None else env
     cores = cores_available()
-    local = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+    local = parse_threads(env.get("LOCAL_WORLD_SIZE") or 1, "LOCAL_WORLD_SIZE")
     if requested is not None:
         return ThreadChoice(parse_threads(requested, "--threads"), cores, local, "--threads")
     for name in ("SYNTH_THREADS", "OMP_NUM_THREADS"):
@@ -91,12 +92,30 @@ def set_wait_policy(env: dict | None = None) -> None:
         env["GOMP_SPINCOUNT"] = DEFAULT_SPINCOUNT
 
 
+_CHOSEN: ThreadChoice | None = None  # what apply() set in this process (None: nobody chose, e.g. the Python API)
+
+
 def apply(choice: ThreadChoice) -> None:
     """Use ``choice.threads`` intra-op threads in this process (and in the processes it starts)."""
     import torch
 
+    global _CHOSEN
+    _CHOSEN = choice
     torch.set_num_threads(choice.threads)
     os.environ["OMP_NUM_THREADS"] = str(choice.threads)  # DataLoader workers and subprocesses inherit it
+
+
+def adopt_threads(recorded: int) -> bool:
+    """Switch to the thread count a CPU set was made with, when nobody chose one for this process (auto or the
+    Python API): a set made by ``torchrun`` or on another machine then resumes with the same numerics. Returns
+    False when the user chose a count (--threads, SYNTH_THREADS, OMP_NUM_THREADS): that choice is kept and
+    the resume refused, naming the count that resumes it."""
+    import torch
+
+    if _CHOSEN is not None and _CHOSEN.source != "auto":
+        return False
+    torch.set_num_threads(int(recorded))
+    return True
 
 
 def identity_threads() -> int:

@@ -39,6 +39,7 @@ class TrainingError(RuntimeError):
 # per-process batch and accumulation may change as long as the global batch does not
 # (see :func:`check_global_batch`): that is how a job moves to another process count.
 RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
+                   "data.carve",
                    "labels", "model",
                    "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
@@ -114,6 +115,11 @@ def prepare_run_dir(cfg: Config, run_dir: str | Path, stage: str, world: int = 1
         if meta.get("stage") != stage:
             raise ConfigError(f"run folder '{run}' holds a '{meta.get('stage')}' run, not '{stage}'; use another --run folder")
         old = meta["config"]
+        if "carve" not in (old.get("data") or {}):
+            from synth.data import carve_applies
+
+            # a run from before data.carve split its data with the random carve, when a carve applied at all
+            old = {**old, "data": {**(old.get("data") or {}), "carve": "random" if carve_applies(cfg.data) else cfg.data.carve}}
         old = with_defaults(old)  # a key added since the run began reads as its default, not as a change
         changed = diff_configs(old, config_to_dict(cfg))
         bad = [k for k in changed if any(k == b or k.startswith(b + ".") for b in RESUME_BREAKING)]

@@ -59,7 +59,19 @@ def real_splits(cfg: Config, fraction: float) -> RealSplits:
     classes = cfg.labels.classes or None
     train = load_split(data, "train", classes)
     val, test = load_split(data, "val", classes), load_split(data, "test", classes)
-    return RealSplits(train, val, test, subset_record(train, data))
+    from synth.data import carve_applies
+
+    return RealSplits(train, val, test, {**subset_record(train, data), "carve_applies": carve_applies(data)})
+
+
+def old_carve_hint(rec: dict, mine: dict) -> str:
+    """The fix when a generator was trained before ``data.carve`` existed (random carve) and the data has no
+    validation split: its subset hash is only reproduced with ``data.carve=random``; '' otherwise."""
+    if "carve" in rec or mine.get("carve") != "stratified" or not mine.get("carve_applies"):
+        return ""
+    return ("its generator was trained before synth carved validation per class (random carve); evaluate with "
+            "data.carve=random (synth eval fidelity --set-config data.carve=random, or --set data.carve=random) or "
+            "retrain it")
 
 
 def check_subset(manifest: dict, splits: RealSplits, where: str) -> None:
@@ -69,6 +81,8 @@ def check_subset(manifest: dict, splits: RealSplits, where: str) -> None:
         raise EvalError(f"{where}: its generator records no training subset (exported before data.fraction existed); "
                         f"retrain it with this version so the evaluation can check it saw only the classifier's data")
     mine = splits.subset
+    if rec.get("indices_sha256") != mine["indices_sha256"] and old_carve_hint(rec, mine):
+        raise EvalError(f"{where}: {old_carve_hint(rec, mine)}")
     if rec.get("indices_sha256") != mine["indices_sha256"]:
         raise EvalError(f"{where}: the generator was trained on another real subset (fraction {rec.get('fraction')}, "
                         f"seed {rec.get('seed')}, {rec.get('n')} images of '{rec.get('data')}') than the classifier "
@@ -646,6 +660,8 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
         net, classes, _ = feature_net(features, cfg.data)
     except DataError as e:
         raise EvalError(str(e)) from None
+    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"] and old_carve_hint(rec, splits.subset):
+        raise EvalError(f"{set_dir}: {old_carve_hint(rec, splits.subset)}")
     if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:
         raise EvalError(f"{set_dir}: its generator was trained on another subset of '{rec.get('data')}' (fraction "
                         f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
@@ -660,7 +676,8 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
 
     # the set's card keeps what was measured of it (a resumed or extended set keeps this section)
     title = f"synth eval fidelity against {data} (fraction {fraction}, {len(images)} images)"
-    append_measurement(set_dir, title, [f"- {summary}", f"- full report: `{Path(out or set_dir) / 'fidelity.md'}`"])
+    with contextlib.suppress(OSError):  # a read-only set keeps its report; the card is a courtesy
+        append_measurement(set_dir, title, [f"- {summary}", f"- full report: `{Path(out or set_dir) / 'fidelity.md'}`"])
     model_dir = (s.manifest.get("model") or {}).get("path")
     if model_dir and Path(model_dir).is_dir():  # the generator's card too: what was measured of its images
         s_settings = s.manifest.get("settings") or {}

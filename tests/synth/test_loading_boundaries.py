@@ -58,11 +58,15 @@ def test_folder_takes_suffixless_dicoms_and_webp_and_counts_what_it_left(tmp_pat
             write_dicom(d / f"IM{i:04d}", 500 + 500 * k)
         Image.fromarray(np.full((16, 16), 40 + 100 * k, np.uint8)).save(d / "x.webp", lossless=True)
         (d / "notes.txt").write_text("report")
-        (d / "broken.png").write_bytes(b"\0" * 40)
+        (d / ".DS_Store").write_bytes(b"\0\1")
     s = load_split(data_cfg(tmp_path), "test")
     assert len(s) == 8 and torch.bincount(s.labels).tolist() == [4, 4]
     note = next(n for n in s.notes if "were not used" in n)
-    assert "4 file(s)" in note and "2 not an image (named .png)" in note and "2 not an image" in note
+    assert "4 file(s)" in note and "2 hidden" in note and "2 not an image" in note
+    # a file NAMED as an image that is none is a broken image: an error naming it, not a note
+    (tmp_path / "normal" / "broken.png").write_bytes(b"\0" * 40)
+    with pytest.raises(DataError, match=r"cannot read image .*broken.png"):
+        load_split(data_cfg(tmp_path), "test")
 
 
 def test_a_folder_of_unreadable_formats_says_what_it_reads(tmp_path):
