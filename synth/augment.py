@@ -800,6 +800,22 @@ class MixedDataset(Dataset):
         if not same:
             raise AugmentError(f"real images are {_describe(a)} but synthetic images are {_describe(b)}; pass the "
                                f"same transform to the synthetic set (mix(..., transform=...)) so they match")
+        if isinstance(a, torch.Tensor) and a.is_floating_point():
+            self._check_value_ranges()
+
+    def _check_value_ranges(self) -> None:
+        """Float tensors on one scale: a normalised real image (values < 0 or > 1) beside a [0, 1] synthetic
+        one trains on two scales without a word. A few items of each side (C, H, W) are compared."""
+        def span(xs) -> tuple[float, float]:
+            return min(float(x.min()) for x in xs), max(float(x.max()) for x in xs)
+        k_real, k_syn = min(4, self.n_real), min(4, self.n_syn)
+        real = span([self.real[i][0] for i in range(k_real)])
+        syn = span([x for x, _ in _fetch(self.synthetic, list(range(k_syn)))])
+        unit = [lo >= -0.01 and hi <= 1.01 for lo, hi in (real, syn)]
+        if unit[0] != unit[1]:
+            raise AugmentError(f"real images hold values in [{real[0]:.3g}, {real[1]:.3g}] but synthetic images in "
+                               f"[{syn[0]:.3g}, {syn[1]:.3g}]: two scales in one batch; pass your real training "
+                               f"transform (normalisation included) as mix(..., transform=...)")
 
     def _class_counts_of_real(self) -> list[int]:
         k = max(len(self.classes or []), int(self.syn_labels.max()) + 1 if len(self.syn_labels) else 0)
@@ -974,7 +990,13 @@ def mix(real, synthetic_path, fraction: float = 0.3, *, classes=None, label_map:
             raise AugmentError(f"{', '.join(given)} apply when mix() reads a set folder; synthetic_path is a "
                                f"{type(synthetic_path).__name__}: give them to that dataset instead")
         return MixedDataset(real, synthetic_path, synthetic_fraction=fraction, balance=balance, seed=seed)
-    classes = classes if classes is not None else getattr(real, "classes", None)
+    real_classes = getattr(real, "classes", None)
+    if classes is not None and real_classes is not None and _real_class_list(classes) != _real_class_list(real_classes):
+        raise AugmentError(f"classes={_real_class_list(classes)} differs from the real dataset's classes "
+                           f"{_real_class_list(real_classes)}: mix() puts synthetic images under the real label ids, so "
+                           f"leave classes= out (it defaults to real.classes) and rename the set's classes with "
+                           f"label_map={{'set name': 'your name'}}")
+    classes = classes if classes is not None else real_classes
     if classes is None:
         names = set_classes(read_set_manifest(synthetic_path))
         raise AugmentError(f"the real dataset has no .classes; pass classes=[...] (your class names in label order) "

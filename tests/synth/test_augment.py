@@ -677,3 +677,28 @@ def test_damaged_webdataset_samples_and_manifests_are_one_line_errors(tmp_path):
     manifest.update(n_requested=10**15, n_done=10**15, shard_size=1)
     (root / "manifest.json").write_text(json.dumps(manifest))
     assert "shard 'shard-00001.tar' of set" in _one_line_error(lambda: SyntheticStream(root))
+
+
+class NormalisedRealSet(RealSet):
+    """Real images after a user's Normalize(mean=0.5, std=0.25): values in [-2, 2], not [0, 1]."""
+
+    def __getitem__(self, i):
+        x = torch.linspace(-2, 2, self.size * self.size).reshape(1, self.size, self.size)
+        return x, self.targets[i]
+
+
+def test_mix_refuses_two_scales_and_a_classes_that_contradicts_the_real_data(tmp_path):
+    """Issue 19: normalised real tensors beside [0, 1] synthetic ones trained silently; mix(classes=) that
+    differs from real.classes got advice to 'use mix()' while calling it."""
+    root = write_set(tmp_path / "s", alternating(8))
+    with pytest.raises(AugmentError, match=r"real images hold values in \[-2, 2\] but synthetic images in \[0, 0.*"
+                                           r"transform"):
+        mix(NormalisedRealSet(alternating(10)), root, 0.5)
+    # following the advice: the same normalisation as transform= puts both on one scale
+    m = mix(NormalisedRealSet(alternating(10)), root, 0.5,
+            transform=lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32)[None] / 255.0).sub(0.5).div(0.25))
+    assert len(m) == 20
+    with pytest.raises(AugmentError, match=r"classes=\['pneumonia', 'normal'\] differs from the real dataset's classes "
+                                           r"\['normal', 'pneumonia'\].*label_map="):
+        mix(RealSet(alternating(10)), root, 0.5, classes=["pneumonia", "normal"])
+    assert len(mix(RealSet(alternating(10)), root, 0.5, classes=["normal", "pneumonia"])) == 20
