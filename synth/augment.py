@@ -3,7 +3,7 @@
 Two lines::
 
     from synth.augment import mix
-    train_ds = mix(train_ds, "synthetic/", fraction=0.3, classes=train_ds.classes)
+    train_ds = mix(train_ds, "synthetic/", fraction=0.3, transform=train_transform)
 
 Pieces (all plain ``torch.utils.data`` datasets and samplers):
 
