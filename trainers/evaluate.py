@@ -590,7 +590,8 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
     if not sets:
         return {}
     data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
-    net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log)
+    net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log,
+                                     classes=list(cfg.labels.classes) or None)
     full = load_split(data, "train", cfg.labels.classes or None)
     if classes != full.classes:
         raise EvalError(f"the feature extractor's classes {classes} are not the data's {full.classes}; "
@@ -657,7 +658,7 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     default = home / f"features-{Path(data).name}-{res}{colour}.safetensors"
     features = Path(features) if features else default
     try:
-        net, classes, _ = feature_net(features, cfg.data)
+        net, classes, _ = feature_net(features, cfg.data, classes=list(cfg.labels.classes) or None)
     except DataError as e:
         raise EvalError(str(e)) from None
     if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"] and old_carve_hint(rec, splits.subset):

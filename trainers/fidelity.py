@@ -41,7 +41,7 @@ def full_split_config(data_cfg):
 
 
 def feature_net(path, data_cfg, *, steps: int = 600, device: str = "cpu", log=print,
-                seed: int = 0) -> tuple[SmallCNN, list[str], dict]:
+                seed: int = 0, classes: list[str] | None = None) -> tuple[SmallCNN, list[str], dict]:
     """The data set's fixed feature extractor and label judge: (model in eval mode, class names, info).
 
     Loads ``path`` when it exists and its recorded data name, resolution and training-split fingerprint
@@ -54,7 +54,7 @@ def feature_net(path, data_cfg, *, steps: int = 600, device: str = "cpu", log=pr
 
     cfg = full_split_config(data_cfg)
     path = Path(path)
-    train = load_split(cfg, "train")
+    train = load_split(cfg, "train", classes)  # ``classes``: names for data that has none (an npz's class_k)
     want = {"data": _source(cfg.name), "resolution": int(cfg.resolution), "train_fingerprint": fingerprint(train)}
     if path.exists():
         model, classes, info = load_classifier(path, device)
