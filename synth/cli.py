@@ -96,7 +96,11 @@ def main(threads):
     from synth.quiet import install
 
     install()
-    choice = _run(cpu.choose_threads, threads)
+    try:  # directly, not through _run: its error list imports every trainer and sampler, at every start
+        choice = cpu.choose_threads(threads)
+    except cpu.ThreadsError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
     cpu.apply(choice)
     if os.environ.get("RANK", "0") == "0":
         click.echo(choice.line(), err=True)
