@@ -17,24 +17,16 @@ def data_cfg(name, *extra):
 
 
 def write_dicom(path, value=1000):
-    """A minimal CT DICOM (with the 128-byte preamble and 'DICM'), pixels (16, 16) int16."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    """A minimal CT DICOM (128-byte preamble + 'DICM'), pixels (16, 16) int16: the harness's own builder."""
+    import sys
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Rows = ds.Columns = 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    arr = np.zeros((16, 16), np.int16)
-    arr[4:12, 4:12] = value
-    ds.PixelData = arr.tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return path
+    from tests.conftest import ROOT
+
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bad_inputs_boundaries import _dicom
+
+    return _dicom(path, value)
 
 
 def test_formats_are_read_from_content_not_the_name(tmp_path):
