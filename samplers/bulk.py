@@ -39,6 +39,7 @@ package versions, counts per label, completed index ranges).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -59,6 +60,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synth.allocation import label_at
 from synth.cards import CARD, dataset_card, is_synth_card, write_card
 from synth.distributed import barrier, dist_info, main_first
 from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
@@ -67,7 +69,6 @@ from synth.provenance import base_provenance, image_provenance, pnginfo
 from synth.seeds import check_seed, image_seed
 from synth.threads import adopt_threads
 
-GOLDEN = (math.sqrt(5) - 1) / 2
 FORMATS = ("imagefolder", "webdataset")
 
 
@@ -85,10 +86,13 @@ class ConditionSpec:
 
     labels: tuple[tuple[int, float], ...] = ()
     lines: tuple[tuple[int | None, str], ...] = ()  # (label or None, prompt) per line
+    order: str = "quota"  # synth.allocation: "weyl" only for sets made before exact quotas
 
     def to_json(self, schema: LabelSchema) -> dict:
         if self.labels:
-            return {"labels": {schema.classes[k]: w for k, w in self.labels}}
+            weights = {"labels": {schema.classes[k]: w for k, w in self.labels}}
+            # a set made before exact quotas has no key: it resumes with its own (weyl) labels
+            return weights if self.order == "weyl" else {**weights, "label_order": self.order}
         return {"prompts": [{"label": None if k is None else schema.classes[k], "prompt": p} for k, p in self.lines]}
 
 
@@ -161,17 +165,11 @@ def parse_prompt_file(path: str | Path, schema: LabelSchema) -> ConditionSpec:
 def condition_for(index: int, spec: ConditionSpec, schema: LabelSchema) -> Condition:
     """The condition of image ``index``: a pure function, the same for any n, batch or rank.
 
-    Label weights use a golden-ratio (Weyl) sequence: every prefix of the set
-    matches the weights to within a few images, so raising ``--n`` keeps them.
+    Label weights follow :mod:`synth.allocation`: every prefix of the set holds each class's
+    share rounded down or up (exactly when it is whole), so raising ``--n`` keeps every label.
     """
     if spec.labels:
-        u = (0.5 + index * GOLDEN) % 1.0
-        acc = 0.0
-        for k, w in spec.labels:
-            acc += w
-            if u < acc:
-                return schema.condition(k)
-        return schema.condition(spec.labels[-1][0])
+        return schema.condition(label_at(index, spec.labels, spec.order))
     k, prompt = spec.lines[index % len(spec.lines)]
     return Condition(label=k, prompt=prompt)
 
@@ -1032,10 +1030,24 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
         raise BulkError(f"the generator passed in holds weights {loaded[:12]}, not those of '{req.model}' "
                         f"({str(meta.get('weights_sha256'))[:12]}); pass the generator loaded from that export")
     schema = LabelSchema.from_json(meta["labels"])
+    req = _legacy_label_order(req, schema)
     identity = req.identity(meta, schema, device)
     with process_group(world):
         pad = is_cuda(device) if pad_batches is None else pad_batches
         return _run(req, generator, device, meta, schema, identity, rank, world, progress, job, pad, log)
+
+
+def _legacy_label_order(req: BulkRequest, schema: LabelSchema) -> BulkRequest:
+    """``req`` with the golden-ratio label order when ``req.out`` holds a set made before exact quotas with
+    the same weights, so that set resumes and extends with the labels it already has."""
+    try:
+        old = json.loads((Path(req.out) / ".synth" / "request.json").read_text()).get("conditions")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return req
+    legacy = dataclasses.replace(req.spec, order="weyl")
+    if req.spec.labels and req.spec.order != "weyl" and old == legacy.to_json(schema):
+        return dataclasses.replace(req, spec=legacy)
+    return req
 
 
 class SampleJob:

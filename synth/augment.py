@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from synth.allocation import labels_for
 from synth.data import describe, escape_problem, escaping_entry, file_name_problem, json_object_lines, path_inside, show
 from synth.io import atomic_write_json, atomic_write_text, to_float
 from synth.labels import Condition, LabelSchema
@@ -50,7 +51,6 @@ from synth.seeds import derive_seed, image_seed
 
 FREE_TEXT = "(free text)"  # the bulk engine's counts_per_label key for unlabelled (prompt-only) images
 RERUN = "rerun the same `synth sample`/`synth translate` command to finish it"
-GOLDEN = (math.sqrt(5) - 1) / 2  # the bulk engine's label sequence (samplers/bulk.py condition_for)
 
 
 class AugmentError(ValueError):
@@ -1190,17 +1190,6 @@ def _label_weights(labels, schema: LabelSchema, allowed: list[bool]) -> tuple[tu
     return tuple(sorted((k, w / total) for k, w in weights.items() if w > 0))
 
 
-def weyl_label(index: int, weights: tuple[tuple[int, float], ...]) -> int:
-    """The bulk engine's label of image ``index`` (golden-ratio sequence): every prefix matches the weights."""
-    u = (0.5 + index * GOLDEN) % 1.0
-    acc = 0.0
-    for k, w in weights:
-        acc += w
-        if u < acc:
-            return k
-    return weights[-1][0]
-
-
 class OnlineSynthetic(Dataset):
     """``n`` images generated on the fly from a loaded generator; items ``(image, label)``.
 
@@ -1247,7 +1236,7 @@ class OnlineSynthetic(Dataset):
                 raise AugmentError("label_map drops every class of the generator; map at least one to a real class")
             return torch.tensor([ks[i % len(ks)] for i in range(self.n)], dtype=torch.long)
         weights = _label_weights(labels, self.schema, allowed)
-        return torch.tensor([weyl_label(i, weights) for i in range(self.n)], dtype=torch.long)
+        return torch.tensor(labels_for(self.n, weights), dtype=torch.long)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -83,7 +83,7 @@ class LabelsConfig:
 
     classes: list[str] = field(default_factory=list)  # empty: taken from the data
     domains: list[str] = field(default_factory=list)
-    prompt_template: str = "chest x-ray, {label}"
+    prompt_template: str = "{label}"  # names no modality: a preset for chest X-rays says so itself
     prompts: dict[str, str] = field(default_factory=dict)  # per-class override
 
 

@@ -58,7 +58,7 @@ class LabelSchema:
 
     classes: tuple[str, ...]
     domains: tuple[str, ...] = ()
-    prompt_template: str = "chest x-ray, {label}"
+    prompt_template: str = "{label}"  # names no modality: a preset for chest X-rays says so itself
     prompts: dict = field(default_factory=dict)  # class name -> prompt override
 
     def __post_init__(self):

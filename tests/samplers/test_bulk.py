@@ -64,8 +64,8 @@ def test_prompt_file(tmp_path):
     f.write_text("pneumonia\n# comment\nlabel=normal: clear lungs, no effusion\nbilateral infiltrates\n")
     spec = parse_prompt_file(f, SCHEMA)
     conds = [condition_for(i, spec, SCHEMA) for i in range(4)]
-    assert [(c.label, c.prompt) for c in conds] == [(1, "chest x-ray, pneumonia"), (0, "clear lungs, no effusion"),
-                                                   (None, "bilateral infiltrates"), (1, "chest x-ray, pneumonia")]
+    assert [(c.label, c.prompt) for c in conds] == [(1, "pneumonia"), (0, "clear lungs, no effusion"),
+                                                   (None, "bilateral infiltrates"), (1, "pneumonia")]
 
 
 def test_imagefolder_loads_with_datasets(tiny_export, tmp_path):
@@ -288,3 +288,25 @@ def test_torchrun_refusal_does_not_hang(tiny_export, tmp_path):
                         *base_args(tiny_export, tmp_path / "o", 6)], capture_output=True, text=True, env=env,
                        cwd=ROOT, timeout=120)
     assert p.returncode != 0 and "differs in: guidance" in p.stderr, p.stderr[-3000:]
+
+
+def test_set_made_before_exact_quotas_resumes_with_its_own_labels(tiny_export, tmp_path):
+    """A set whose request.json has no label_order was made with golden-ratio labels: extending it keeps them."""
+    import dataclasses
+
+    from synth.allocation import labels_for
+
+    spec = parse_label_spec("normal=0.2,pneumonia=0.8", SCHEMA)
+    old = BulkRequest(model=str(tiny_export), out=str(tmp_path / "old"), n=10, spec=dataclasses.replace(spec, order="weyl"),
+                      steps=2, shard_size=8, batch_size=5)
+    run_bulk(old, progress=False, log=lambda m: None)
+    ident = json.loads((tmp_path / "old" / ".synth" / "request.json").read_text())
+    assert "label_order" not in ident["conditions"]
+    res = run_bulk(dataclasses.replace(old, spec=spec, n=20), progress=False, log=lambda m: None)
+    rows = [json.loads(line) for line in (tmp_path / "old" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["label_id"] for r in rows] == labels_for(20, spec.labels, "weyl") and res.manifest["n_done"] == 20
+    new = run_bulk(dataclasses.replace(old, spec=spec, n=20, out=str(tmp_path / "new")), progress=False,
+                   log=lambda m: None)
+    new_rows = [json.loads(line) for line in (tmp_path / "new" / "metadata.jsonl").read_text().splitlines()]
+    assert [r["label_id"] for r in new_rows] == labels_for(20, spec.labels) and new.manifest["n_done"] == 20
+    assert sum(r["label_id"] == 0 for r in new_rows) == 4

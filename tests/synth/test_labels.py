@@ -95,3 +95,11 @@ def test_messages_quoting_line_breaks_stay_one_line():
 def test_check_index_refuses_non_indices(label):
     # was: TypeError/ValueError for None/'1', and 1.5 silently became 1
     _one_line_error(LabelSchema(["a", "b"]).check_index, label)
+
+
+def test_default_template_names_no_modality():
+    """A fundus set's metadata must not say "chest x-ray": the default prompt is the class name alone."""
+    from synth.config import LabelsConfig
+
+    assert LabelSchema(["no dr", "severe dr"]).prompt_for(1) == "severe dr"
+    assert LabelsConfig().prompt_template == LabelSchema(["x"]).prompt_template == "{label}"
