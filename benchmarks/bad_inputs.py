@@ -314,9 +314,10 @@ class Result:
     said: str
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    advice: str = ""  # "followed" when the refusal's advice was followed and then worked (bad_inputs_advice.py)
 
 
-FAILURES = ("TRACEBACK", "SILENT WRONG", "DATA LOSS", "BAD ERROR", "REFUSED", "TIMEOUT", "SETUP FAILED")
+FAILURES = ("TRACEBACK", "SILENT WRONG", "DATA LOSS", "BAD ERROR", "REFUSED", "TIMEOUT", "SETUP FAILED", "MISLEADING")
 
 
 def judge(case: Case, out: Outcome, problems: list[str], lost: list[str], d: Path | None = None) -> tuple[str, str, list[str]]:
@@ -398,7 +399,8 @@ def run_case(ctx: Ctx, case: Case) -> Result:
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     t0 = time.perf_counter()
-    state = None
+    state = state0 = None
+    advice = ""
     try:
         try:
             state = case.setup(ctx, d)
@@ -418,6 +420,7 @@ def run_case(ctx: Ctx, case: Case) -> Result:
             if timer:
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, old)
+        state0 = state
         if case.teardown is not None:
             case.teardown(state)
             state = None
@@ -429,6 +432,12 @@ def run_case(ctx: Ctx, case: Case) -> Result:
                 problems = [f"check failed: {type(e).__name__}: {e}"]
         lost = lost_files(before, snapshot(d, ctx.shared), d, case.replaced)
         verdict, said, problems = judge(case, out, problems, lost, d)
+        if verdict == "one-line error" and case.id in follow_table():
+            advice, failure = follow_advice(ctx, case, d, state0)
+            if failure:
+                verdict, problems = "MISLEADING", problems + [failure]
+            if case.teardown is not None:
+                case.teardown(state0)
     except CaseTimeout:
         verdict, said, problems = "TIMEOUT", f"still running after {CASE_LIMIT_S} s", []
     finally:
@@ -439,7 +448,30 @@ def run_case(ctx: Ctx, case: Case) -> Result:
         return str(text).replace(str(d), "<case>").replace(str(ctx.shared), "<shared>").replace(str(ctx.work), "<work>")
 
     return Result(case.id, case.surface, case.what, case.expect, verdict, short(said), [short(p) for p in problems],
-                  round(time.perf_counter() - t0, 2))
+                  round(time.perf_counter() - t0, 2), advice)
+
+
+def follow_table() -> dict:
+    """case id -> how to follow its refusal's advice (imported late: that module imports this one)."""
+    from bad_inputs_advice import FOLLOW
+
+    return FOLLOW
+
+
+def follow_advice(ctx: Ctx, case: Case, d: Path, state) -> tuple[str, str]:
+    """Do what the refusal told the user to do (``bad_inputs_advice.FOLLOW``); ("followed", "") when it then
+    works, ("", why not) when following it fails: advice that reproduces an error is a misleading message."""
+    fix = follow_table()[case.id]
+    try:
+        if case.surface == "cli":
+            out = invoke(fix(ctx, d, state, [str(a) for a in case.action(ctx, d, state)]))
+        else:
+            out = call_api(lambda: fix(ctx, d, state, None))
+    except Exception as e:  # the follow-up itself could not be done as advised
+        return "", f"following the advice failed: {_describe_exc(e, e.__traceback__)}"
+    if out.tb or out.error or (out.exit_code not in (None, 0)):
+        return "", f"following the advice failed: {out.tb or out.error or f'exit {out.exit_code}'}"
+    return "followed", ""
 
 
 # ---------------------------------------------------------------------------
@@ -910,9 +942,10 @@ def train_cases() -> list[Case]:
                        "run/config.yaml")),
         Case("train-run-is-file", "cli", "--run names an existing file", lambda c, d: write(d / "run", "a file"),
              lambda c, d, s: ["train", "ldm", "--run", str(d / "run"), *sets(TINY)], "error", r"(?i)file"),
-        Case("train-critic-too-small", "cli", "autoencoder with a patch critic on 6 px images",
+        Case("train-critic-too-small", "cli", "autoencoder with a patch critic on 4 px images",
              lambda c, d: None, lambda c, d, s: ["train", "autoencoder", "--run", str(d / "ae"),
-                                                 *sets(TINY + ["data.resolution=6", "train.adversarial_weight=0.1"])],
+                                                 *sets(TINY + ["data.resolution=4", "model.vae.block_out_channels=[16,32]",
+                                                               "train.adversarial_weight=0.1"])],
              "error", r"at least 8 px for its patch critic"),
         Case("train-critic-appears", "cli", "resume an autoencoder run with train.adversarial_weight switched on",
              lambda c, d: must_succeed(["train", "autoencoder", "--run", str(d / "ae"), *sets(TINY + ["train.steps=2"])]),
@@ -1413,7 +1446,10 @@ FAST = ("cfg-missing", "cfg-python-tag", "cfg-unknown-key", "set-without-equals"
         "sample-modified-weights", "sample-out-user-folder", "sample-overwrite-user-file", "sample-shrink",
         "sample-torn-done-record", "sample-concurrent", "tr-unknown-domain", "aug-dotdot", "aug-mix-fraction-1.5",
         "eval-augment-fraction-0", "eval-fidelity-missing-set", "b-dicom-no-suffix", "b-class-case-collision",
-        "b-npz-one-hot", "b-prompts-bom", "b-resume-other-threads", "b-exif-rotated-jpeg")
+        "b-npz-one-hot", "b-prompts-bom", "b-resume-other-threads", "b-exif-rotated-jpeg",
+        # refusals whose advice is followed (bad_inputs_advice.py) and must then work
+        "set-fraction-empties-class", "sample-model-unfinished-run", "train-damaged-run-json", "aug-classes-mismatch",
+        "b-resolution-odd-unet")
 
 
 # ---------------------------------------------------------------------------
@@ -1470,7 +1506,8 @@ def tally(results: list[Result]) -> dict:
     return {"cases": n, "cli": sum(r.surface == "cli" for r in results), "api": sum(r.surface == "api" for r in results),
             "tracebacks": count("TRACEBACK"), "silent_wrong": count("SILENT WRONG"), "data_loss": count("DATA LOSS"),
             "bad_errors": count("BAD ERROR"), "refused": count("REFUSED"), "timeouts": count("TIMEOUT"),
-            "setup_failed": count("SETUP FAILED"),
+            "setup_failed": count("SETUP FAILED"), "misleading": count("MISLEADING"),
+            "advice_followed": sum(r.advice == "followed" for r in results),
             "failed": sum(r.verdict in FAILURES for r in results)}
 
 
@@ -1492,12 +1529,15 @@ def report(results: list[Result], seconds: float, command: str) -> str:
              "Expectation *error*: exit code 2 and a one-line `error: ...` naming the problem (API: one of synth's "
              "error classes); *ok*: it succeeds and the result is checked. Every case also checks that each file in its "
              "scratch folder and in the shared tiny models still exists with the same bytes (data loss), except files "
-             "the case expects to be replaced.", "",
+             "the case expects to be replaced. "
+             f"For {t['advice_followed'] + t['misleading']} refusals the harness also does what the message advises "
+             f"(`benchmarks/bad_inputs_advice.py`) and checks that it then works: {t['advice_followed']} did, "
+             f"{t['misleading']} misleading.", "",
              "| # | surface | input or fault | what synth said / did | verdict |", "|---|---|---|---|---|"]
     for i, r in enumerate(results, 1):
         passed = r.verdict in ("ok", "one-line error")
         said = f"{r.said} — {'; '.join(r.problems)}" if r.problems and not passed else r.said
-        verdict = r.verdict if passed else f"**{r.verdict}**"
+        verdict = (r.verdict + ("; advice followed: works" if r.advice else "")) if passed else f"**{r.verdict}**"
         lines.append(f"| {i} | {r.surface} | `{r.id}`: {_cell(r.what, 120)} | {_cell(said, 140 if passed else 300)} | {verdict} |")
     failed = [r for r in results if r.verdict in FAILURES]
     if failed:
@@ -1516,12 +1556,15 @@ def readme_block(results: list[Result]) -> str:
     t = tally(results)
     lines = [README_START, "",
              f"{t['cases']} bad inputs and faults ({t['cli']} CLI, {t['api']} Python API): {t['tracebacks']} tracebacks, "
-             f"{t['silent_wrong']} silent wrong results, {t['data_loss']} data loss. Generated by `{CMD} --readme README.md`; "
+             f"{t['silent_wrong']} silent wrong results, {t['data_loss']} data loss, {t['misleading']} misleading messages "
+             f"(the advice of {t['advice_followed'] + t['misleading']} refusals is followed and must then work). "
+             f"Generated by `{CMD} --readme README.md`; "
              "full messages in `benchmarks/results/bad_inputs.md`.", "",
              "<details><summary>The table</summary>", "",
              "| # | surface | input or fault | what synth said / did | verdict |", "|---|---|---|---|---|"]
     for i, r in enumerate(results, 1):
-        lines.append(f"| {i} | {r.surface} | {_cell(r.what, 90)} | {_cell(r.said, 100)} | {r.verdict} |")
+        verdict = r.verdict + ("; advice works" if r.advice else "")
+        lines.append(f"| {i} | {r.surface} | {_cell(r.what, 90)} | {_cell(r.said, 100)} | {verdict} |")
     return "\n".join(lines + ["", "</details>", "", README_END])
 
 

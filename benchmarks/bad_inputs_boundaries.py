@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from bad_inputs import Case, copy_set, data_cfg, image_folder, load_split_of, nothing, nothing_written, npz, png_bytes, \
-    rows, write
+    rows, sets, write
+from tiny import TINY
 
 
 def _img(value: int, size: int = 16, mode: str = "L") -> Image.Image:
@@ -200,6 +201,15 @@ def boundary_cases() -> list[Case]:
         Case("b-resolution-huge", "cli", "--set data.resolution=100000", nothing,
              lambda c, d, s: ["train", "ldm", "--run", str(d / "run"), "--set", "data.resolution=100000"], "error",
              r"data.resolution 100000 is over 4096", check=nothing_written("run")),
+        Case("b-resolution-odd-autoencoder", "cli", "autoencoder at 6 px (its 3 levels halve it twice)", nothing,
+             lambda c, d, s: ["train", "autoencoder", "--run", str(d / "ae"), *sets(TINY + ["data.resolution=6",
+                                                                                        "train.steps=2"])],
+             "error", r"data.resolution 6 cannot pass the autoencoder's 2 halvings.*data.resolution=8",
+             check=nothing_written("ae")),
+        Case("b-resolution-odd-unet", "cli", "a pixel diffusion model at 17 px (its UNet halves it once)", nothing,
+             lambda c, d, s: ["train", "ldm", "--run", str(d / "run"), *sets(TINY + ["data.resolution=17",
+                                                                                   "train.steps=2"])],
+             "error", r"UNet cannot take a 17 px image.*multiple of 2.*data.resolution=16", check=nothing_written("run")),
         Case("b-out-name-too-long", "cli", "--out with a 300-byte folder name", nothing,
              lambda c, d, s: c.sample_args(d / long_name / "out", 2), "error", r"too long .* shorter path"),
         Case("b-translate-empty-npz", "cli", "synth translate --input an npz holding 0 images",

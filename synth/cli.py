@@ -83,6 +83,16 @@ def _config(config: str | None, overrides: tuple[str, ...]):
     return _run(load_config, config, overrides)
 
 
+def _train_config(config: str | None, overrides: tuple[str, ...], run_dir: str | None):
+    """The config of a training command.  ``--run`` alone on a run folder synth made resumes it with its own
+    ``config.yaml`` (the command an unfinished run's error message gives); anything else builds it as given."""
+    saved = Path(run_dir) / "config.yaml" if run_dir else None
+    if config is None and not overrides and saved is not None and saved.is_file() and (saved.parent / "run.json").is_file():
+        click.echo(f"note: resuming '{run_dir}' with its own config.yaml (pass --config or --set to give another)", err=True)
+        return _config(str(saved), ())
+    return _config(config, overrides)
+
+
 @click.group()
 @click.version_option(package_name="synth")
 @click.option("--threads", default=None, metavar="N",
@@ -135,7 +145,7 @@ def train_autoencoder_cmd(config, run_dir, overrides):
     """Train or fine-tune the autoencoder (grey or colour, as the data); reports validation PSNR/SSIM."""
     from trainers.autoencoder import train_autoencoder
 
-    cfg = _config(config, overrides)
+    cfg = _train_config(config, overrides, run_dir)
     _run(train_autoencoder, cfg, run_dir or _default_run("autoencoder", config))
 
 
@@ -145,7 +155,7 @@ def train_ldm_cmd(config, run_dir, overrides):
     """Train or fine-tune the text/label-conditioned diffusion model; exports to <run>/export."""
     from trainers.ldm import train_ldm
 
-    cfg = _config(config, overrides)
+    cfg = _train_config(config, overrides, run_dir)
     _run(train_ldm, cfg, run_dir or _default_run("ldm", config))
 
 
@@ -155,7 +165,7 @@ def train_bridge_cmd(config, run_dir, overrides):
     """Train the flow-matching bridge (one model, the class is the domain); exports to <run>/export."""
     from trainers.bridge import train_bridge
 
-    cfg = _config(config, overrides)
+    cfg = _train_config(config, overrides, run_dir)
     _run(train_bridge, cfg, run_dir or _default_run("bridge", config))
 
 

@@ -588,6 +588,32 @@ def _check_labels(lc: LabelsConfig) -> None:
                           f"'{{label}}' must be its only field (write a literal brace as '{{{{' or '}}}}')") from None
 
 
+def check_resolution(cfg: Config, stage: str) -> None:
+    """Before a run is made: each stride-2 level of the autoencoder and of the UNet halves the image, and the
+    up path must meet the down path at every level, so the size must divide by 2 at each one."""
+    r = cfg.data.resolution
+    vae_levels = len(cfg.model.vae.block_out_channels) - 1
+    own_vae = stage == "autoencoder" or (cfg.model.codec == "vae" and not cfg.model.autoencoder and not cfg.model.pretrained)
+    if own_vae and r % 2 ** vae_levels:
+        raise ConfigError(f"data.resolution {r} cannot pass the autoencoder's {vae_levels} halvings "
+                          f"(model.vae.block_out_channels has {vae_levels + 1} levels); use a multiple of "
+                          f"{2 ** vae_levels}, e.g. data.resolution={_multiple_near(r, 2 ** vae_levels)}")
+    if stage == "autoencoder" or cfg.model.pretrained or (cfg.model.codec == "vae" and cfg.model.autoencoder):
+        return  # the UNet's input size is known only once the pretrained model or codec is loaded
+    size = r // 2 ** vae_levels if own_vae else r
+    unet_levels = len(cfg.model.unet.block_out_channels) - 1
+    if size % 2 ** unet_levels:
+        where = f"the {size} px latent of a {r} px image" if own_vae else f"a {r} px image"
+        raise ConfigError(f"the UNet cannot take {where}: model.unet.block_out_channels has {unet_levels + 1} levels, "
+                          f"so the size must be a multiple of {2 ** unet_levels}; use data.resolution="
+                          f"{_multiple_near(r, 2 ** (unet_levels + (vae_levels if own_vae else 0)))} or fewer UNet levels")
+
+
+def _multiple_near(r: int, m: int) -> int:
+    """The multiple of ``m`` nearest ``r`` (at least ``m``)."""
+    return max(m, m * round(r / m))
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks the type system cannot express."""
     for key, choices in _CHOICES.items():

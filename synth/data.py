@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import unicodedata
 import urllib.request
@@ -1028,6 +1029,14 @@ def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
                     s.source, s.skipped, rows, s.n_source, s.notes)
 
 
+def min_fraction(counts: list[int]) -> float:
+    """The smallest data.fraction (4 decimals, rounded up) whose subset keeps every non-empty class of ``counts``:
+    class c keeps round(n c / N) > 0 images of n = round(f N) exactly when n > N / (2 c) (round(0.5) is 0)."""
+    total = sum(counts)
+    need = max(total // (2 * c) + 1 for c in counts if c)
+    return min(1.0, math.ceil(need / total * 10 ** 4) / 10 ** 4)
+
+
 def fraction_subset(s: ImageSet, fraction: float, seed: int) -> ImageSet:
     """Stratified ``fraction`` of a training split, fixed by ``seed``; refuses to empty a class."""
     n = int(round(fraction * len(s)))
@@ -1035,7 +1044,7 @@ def fraction_subset(s: ImageSet, fraction: float, seed: int) -> ImageSet:
     for k, c in enumerate(counts):
         if c and int(round(n * c / len(s))) == 0:
             raise DataError(f"data.fraction={fraction} leaves class '{s.classes[k]}' empty ({c} of {len(s)} training "
-                            f"images); use data.fraction >= {0.5 / c:.3g}")
+                            f"images); use data.fraction >= {min_fraction(counts):g}")
     return _subset(s, _stratified_subset(s.labels, n, seed))
 
 

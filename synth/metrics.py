@@ -13,7 +13,7 @@ def reconstruction_metrics(codec, images: torch.Tensor, batch_size: int = 32) ->
     from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
     psnr = PeakSignalNoiseRatio(data_range=1.0)
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, **ssim_window(min(images.shape[-2:])))
     for i in range(0, len(images), batch_size):
         x = to_float(images[i:i + batch_size])
         p = _param(codec)
@@ -22,6 +22,14 @@ def reconstruction_metrics(codec, images: torch.Tensor, batch_size: int = 32) ->
         psnr.update(a, b)
         ssim.update(a, b)
     return {"psnr": float(psnr.compute()), "ssim": float(ssim.compute()), "n": int(len(images))}
+
+
+def ssim_window(side: int) -> dict:
+    """SSIM's window for images of ``side`` px: the usual 11 px Gaussian (sigma 1.5), or below 12 px a uniform
+    window of the largest odd size whose reflection pad (half a window) stays under the side."""
+    if side > 11:
+        return {}
+    return {"gaussian_kernel": False, "kernel_size": max(3, side if side % 2 else side - 1)}
 
 
 def _param(codec):

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from synth.codecs import VAECodec
-from synth.config import Config, ConfigError
+from synth.config import Config, ConfigError, check_resolution
 from synth.data import check_splits_agree, load_split, subset_record
 from synth.io import (atomic_replace_dir, atomic_write_json, channel_word, check_ours, fresh_tmp_dir,
                       remove_stale_tmp_dirs, to_float)
@@ -227,6 +227,7 @@ def adversarial_critic(cfg: Config, channels: int, say):
 @holding_run_lock
 def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume) the autoencoder; returns ``<run>/export``."""
+    check_resolution(cfg, "autoencoder")  # first: at a size the autoencoder cannot take, no critic advice helps
     check_critic(cfg, Path(run_dir))  # before open_run records this config in the run
     r = open_run(cfg, run_dir, "autoencoder", log)
     accelerator, run, say, main, device = r.accelerator, r.folder, r.say, r.main, r.device

@@ -85,7 +85,7 @@ def _read_run_meta(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read '{path}' ({e}); restore it, or delete it to resume without the config checks") from None
+        raise ConfigError(f"cannot read '{path}' ({e}); restore it from a backup, or train into a new --run folder (this one is left as it is)") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
         raise ConfigError(f"'{path}' is not a synth run record; restore it, or use another --run folder")
     return meta

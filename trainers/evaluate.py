@@ -620,6 +620,18 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
     return res
 
 
+def _named_like_generator(cfg: Config, splits: RealSplits, set_classes: list[str], rec: dict) -> Config:
+    """``cfg`` naming the data's classes as the generator did, when the data names none (an npz's class_k) and
+    the generator was trained on exactly these rows: its k-th name then is label k (no guess: the subset hash
+    matches); otherwise ``cfg`` unchanged."""
+    data_classes = splits.train.classes
+    generic = data_classes == [f"class_{k}" for k in range(len(data_classes))]
+    if (cfg.labels.classes or not generic or not rec or len(set_classes) != len(data_classes)
+            or set_classes == data_classes or rec.get("indices_sha256") != splits.subset["indices_sha256"]):
+        return cfg
+    return dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, classes=list(set_classes)))
+
+
 def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: float | None, features: str | None,
                  overrides: list[str], out: str | None) -> str:
     """``synth eval fidelity``: the report of one synthetic set; returns a one-paragraph summary."""
@@ -645,6 +657,9 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
                              f"data.max_items={max_items if max_items else 'null'}"] + list(overrides))
     try:
         splits = real_splits(cfg, fraction)
+        cfg = _named_like_generator(cfg, splits, list(s.set_classes), rec)
+        if cfg.labels.classes and list(cfg.labels.classes) != splits.train.classes:
+            splits = real_splits(cfg, fraction)
     except DataError as e:
         raise EvalError(str(e)) from None
     syn_c, real_c = int(s.uint8(0).shape[0]), splits.train.channels
@@ -652,6 +667,13 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
         raise EvalError(f"{set_dir} holds {channel_word(syn_c)} images but --data {data} gives {channel_word(real_c)} "
                         f"ones; evaluate against the data its generator was trained on, or pass "
                         f"--set data.channels={syn_c} to read the real images as {channel_word(syn_c)}")
+    # before any judge is trained: a refusal after minutes of training is the waste issue 19 reported
+    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"] and old_carve_hint(rec, splits.subset):
+        raise EvalError(f"{set_dir}: {old_carve_hint(rec, splits.subset)}")
+    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:
+        raise EvalError(f"{set_dir}: its generator was trained on another subset of '{rec.get('data')}' (fraction "
+                        f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
+                        f"gives; pass the generator's training data so memorisation is measured against it")
     colour = "-rgb" if syn_c == 3 else ""  # a grey feature net cached beside the set is not reused for colour
     # beside the set (shared by the sets of one folder), or inside --out: nothing is written outside --out
     home = Path(out).resolve() if out else Path(set_dir).resolve().parent
@@ -661,12 +683,6 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
         net, classes, _ = feature_net(features, cfg.data, classes=list(cfg.labels.classes) or None)
     except DataError as e:
         raise EvalError(str(e)) from None
-    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"] and old_carve_hint(rec, splits.subset):
-        raise EvalError(f"{set_dir}: {old_carve_hint(rec, splits.subset)}")
-    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:
-        raise EvalError(f"{set_dir}: its generator was trained on another subset of '{rec.get('data')}' (fraction "
-                        f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
-                        f"gives; pass the generator's training data so memorisation is measured against it")
     images, labels, _ = synthetic_tensors(Path(set_dir), classes)
     rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=Path(out or set_dir))
     lf = rep.get("label_fidelity", {}).get("per_class", {})

@@ -142,8 +142,10 @@ def holding_run_lock(train_fn):
 
 def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run:
     """Make the accelerator and check/create the run folder on rank 0 (resume rules, global batch)."""
+    from synth.config import check_resolution
     from trainers.common import make_accelerator, prepare_run_dir
 
+    check_resolution(cfg, stage)
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)
     r = Run(accelerator, Path(run_dir), log if accelerator.is_main_process else (lambda *a, **k: None))
     r.once(lambda: prepare_run_dir(cfg, r.folder, stage, r.world, say=r.say))

@@ -44,6 +44,25 @@ def test_case_keeps_its_verdict(results, case_id):
     assert r.verdict == want, f"{case_id}: {r.verdict}: {r.said} {r.problems}"
 
 
+def test_advice_is_followed_where_the_table_says_so(results):
+    """Issue 19: a refusal's advice, done as written, must then work (a fix that reproduces the error is a bug)."""
+    follow = bad_inputs.follow_table()
+    assert set(follow) <= {c.id for c in bad_inputs.all_cases()} and len(follow) >= 30
+    followed = [i for i in bad_inputs.FAST if i in follow]
+    assert len(followed) >= 6
+    for case_id in followed:
+        assert results[case_id].advice == "followed", f"{case_id}: {results[case_id].problems}"
+
+
+def test_advice_that_fails_is_misleading(tmp_path, monkeypatch):
+    """Following advice that reproduces the error turns the verdict into MISLEADING."""
+    B = bad_inputs
+    case = B.Case("x-advice", "cli", "x", B.nothing, lambda c, d, s: ["sample", "--n", "0"], "error", r"(?i)missing option")
+    monkeypatch.setitem(B.follow_table(), "x-advice", lambda c, d, s, args: args)  # "fixed" by changing nothing
+    r = B.run_case(B.Ctx(tmp_path), case)
+    assert r.verdict == "MISLEADING" and "following the advice failed" in r.problems[-1]
+
+
 def test_the_judge_catches_each_kind_of_failure(tmp_path):
     """The verdicts themselves: a traceback, an accepted bad input, a vague error, a lost file."""
     B = bad_inputs

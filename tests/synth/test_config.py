@@ -234,3 +234,25 @@ def test_overrides_leave_the_loaded_values_unchanged():
 def test_scratch_model_shapes_are_checked_up_front(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides,stage,says", [
+    (["data.resolution=6"], "autoencoder", r"data.resolution 6 cannot pass the autoencoder's 2 halvings .* data.resolution=8"),
+    (["data.resolution=30", "model.codec=vae"], "ldm", r"cannot pass the autoencoder's 2 halvings"),
+    (["data.resolution=17"], "ldm", r"UNet cannot take a 17 px image: .* multiple of 4; use data.resolution=16"),
+    (["data.resolution=36", "model.codec=vae"], "ldm", r"UNet cannot take the 9 px latent of a 36 px image"),
+])
+def test_resolution_that_a_model_cannot_halve_is_refused(overrides, stage, says):
+    from synth.config import check_resolution
+
+    with pytest.raises(ConfigError, match=says):
+        check_resolution(load_config(None, overrides), stage)
+
+
+@pytest.mark.parametrize("overrides,stage", [(["data.resolution=28"], "ldm"), (["data.resolution=28"], "bridge"),
+                                             (["data.resolution=64", "model.codec=vae"], "ldm"),
+                                             (["data.resolution=8"], "autoencoder")])
+def test_resolutions_the_models_take_pass(overrides, stage):
+    from synth.config import check_resolution
+
+    check_resolution(load_config(None, overrides), stage)

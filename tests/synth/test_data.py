@@ -366,3 +366,17 @@ def test_manifest_without_read_permission(tmp_path):
         assert "is not readable (permission denied)" in _manifest_error(root / "m.csv")
     finally:
         (root / "m.csv").chmod(0o644)
+
+
+def test_min_fraction_keeps_every_class():
+    """The fraction the 'leaves class empty' error advises must, when used, keep every class."""
+    import torch
+
+    from synth.data import ImageSet, fraction_subset, min_fraction
+
+    for counts in ([24, 24], [3, 45], [1, 99], [5, 7, 300]):
+        labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+        s = ImageSet(torch.zeros(len(labels), 1, 4, 4, dtype=torch.uint8), labels, [f"c{k}" for k in range(len(counts))])
+        f = min_fraction(counts)
+        sub = fraction_subset(s, f, 0)
+        assert torch.bincount(sub.labels, minlength=len(counts)).min() >= 1, (counts, f)

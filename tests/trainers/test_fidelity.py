@@ -124,3 +124,43 @@ def test_feature_net_names_npz_classes_as_the_user_does(tmp_path):
     assert classes == ["grade0", "grade1"]
     _, again, _ = feature_net(tmp_path / "f.safetensors", data, steps=2, log=lambda *a: None, classes=["grade0", "grade1"])
     assert again == ["grade0", "grade1"]  # reused, not refused
+
+
+def test_eval_fidelity_names_npz_classes_as_its_generator_did(tmp_path):
+    """Issue 19 end to end: a generator trained on an npz with labels.classes=[grade0, grade1] wrote a set whose
+    classes are named; `synth eval fidelity --data the.npz` (no labels.classes) evaluates it under those names,
+    because the generator's recorded subset is exactly these rows. Another subset is still refused."""
+    import json
+
+    import numpy as np
+
+    from synth.config import load_config
+    from synth.data import load_split, subset_record
+    from tests.synth.test_augment import write_set
+    from trainers.evaluate import EvalError, fidelity_cli
+    from trainers.fidelity import feature_net
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)  # the size write_set draws
+    labels = (np.arange(40) % 2)[:, None]
+    npz = tmp_path / "fundus.npz"
+    np.savez(npz, train_images=imgs[:24], train_labels=labels[:24], val_images=imgs[24:32], val_labels=labels[24:32],
+             test_images=imgs[32:], test_labels=labels[32:])
+    named = ["grade0", "grade1"]
+    data = load_config(None, [f"data.name={npz}", "data.resolution=28", "data.val_max_items=null",
+                              "data.fraction=1.0", "labels.classes=[grade0, grade1]"]).data
+    feats = tmp_path / "out" / "judge.safetensors"
+    feature_net(feats, data, steps=2, log=lambda *a: None, classes=named)
+    s = write_set(tmp_path / "set", [i % 2 for i in range(16)], classes=named)
+    manifest = json.loads((s / "manifest.json").read_text())
+    manifest["model"]["train_subset"] = subset_record(load_split(data, "train", named), data)
+    (s / "manifest.json").write_text(json.dumps(manifest))
+    summary = fidelity_cli(str(s), str(npz), None, None, str(feats), [], str(tmp_path / "out"))
+    assert "grade0" in summary and "grade1" in summary
+    report = json.loads((tmp_path / "out" / "fidelity.json").read_text())
+    assert set(report["label_fidelity"]["per_class"]) == set(named)
+
+    manifest["model"]["train_subset"]["indices_sha256"] = "0" * 16  # a generator trained on other rows
+    (s / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EvalError, match="trained on another subset"):
+        fidelity_cli(str(s), str(npz), None, None, str(feats), [], str(tmp_path / "out2"))
