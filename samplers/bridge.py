@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 
 from samplers.flow import integrate_flow, translate_latents
-from samplers.generator import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
-                                verify_export)
+from samplers.artifact import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
+                               verify_export)
 from samplers.integrators import model_evals
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import ConfigError
