@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from synth.errors import SynthError
 from synth.labels import Condition, LabelSchema
 from synth.models import WeightsDigest, changed_since, first_line, load_part, read_error_message, verify_weights
 
@@ -21,7 +22,7 @@ KINDS = ("ldm", "bridge")
 PICKLE_HINT = "pass --allow-pickle (allow_pickle=True in Python)"
 
 
-class ArtifactError(ValueError):
+class ArtifactError(SynthError, ValueError):
     """A model folder that is missing, damaged or not a synth export; the message is one line naming the fix."""
 
     def __init__(self, message: object = ""):

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synth.errors import SynthError
 from synth.allocation import label_at
 from synth.cards import CARD, dataset_card, is_synth_card, write_card
 from synth.distributed import barrier, dist_info, main_first
@@ -72,7 +73,7 @@ from synth.threads import adopt_threads
 FORMATS = ("imagefolder", "webdataset")
 
 
-class BulkError(RuntimeError):
+class BulkError(SynthError, RuntimeError):
     """A bulk-sampling problem the user can fix; one line, says what was kept."""
 
 

@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
+from synth.errors import SynthError
 from synth.allocation import labels_for
 from synth.data import describe, escape_problem, escaping_entry, file_name_problem, json_object_lines, path_inside, show
 from synth.io import atomic_write_json, atomic_write_text, to_float
@@ -53,7 +54,7 @@ FREE_TEXT = "(free text)"  # the bulk engine's counts_per_label key for unlabell
 RERUN = "rerun the same `synth sample`/`synth translate` command to finish it"
 
 
-class AugmentError(ValueError):
+class AugmentError(SynthError, ValueError):
     """A bad input to synth.augment; the message is one line naming the problem and the fix."""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from synth.errors import SynthError
+
 
 class SmallCNN(nn.Module):
     """(B, C, H, W) float in [-1, 1] -> logits (B, num_classes); any H, W >= 16; C = ``in_channels`` (1 or 3)."""
@@ -36,7 +38,7 @@ class SmallCNN(nn.Module):
 # whose metadata holds the class names and widths, so nothing but tensors and JSON is read.
 
 
-class ClassifierError(ValueError):
+class ClassifierError(SynthError, ValueError):
     """A saved classifier that cannot be used; one line naming the file and the fix."""
 
 

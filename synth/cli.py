@@ -17,21 +17,10 @@ PRESETS = Path(__file__).parent / "presets"
 
 
 def _user_errors():
-    from samplers.bulk import BulkError
-    from samplers.generator import ArtifactError
-    from synth.data import DataError
-    from synth.labels import LabelError
-    from synth.augment import AugmentError
-    from synth.classifier import ClassifierError
-    from trainers.common import TrainingError
-    from trainers.evaluate import EvalError
-    from synth.io import FolderBusyError, ForeignFolderError
-    from synth.seeds import SeedError
-    from synth.threads import ThreadsError
-    from synth.provenance import InspectError
+    """What the CLI turns into ``error: <message>`` and exit code 2: every error synth raises for the user."""
+    from synth.errors import SynthError
 
-    return (InspectError, ThreadsError, SeedError, FolderBusyError, ForeignFolderError, ConfigError, DataError, LabelError, TrainingError, ArtifactError, BulkError, AugmentError, ClassifierError,
-            EvalError)
+    return (SynthError,)
 
 
 # Faults of the machine, not of synth or the input: a full disk or quota, a read-only or vanished mount, no permission.

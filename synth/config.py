@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from synth.errors import SynthError
+
 
 # Every character str.splitlines() breaks at: the CLI prints an error as one ``error: ...`` line.
 _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -43,7 +45,7 @@ def show(value: Any) -> str:
         return f"<{type(value).__name__} too large to print>"
 
 
-class ConfigError(ValueError):
+class ConfigError(SynthError, ValueError):
     """A bad config value or key; the message is one line naming the fix."""
 
     def __init__(self, message: object = ""):

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from synth.errors import SynthError
+
 EXIF_ORIENTATION = 0x0112
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".webp", ".gif"}
@@ -104,7 +106,7 @@ MEDMNIST_CLASSES = {
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 
 
-class DataError(ValueError):
+class DataError(SynthError, ValueError):
     """Bad or missing data; the message is one line naming the problem and the fix."""
 
 

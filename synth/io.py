@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synth.errors import SynthError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -66,7 +68,7 @@ def atomic_save_with(path: str | Path, save_fn) -> None:
         raise
 
 
-class ForeignFolderError(FileExistsError):
+class ForeignFolderError(SynthError, FileExistsError):
     """A folder synth would replace or remove does not look like one synth wrote."""
 
 
@@ -168,7 +170,7 @@ def fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
-class FolderBusyError(RuntimeError):
+class FolderBusyError(SynthError, RuntimeError):
     """Another synth process holds the folder's lock."""
 
 

@@ -7,10 +7,11 @@ import operator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from synth.errors import SynthError
 from synth.config import one_line, show
 
 
-class LabelError(ValueError):
+class LabelError(SynthError, ValueError):
     """A label that does not match the schema; the message is one line naming the fix."""
 
     def __init__(self, message: object = ""):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from synth.errors import SynthError
+
 SYNTHETIC_KEY = "synth:synthetic"
 PROVENANCE_KEY = "synth:provenance"
 # row fields that say how an image was made (file_name and index only say where it is)
@@ -91,7 +93,7 @@ def read_png_provenance(path: str | Path) -> dict | None:
     return prov if isinstance(prov, dict) else {"synthetic": True, "damaged_provenance": str(raw)[:200]}
 
 
-class InspectError(ValueError):
+class InspectError(SynthError, ValueError):
     """A path ``synth inspect`` cannot read."""
 
 

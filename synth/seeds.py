@@ -12,6 +12,8 @@ import operator
 
 import torch
 
+from synth.errors import SynthError
+
 
 def derive_seed(*parts: int | str) -> int:
     """A 63-bit seed from any tuple of ints and names (blake2b of their text, ``:``-joined)."""
@@ -32,7 +34,7 @@ def image_seed(base: int, index: int) -> int:
 SEED_LIMIT = 1 << 63  # torch seeds are signed 64-bit: [0, 2**63) is the range every stream here can use
 
 
-class SeedError(ValueError):
+class SeedError(SynthError, ValueError):
     """A seed outside [0, 2**63) or not an integer."""
 
 

@@ -19,6 +19,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from synth.errors import SynthError
+
 # libgomp reads its wait policy once, when torch loads it; the CLI calls set_wait_policy() before that.
 # A bounded spin keeps the hand-off fast when a job has the cores to itself, and gives the core
 # away quickly when another job needs it (GOMP's own default spins 300,000 times): measured in
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 DEFAULT_SPINCOUNT = "1000"
 
 
-class ThreadsError(ValueError):
+class ThreadsError(SynthError, ValueError):
     """A thread count that cannot be used (0, negative, not a number)."""
 
 

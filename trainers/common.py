@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from synth.errors import SynthError
 from synth.config import Config, ConfigError, config_to_dict, diff_configs, save_config
 from synth.io import atomic_replace_dir, atomic_save_with, atomic_write_json, check_ours, fsync_tree, sha256_files
 from synth.seeds import generator_for, image_seed
@@ -28,7 +29,7 @@ from synth.seeds import generator_for, image_seed
 CKPT_RE = re.compile(r"^step-(\d{8})$")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(SynthError, RuntimeError):
     """Training stopped for a reason the user can fix; one line, says what was kept."""
 
 

@@ -29,13 +29,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from synth.errors import SynthError
 from synth.classifier import SmallCNN
 from synth.config import Config, EvalConfig, config_to_dict
 from synth.data import DataError, ImageSet, load_split, subset_record
 from synth.io import atomic_write_json, atomic_write_text, to_float
 
 
-class EvalError(ValueError):
+class EvalError(SynthError, ValueError):
     """A bad evaluation input; one line naming the problem and the fix."""
 
 

@@ -1,0 +1,108 @@
+"""The house's import rules (issue 16): the core (synth.*) imports nothing above it, trainers and samplers
+never import the CLI, and no two modules import each other, directly or around a loop (imports inside
+functions count: a cycle hidden in a function is still a cycle).  Every user-facing error has one base."""
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("synth", "trainers", "samplers")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for p in sorted((ROOT / pkg).rglob("*.py")):
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            out[name.removesuffix(".__init__")] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere in its file."""
+    mods, edges = modules(), defaultdict(set)
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            edges[m].update(t for t in targets if t in mods and t != m)
+    return edges
+
+
+def layer(module: str) -> int:
+    """0: the core; 1: trainers and samplers; 2: the CLI, which sits on top of everything it drives."""
+    if module == "synth.cli":
+        return 2
+    return 0 if module == "synth" or module.startswith("synth.") else 1
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(set(edges) | {w for targets in edges.values() for w in targets}):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_upward_imports():
+    edges = import_graph()
+    up = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets if layer(b) > layer(a))
+    assert up == [], f"imports that reach up a layer: {up}"
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_checks_see_a_cycle_and_an_upward_import():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+    assert layer("synth.data") < layer("samplers.bulk") < layer("synth.cli")
+    edges = import_graph()
+    assert "samplers.artifact" in edges["samplers.bridge"] and "synth.data" in edges["trainers.ldm"]
+
+
+def test_every_user_error_has_one_base():
+    """Each *Error class synth defines derives from SynthError, the one type the CLI catches."""
+    import importlib
+
+    from synth.errors import SynthError
+
+    found = []
+    for m, p in modules().items():
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Error"):
+                found.append((m, node.name))
+    assert len(found) >= 15
+    for m, name in found:
+        cls = getattr(importlib.import_module(m), name)
+        assert issubclass(cls, SynthError), f"{m}.{name} does not derive from SynthError"
