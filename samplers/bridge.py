@@ -18,6 +18,7 @@ from samplers.flow import integrate_flow, translate_latents
 from samplers.artifact import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
                                verify_export)
 from samplers.integrators import model_evals
+from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import ConfigError
 from synth.io import to_float, to_uint8
@@ -107,7 +108,7 @@ class BridgeGenerator:
         return torch.full((n,), idx, dtype=torch.long, device=device)
 
     def _rng(self, seeds: Sequence[int] | None, sampler: str, n: int):
-        if sampler != "euler_ancestral":
+        if not solvers.get(sampler).stochastic:
             return None
         seeds = list(range(n)) if seeds is None else seeds
         return [generator_for(derive_seed(s, "ancestral")) for s in seeds]

@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synth import solvers
 from synth.errors import SynthError
 from synth.allocation import label_at
 from synth.cards import CARD, dataset_card, is_synth_card, write_card
@@ -239,10 +240,8 @@ def check_request(req: BulkRequest) -> None:
                         f"folders with different --seed")
     if req.format not in FORMATS:
         raise BulkError(f"--format must be one of {', '.join(FORMATS)}, got '{req.format}'")
-    from samplers.integrators import SAMPLERS
-
-    if req.sampler not in SAMPLERS:
-        raise BulkError(f"unknown sampler '{req.sampler}'; choose one of {', '.join(SAMPLERS)}")
+    if req.sampler not in solvers.names():
+        raise BulkError(f"unknown sampler '{req.sampler}'; choose one of {', '.join(solvers.names())}")
     if req.batch_size <= 0 or req.shard_size <= 0 or req.steps <= 0:
         raise BulkError("--batch-size, --shard-size and --steps must be positive")
     check_seed(req.seed, "--seed")

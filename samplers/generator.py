@@ -19,6 +19,7 @@ from samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_ARTIFAC
 from samplers.bridge import BridgeGenerator
 from samplers.integrators import get_sampler, model_evals
 from samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_sigmas
+from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_uint8
 from synth.labels import Condition, LabelSchema
@@ -172,7 +173,7 @@ class LDMGenerator:
 
         predict = diffusion_denoiser(unet_fn, self.alphas_cumprod, self.prediction_type)
         # its own named stream: seeds + 1 would be the next image's starting noise
-        gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if sampler == "euler_ancestral" else None
+        gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
         z = solve(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance, rng=gens)
         images = to_uint8(self.codec.decode(z).float()).cpu()
         settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "dtype": str(dtype).replace("torch.", ""),

@@ -5,6 +5,7 @@ import errno
 import sys
 from pathlib import Path
 
+from synth import solvers
 from synth.threads import set_wait_policy
 
 set_wait_policy()  # before anything imports torch: libgomp reads its wait policy once, when it loads
@@ -168,7 +169,7 @@ def train_bridge_cmd(config, run_dir, overrides):
 @click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="File with one prompt or label per line.")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
 @click.option("--steps", type=int, default=None, help="Solver steps; default: the model's.")
-@click.option("--sampler", default=None, help="dpmpp_2m | ddim | euler | heun | midpoint | euler_ancestral.")
+@click.option("--sampler", default=None, help=f"{solvers.help_text()} (default: the model's).")
 @click.option("--batch-size", default="auto", show_default=True,
               help="Images per network call, or 'auto': 64 on CPU; on a GPU the largest power of two that fits "
                    "70% of free memory (a resumed set reuses the batch size it was started with).")
@@ -272,7 +273,7 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
               help="Which split of the input to translate.")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
 @click.option("--steps", type=int, default=None, help="Solver steps for a full path; a leg gets its share.")
-@click.option("--sampler", default=None, help="euler | midpoint | heun | dpmpp_2m | euler_ancestral.")
+@click.option("--sampler", default=None, help=f"{solvers.help_text()} (default: the model's).")
 @click.option("--batch-size", default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["imagefolder", "webdataset"]), default="imagefolder", show_default=True)

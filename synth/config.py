@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from synth import solvers
 from synth.errors import SynthError
 
 
@@ -186,7 +187,7 @@ class TrainConfig:
 class SampleConfig:
     """Settings for preview grids and for the exported default scheduler."""
 
-    sampler: str = "dpmpp_2m"  # ddim | euler | heun | dpmpp_2m
+    sampler: str = "dpmpp_2m"  # any name of synth.solvers.names()
     steps: int = 25
     guidance: float = 1.5
     tau: float = 0.5  # bridge translation: 1 identity, 0 full inversion
@@ -502,7 +503,7 @@ _CHOICES = {
     "train.attention": ("sdpa", "xformers"),
     "train.prediction_type": ("epsilon", "v_prediction"),
     "train.coupling": ("independent", "ot"),
-    "sample.sampler": ("ddim", "euler", "heun", "midpoint", "dpmpp_2m"),
+    "sample.sampler": solvers.names(),  # every file in synth/solvers
     "train.beta_schedule": ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"),  # DDPMScheduler's
 }
 

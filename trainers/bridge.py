@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from samplers.bridge import BridgeGenerator
+from synth import solvers
 from synth.config import Config, ConfigError
 from synth.data import check_splits_agree, load_split, subset_record
 from synth.io import channel_word, labelled_grid, save_png, to_float
@@ -97,15 +98,11 @@ def preview_domains(gen: BridgeGenerator, cfg: Config, path: Path) -> torch.Tens
             conds.append(Condition(domain=k))
             seeds.append(image_seed(cfg.sample.seed, k * 100_000 + j))
     batch = gen.sample(conds, seeds, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
-                       sampler=_bridge_sampler(cfg.sample.sampler))
+                       sampler=solvers.for_flow(cfg.sample.sampler))
     title = (f"{cfg.data.name}: {path.stem} - one row per domain, {cfg.sample.sampler} {cfg.sample.steps} steps, "
              f"guidance {cfg.sample.guidance:g}")
     save_png(path, labelled_grid(batch.images, cfg.sample.per_class, list(gen.domains), title))
     return batch.images
-
-
-def _bridge_sampler(name: str) -> str:
-    return "euler" if name == "ddim" else name
 
 
 @holding_run_lock

@@ -29,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from synth import solvers
 from synth.errors import SynthError
 from synth.classifier import SmallCNN
 from synth.config import Config, EvalConfig, config_to_dict
@@ -333,7 +334,7 @@ def sample_set(export: Path, out: Path, classes: list[str], cfg: Config, guidanc
 
     schema = LabelSchema.from_json(read_artifact(str(export))["labels"])
     spec = parse_label_spec(",".join(f"{c}=1" for c in schema.classes), schema, log=lambda m: None)
-    sampler = "euler" if cfg.sample.sampler == "ddim" and cfg.eval.trainer == "bridge" else cfg.sample.sampler
+    sampler = solvers.for_flow(cfg.sample.sampler) if cfg.eval.trainer == "bridge" else cfg.sample.sampler
     req = BulkRequest(model=str(export), out=str(out), n=cfg.eval.synthetic_n, spec=spec, sampler=sampler,
                       steps=cfg.sample.steps, guidance=guidance, seed=seed, batch_size=64)
     run_bulk(req, device=device, progress=False, log=log)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from samplers.generator import ARTIFACT_FILE
+from synth import solvers
 from synth.cards import model_card, write_card
 from synth.config import config_to_dict, save_config
 from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs
@@ -99,7 +100,7 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
         "null_domain": len(domains),
         "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t",
         "labels": schema.to_json(),
-        "default_sampling": {"sampler": "euler" if cfg.sample.sampler == "ddim" else cfg.sample.sampler,
+        "default_sampling": {"sampler": solvers.for_flow(cfg.sample.sampler),
                              "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "tau": cfg.sample.tau},
         "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
         **weights_record(tmp),

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from samplers.generator import ArtifactError, SampleBatch, load_generator, read_artifact
+from synth.labels import Condition
 from synth.seeds import image_seed
 
 
@@ -84,3 +85,16 @@ def test_loaded_generator_carries_the_verified_hash(tiny_export):
     meta = json.loads((tiny_export / "synth.json").read_text())
     g = load_generator(tiny_export)
     assert g.weights_sha256 == meta["weights_sha256"] and set(meta["weights_files"]) >= {"unet/diffusion_pytorch_model.safetensors"}
+
+
+def test_every_solver_samples_the_ldm_and_a_batch_is_batch_size_free(tiny_export):
+    """Each file of synth.solvers drives the LDM; image i does not depend on what shares its batch."""
+    from synth import solvers
+
+    g = load_generator(tiny_export)
+    conds = [Condition(label=k % 2) for k in range(3)]
+    for name in solvers.names():
+        b = g.sample(conds, [5, 6, 7], steps=4, sampler=name)
+        one = g.sample(conds[1:2], [6], steps=4, sampler=name)
+        assert b.images.shape[0] == 3 and b.settings["model_evals"] == solvers.model_evals(name, 4)
+        assert torch.equal(b.images[1:2], one.images), name
