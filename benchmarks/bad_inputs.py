@@ -885,7 +885,7 @@ def _truncate(p: Path, keep: float = 0.5) -> None:
 
 def _damage_latest(ctx: Ctx, d: Path) -> dict:
     run = _copy_run(ctx, d)
-    from trainers.common import latest_checkpoint
+    from synth.trainers.common import latest_checkpoint
 
     step, ck = latest_checkpoint(run)
     _truncate(ck / "unet.safetensors")
@@ -893,7 +893,7 @@ def _damage_latest(ctx: Ctx, d: Path) -> dict:
 
 
 def _check_quarantined(ctx, d, s, out):
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     problems = []
     q = d / "run" / "checkpoints" / f"corrupt-{s['ck']}"
@@ -984,7 +984,7 @@ def _flip_last_byte(p: Path) -> None:
 
 
 def _hold_lock(c: Ctx, d: Path):
-    import samplers.bulk as bulk
+    import synth.samplers.bulk as bulk
 
     (d / "out").mkdir()
     lock = getattr(bulk, "output_lock", None) or getattr(bulk, "OutputLock")  # the lock's API is being reworked
@@ -1014,7 +1014,7 @@ def _torn_record(c: Ctx, d: Path) -> dict:
 
 
 def _check_torn(c, d, s, out):
-    from samplers.bulk import read_done
+    from synth.samplers.bulk import read_done
 
     o = d / "out"
     got = {p.relative_to(o).as_posix(): p.read_bytes() for p in o.rglob("*") if p.is_file() and ".synth" not in p.parts}
@@ -1208,13 +1208,13 @@ def translate_cases() -> list[Case]:
              lambda c, d, s: _bridge(c).translate(__import__("torch").zeros(2, 1, 16, 16, dtype=__import__("torch").uint8),
                                                   "ct", "clean"), "error", r"unknown domain 'ct'"),
         Case("api-load-generator-missing", "api", "load_generator('runs/typo/export')", nothing,
-             lambda c, d, s: __import__("samplers.generator", fromlist=["load_generator"]).load_generator(d / "typo"),
+             lambda c, d, s: __import__("synth.samplers.generator", fromlist=["load_generator"]).load_generator(d / "typo"),
              "error", r"does not exist"),
     ]
 
 
 def _bridge(c: Ctx):
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     return c._once("bridge_gen", lambda: load_generator(c.bridge_export))
 
@@ -1340,7 +1340,7 @@ def augment_cases() -> list[Case]:
 
 
 def _ldm(c: Ctx):
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     return c._once("ldm_gen", lambda: load_generator(c.ldm_export))
 
@@ -1361,7 +1361,7 @@ def _check_mix(ds) -> list[str]:
 
 def _guard_eval():
     """Stop ``synth eval augment`` at its first generator training (the study would take hours): return the undo."""
-    import trainers.evaluate as ev
+    import synth.trainers.evaluate as ev
 
     orig = ev.train_generator
 

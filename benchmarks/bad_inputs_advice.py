@@ -157,7 +157,7 @@ def _quality_filter_first(c, d, s, args):
 
 def _seed_in_range(c, d, s, args):
     """"seed 18446744073709551616 is outside [0, 2**63) ...; use a whole number in that range" """
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
     from synth.labels import Condition
 
     return load_generator(c.ldm_export).sample([Condition(label=0)], [2 ** 63 - 1], steps=2)

@@ -137,7 +137,7 @@ def _quality(c, d, s):
 
 def _sample_seed(seed):
     def action(c, d, s):
-        from samplers.generator import load_generator
+        from synth.samplers.generator import load_generator
         from synth.labels import Condition
 
         return load_generator(c.ldm_export).sample([Condition(label=0)], [seed], steps=2)

@@ -24,8 +24,8 @@ from synth.config import load_config  # noqa: E402
 from devdata import dev_data_overrides  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.io import to_float, to_uint8  # noqa: E402
-from trainers.classifier import accuracy  # noqa: E402
-from trainers.ldm import load_codec  # noqa: E402
+from synth.trainers.classifier import accuracy  # noqa: E402
+from synth.trainers.ldm import load_codec  # noqa: E402
 
 
 def main() -> None:

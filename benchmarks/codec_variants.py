@@ -30,8 +30,8 @@ from synth.codecs import load_autoencoder  # noqa: E402
 from synth.config import load_config  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.metrics import reconstruction_metrics  # noqa: E402
-from trainers.autoencoder import train_autoencoder  # noqa: E402
-from trainers.ldm import codec_ceiling, codec_judge, judged_ceiling, reconstruct  # noqa: E402
+from synth.trainers.autoencoder import train_autoencoder  # noqa: E402
+from synth.trainers.ldm import codec_ceiling, codec_judge, judged_ceiling, reconstruct  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -44,7 +44,7 @@ def train_seconds(run: Path, train) -> float:
     """Wall-clock seconds spent training ``run`` over every call, kept in ``<run>/bench-seconds.json``: a call
     adds its time when it moved the run forward (fresh, resumed after a crash, or extended), so a rerun that only
     reloads a finished run reports the training, not the reload."""
-    from trainers.common import latest_checkpoint
+    from synth.trainers.common import latest_checkpoint
 
     record = run / "bench-seconds.json"
     before = latest_checkpoint(run)

@@ -169,7 +169,7 @@ class Features(torch.nn.Module):
 
 
 def dose_classifier(train_images: torch.Tensor, train_domains: torch.Tensor):
-    from trainers.classifier import train_classifier
+    from synth.trainers.classifier import train_classifier
 
     return train_classifier(train_images, train_domains, len(DOMAINS), steps=600, batch_size=64, seed=0)
 
@@ -213,8 +213,8 @@ def sdedit(gen, images: torch.Tensor, target_class: int, strength: float, steps:
            seeds: list[int]) -> torch.Tensor:
     """SDEdit (Meng et al. 2022) with the latent diffusion model: encode, noise to ``strength`` of the
     schedule, denoise under the target domain's prompt with DDIM (``steps`` evaluations)."""
-    from samplers.integrators import get_sampler
-    from samplers.schedules import diffusion_denoiser, sigmas_from_alphas
+    from synth.samplers.integrators import get_sampler
+    from synth.samplers.schedules import diffusion_denoiser, sigmas_from_alphas
     from synth.io import to_float, to_uint8
     from synth.seeds import generator_for
 
@@ -241,7 +241,7 @@ def sdedit(gen, images: torch.Tensor, target_class: int, strength: float, steps:
 def bridge_nfe(sampler: str, k: int) -> int:
     """Network evaluations of a translation with ``k`` steps per leg: the inversion leg never ends
     at sigma = 0, so a two-stage solver pays 2 per step there; the forward leg's last step pays 1."""
-    from samplers.integrators import model_evals
+    from synth.samplers.integrators import model_evals
 
     forward = model_evals(sampler, k)
     return forward + (2 * k if forward == 2 * k - 1 else k)
@@ -258,8 +258,8 @@ def evaluate(n: int, taus: list[float], steps: int, guidance: float = 1.5, batch
     """Every arm, every direction: structure vs ground truth, realism vs real target images, CPU time."""
     import torch
 
-    from samplers.bridge import BridgeGenerator
-    from samplers.generator import LDMGenerator
+    from synth.samplers.bridge import BridgeGenerator
+    from synth.samplers.generator import LDMGenerator
     torch.manual_seed(0)
     t_eval = time.perf_counter()
     z = np.load(WORK / "test-gt.npz")

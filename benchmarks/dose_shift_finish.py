@@ -21,7 +21,7 @@ import dose_shift as ds  # noqa: E402
 
 
 def main(log: str, steps: int = 10, guidance: float = 1.5, sampler: str = "midpoint") -> None:
-    from samplers.bridge import BridgeGenerator
+    from synth.samplers.bridge import BridgeGenerator
 
     rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line.startswith("{")]
     done = {r["direction"] for r in rows if r["arm"].startswith("bridge-")}

@@ -103,7 +103,7 @@ def final_state(run: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from trainers.common import latest_checkpoint
+    from synth.trainers.common import latest_checkpoint
 
     d = latest_checkpoint(run)[1]
     out = {f"unet.{k}": v for k, v in load_file(str(d / "unet.safetensors")).items()}
@@ -190,8 +190,8 @@ def soak_train(work: Path, trials: int, rng: random.Random) -> list[Trial]:
         if p.returncode != 0:
             t.problems.append(f"rerun failed: {p.stderr.strip().splitlines()[-1:]}")
         else:
-            from samplers.generator import load_generator
-            from trainers.common import checkpoint_problem, list_checkpoints
+            from synth.samplers.generator import load_generator
+            from synth.trainers.common import checkpoint_problem, list_checkpoints
 
             got = final_state(run)
             if got.keys() != ref.keys() or not all(bool((got[k] == ref[k]).all()) for k in ref):

@@ -114,7 +114,7 @@ def sync() -> None:
 
 def train_rate(cfg, run: Path) -> dict:
     """Train with ``train_ldm``; steady-state rate from its own log (first step excluded)."""
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     reset_peak()
     t0 = time.perf_counter()
@@ -167,7 +167,7 @@ def section_latent(tmp: Path, sz: dict) -> dict:
 def section_autoencoder(tmp: Path, sz: dict) -> dict:
     """Autoencoder steps/s with both extra terms on (critic switched on halfway), then the codec gate of a
     latent run on it: PSNR/SSIM and ``train.ceiling_judges`` judges, all on the device."""
-    from trainers.autoencoder import train_autoencoder
+    from synth.trainers.autoencoder import train_autoencoder
 
     res, steps = sz["latent_res"], sz["ae_steps"]
     common = ["data.name=phantom", f"data.resolution={res}", "data.phantom_items=2048", "labels.classes=[normal,pneumonia]",
@@ -189,7 +189,7 @@ def section_autoencoder(tmp: Path, sz: dict) -> dict:
             "train.adversarial_weight=0.05", "train.adversarial_start=2", f"train.perceptual_steps={sz['judge_steps']}"])
         train_autoencoder(f16, tmp / "ae9-fp16", log=lambda *a: None)
         out["ae_fp16_with_critic"] = "ran 6 steps"
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     lcfg = load_config(ROOT / "configs" / "kermany-64.yaml", common + [
         "labels.prompts={}", f"model.autoencoder={tmp / 'ae9'}", "train.force=true", "train.steps=2",
@@ -248,7 +248,7 @@ def plain_sd_loop(sd: Path, cfg, steps: int) -> dict:
 
     from synth.data import load_split
     from synth.io import to_float
-    from trainers.common import make_accelerator
+    from synth.trainers.common import make_accelerator
 
     make_accelerator(cfg.train.mixed_precision, 0)  # resets accelerate's state between runs in this process
     acc = Accelerator(mixed_precision=cfg.train.mixed_precision)
@@ -327,8 +327,8 @@ def section_sd_finetune(tmp: Path, sz: dict, tiny: bool) -> dict:
 
 
 def section_bulk(tmp: Path, sz: dict) -> dict:
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
     from synth.devices import resolve_device
     from synth.seeds import image_seed
 
@@ -338,7 +338,7 @@ def section_bulk(tmp: Path, sz: dict) -> dict:
     gen = load_generator(export, device=dev, dtype=dtype)
     spec = parse_label_spec(",".join(gen.schema.classes), gen.schema, log=lambda m: None)
     n, b, steps = sz["bulk_n"], sz["bulk_batch"], sz["bulk_steps"]
-    from samplers.bulk import condition_for
+    from synth.samplers.bulk import condition_for
 
     conds = [condition_for(i, spec, gen.schema) for i in range(n)]
     seeds = [image_seed(0, i) for i in range(n)]
@@ -363,8 +363,8 @@ def section_determinism(tmp: Path, sz: dict) -> dict:
     """Same images at batch 1 vs batch n; a bulk set resumed after losing a shard vs the whole set."""
     import hashlib
 
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
     from synth.devices import resolve_device
 
     dev = str(resolve_device(None))
@@ -404,10 +404,10 @@ def section_determinism(tmp: Path, sz: dict) -> dict:
 def section_sampler(tmp: Path, sz: dict, tiny: bool) -> dict:
     from diffusers import StableDiffusionPipeline
 
-    from samplers.generator import LDMGenerator
+    from synth.samplers.generator import LDMGenerator
     from synth.devices import resolve_device
     from synth.labels import LabelSchema
-    from trainers.export import export_ldm
+    from synth.trainers.export import export_ldm
     from synth.codecs import VAECodec
     from synth.models import build_noise_scheduler
 
@@ -486,11 +486,11 @@ def three_domain_npz(path: Path, res: int, n: int = 1536, n_test: int = 256) -> 
 
 
 def section_bridge(tmp: Path, sz: dict) -> dict:
-    from samplers.bridge import BridgeGenerator
-    from samplers.bulk import run_bulk
-    from samplers.translate import TranslateJob, TranslateRequest, input_fingerprint, load_input
+    from synth.samplers.bridge import BridgeGenerator
+    from synth.samplers.bulk import run_bulk
+    from synth.samplers.translate import TranslateJob, TranslateRequest, input_fingerprint, load_input
     from synth.devices import resolve_device
-    from trainers.bridge import train_bridge
+    from synth.trainers.bridge import train_bridge
 
     data = three_domain_npz(tmp / "dom3.npz", sz["res"], *((96, 32) if sz["bulk_n"] < 1000 else (1536, 2048)))
     cfg = load_config(ROOT / "configs" / "dose-shift-64-bridge-pixel.yaml", [

@@ -23,15 +23,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samplers.generator import load_generator  # noqa: E402
+from synth.samplers.generator import load_generator  # noqa: E402
 from synth.config import load_config  # noqa: E402
 from devdata import dev_data_overrides  # noqa: E402
 from synth.data import load_split  # noqa: E402
 from synth.io import labelled_grid, save_png  # noqa: E402
 from synth.seeds import image_seed  # noqa: E402
-from trainers.autoencoder import train_autoencoder  # noqa: E402
-from trainers.classifier import accuracy  # noqa: E402
-from trainers.ldm import codec_judge, train_ldm  # noqa: E402
+from synth.trainers.autoencoder import train_autoencoder  # noqa: E402
+from synth.trainers.classifier import accuracy  # noqa: E402
+from synth.trainers.ldm import codec_judge, train_ldm  # noqa: E402
 
 
 def main() -> None:

@@ -52,7 +52,7 @@ def build_export(name: str, out: Path) -> Path:
     from synth.config import load_config
     from synth.labels import LabelSchema
     from synth.models import build_noise_scheduler, build_text_encoder, build_tokenizer, unet_from_config
-    from trainers.export import export_ldm
+    from synth.trainers.export import export_ldm
 
     preset = ROOT / "synth" / "presets" / "demo.yaml"
     cfg = load_config(preset, ["data.name=phantom", *BUILT_IN[name][0]])
@@ -74,8 +74,8 @@ def epoch_seconds(ds, batch_size: int, workers: int) -> float:
 
 
 def measure(export: Path, n: int, steps: int, batch: int, repeats: int, device: str, workers: int, tmp: Path) -> dict:
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
 
     gen = load_generator(export, device=device)
     params = sum(p.numel() for p in gen.unet.parameters())

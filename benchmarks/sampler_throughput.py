@@ -32,8 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samplers.bulk import BulkRequest, parse_label_spec, run_bulk  # noqa: E402
-from samplers.generator import LDMGenerator, load_generator  # noqa: E402
+from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk  # noqa: E402
+from synth.samplers.generator import LDMGenerator, load_generator  # noqa: E402
 from synth.config import load_config  # noqa: E402
 from synth.seeds import image_seed  # noqa: E402
 
@@ -54,7 +54,7 @@ def build_mid_export(tmp: Path) -> Path:
     from synth.codecs import VAECodec
     from synth.labels import LabelSchema
     from synth.models import build_noise_scheduler, build_text_encoder, build_tokenizer, unet_from_config, vae_from_config
-    from trainers.export import export_ldm
+    from synth.trainers.export import export_ldm
 
     cfg = load_config(None, ["data.resolution=64", "model.codec=vae", "model.unet.block_out_channels=[64,128,192]",
                              "model.unet.layers_per_block=2", "model.unet.cross_attention_dim=128",
@@ -176,7 +176,7 @@ def kid_defaults(export: Path, n: int, log) -> dict:
 
     from synth.data import load_split
     from synth.metrics import classifier_features, kid
-    from trainers.classifier import train_classifier
+    from synth.trainers.classifier import train_classifier
 
     gen = load_generator(export)
     meta = json.loads((export / "synth.json").read_text())

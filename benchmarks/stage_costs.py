@@ -39,7 +39,7 @@ def loop_rate(run: Path) -> float:
 def classifier_step_s(train, steps: tuple[int, int] = (5, 25)) -> float:
     """Seconds per SmallCNN step (the judges' and feature net's trainer) on the device the trainers use:
     difference of two short runs."""
-    from trainers.classifier import train_classifier
+    from synth.trainers.classifier import train_classifier
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     train_classifier(train.images, train.labels, len(train.classes), steps=2, device=device)  # warm-up, untimed
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample-n", type=int, default=32, help="images to sample for the rate")
     ap.add_argument("--fidelity-n", type=int, default=1000, help="images the label-fidelity benchmark samples")
     a = ap.parse_args(argv)
-    from trainers.autoencoder import train_autoencoder
-    from trainers.ldm import train_ldm
+    from synth.trainers.autoencoder import train_autoencoder
+    from synth.trainers.ldm import train_ldm
 
     ae_base = load_config(a.autoencoder_config)
     ae_full = load_config(a.autoencoder_config, dev_data_overrides(ae_base.data.name))
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     res["ldm_step_s"] = ldm_step_s
     res["ldm_setup_s"] = round(ldm_wall - a.ldm_steps * ldm_step_s, 1)  # latent encoding of the training split, export
 
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     gen = load_generator(export)
     conds = [gen.schema.condition(k % gen.schema.num_classes) for k in range(a.sample_n)]

@@ -32,7 +32,7 @@ from synth.data import load_split  # noqa: E402
 from synth.io import to_float  # noqa: E402
 from synth.models import (build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,  # noqa: E402
                           unet_from_config, vae_from_config)
-from trainers.ldm import train_ldm  # noqa: E402
+from synth.trainers.ldm import train_ldm  # noqa: E402
 
 COMMON = ["data.name=phantom", "data.resolution=64", "data.phantom_items=256", "model.codec=vae",
           "train.force=true", "train.progress=false", "train.warmup_steps=0", "train.checkpoint_every=100000",

@@ -32,8 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samplers import bulk  # noqa: E402
-from samplers.bulk import BulkRequest, ConditionSpec, ShardWriter, fsync_path, put_file, shard_is_done  # noqa: E402
+from synth.samplers import bulk  # noqa: E402
+from synth.samplers.bulk import BulkRequest, ConditionSpec, ShardWriter, fsync_path, put_file, shard_is_done  # noqa: E402
 from synth.io import atomic_write_bytes  # noqa: E402
 
 NPZ = Path(os.environ.get("SYNTH_SHARED_DATA", ROOT.parent / "shared" / "data")) / "medmnist" / "pneumoniamnist.npz"

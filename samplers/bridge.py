@@ -14,10 +14,10 @@ from typing import Sequence
 
 import torch
 
-from samplers.flow import integrate_flow, translate_latents
-from samplers.artifact import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
+from synth.samplers.flow import integrate_flow, translate_latents
+from synth.samplers.artifact import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
                                verify_export)
-from samplers.integrators import model_evals
+from synth.samplers.integrators import model_evals
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import ConfigError

@@ -1019,7 +1019,7 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
     ``generator`` from noise under ``req.spec``; translation passes its own).  ``pad_batches``:
     pad short batches to the batch size (default: on CUDA only, where shapes change pixels).
     """
-    from samplers.generator import read_artifact
+    from synth.samplers.generator import read_artifact
 
     check_request(req)
     deterministic_kernels(device)
@@ -1040,6 +1040,8 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
 def _legacy_label_order(req: BulkRequest, schema: LabelSchema) -> BulkRequest:
     """``req`` with the golden-ratio label order when ``req.out`` holds a set made before exact quotas with
     the same weights, so that set resumes and extends with the labels it already has."""
+    if not isinstance(req.spec, ConditionSpec) or not req.spec.labels:  # a translation's images come from its input
+        return req
     try:
         old = json.loads((Path(req.out) / ".synth" / "request.json").read_text()).get("conditions")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
@@ -1053,7 +1055,7 @@ def _legacy_label_order(req: BulkRequest, schema: LabelSchema) -> BulkRequest:
 class SampleJob:
     """What image ``i`` of a sampled set is (condition, seed, metadata) and how a batch is made.
 
-    The bulk engine asks a job only for these; :class:`samplers.translate.TranslateJob`
+    The bulk engine asks a job only for these; :class:`synth.samplers.translate.TranslateJob`
     is the other kind (images from an input set instead of noise).
     """
 
@@ -1127,7 +1129,7 @@ def _run(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, i
 def _run_locked(req: BulkRequest, generator, device, meta: dict, schema: LabelSchema, identity: dict, rank: int,
                 world: int, progress: bool, job=None, pad: bool = True) -> BulkResult:
     """The run once ``out`` is prepared and locked: plan, sample, write, record."""
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     main, out = rank == 0, Path(req.out)
 

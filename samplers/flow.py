@@ -1,9 +1,9 @@
 """The flow-matching adapter: flow time in, the shared VE integrators underneath.
 
-Convention (written once, here and in :mod:`samplers.integrators`): t in [0, 1],
+Convention (written once, here and in :mod:`synth.samplers.integrators`): t in [0, 1],
 t = 0 noise, t = 1 data, ``x_t = (1 - t) x0 + t x1``, velocity ``v = x1 - x0``.
 The integrators walk a VE denoiser over sigmas; a flow model maps to it by
-``sigma = (1 - t) / t`` and ``x_ve = x_t / t`` (:func:`samplers.integrators.flow_denoiser`).
+``sigma = (1 - t) / t`` and ``x_ve = x_t / t`` (:func:`synth.samplers.integrators.flow_denoiser`).
 
 The two ends of the path are singular in the VE form and are handled HERE, once,
 never inside a solver:
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from samplers.integrators import flow_denoiser, get_sampler
+from synth.samplers.integrators import flow_denoiser, get_sampler
 from synth.config import ConfigError
 
 T_EDGE = 1e-4
@@ -63,7 +63,7 @@ def integrate_flow(velocity: Velocity, x_t: torch.Tensor, t_from: float, t_to: f
     """Carry ``x_t`` (B, ...) at time ``t_from`` to time ``t_to`` along the model's flow.
 
     ``steps`` intervals for the whole path (this leg gets its share); any solver of
-    :mod:`samplers.integrators`; guidance ``v_u + w (v_c - v_u)``.  Returns x at ``t_to``.
+    :mod:`synth.samplers.integrators`; guidance ``v_u + w (v_c - v_u)``.  Returns x at ``t_to``.
     """
     if t_from == t_to:
         return x_t

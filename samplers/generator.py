@@ -13,12 +13,12 @@ from typing import Sequence
 
 import torch
 
-from samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_ARTIFACT_BYTES, PICKLE_HINT,  # noqa: F401
+from synth.samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_ARTIFACT_BYTES, PICKLE_HINT,  # noqa: F401
                                ArtifactError, SampleBatch, _fix, _os_message, check_files, check_meta, export_folder,
                                finish_loading, load_component, read_artifact, show, verify_export)
-from samplers.bridge import BridgeGenerator
-from samplers.integrators import get_sampler, model_evals
-from samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_sigmas
+from synth.samplers.bridge import BridgeGenerator
+from synth.samplers.integrators import get_sampler, model_evals
+from synth.samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_sigmas
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_uint8
@@ -74,7 +74,7 @@ class LDMGenerator:
         meta = read_artifact(path)
         if meta.get("kind", "ldm") != "ldm":
             raise ArtifactError(f"'{meta['path']}' holds a '{meta['kind']}' model, not a text/label diffusion model; "
-                                f"load it with samplers.generator.load_generator")
+                                f"load it with synth.samplers.generator.load_generator")
         digest = verify_export(meta, allow_pickle)
         unet = load_component(meta, UNet2DConditionModel.from_pretrained, "unet", use_safetensors=True,
                               torch_dtype=dtype).to(device).eval()

@@ -1,4 +1,4 @@
-"""Adapters from discrete diffusion models to the VE denoiser of :mod:`samplers.integrators`.
+"""Adapters from discrete diffusion models to the VE denoiser of :mod:`synth.samplers.integrators`.
 
 A diffusers-style model sees ``x_vp = sqrt(abar) x0 + sqrt(1 - abar) eps`` at an
 integer timestep.  In VE form ``x = x_vp / sqrt(abar)`` and

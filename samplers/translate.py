@@ -7,7 +7,7 @@ train, val, test splits one after the other; a folder's or manifest's files in t
 sorted order) translated from domain A to domain B.  Its label (e.g. NORMAL /
 PNEUMONIA) travels with it into the metadata, so the output is labelled training data
 for the target domain.  Shards, done records, resume, extension, multi-process and the
-manifest are the bulk engine's (:mod:`samplers.bulk`); so are the guarantees (a
+manifest are the bulk engine's (:mod:`synth.samplers.bulk`); so are the guarantees (a
 resumed or multi-process run gives identical bytes).
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from samplers.bulk import BulkError, BulkRequest
+from synth.samplers.bulk import BulkError, BulkRequest
 from synth.data import DataError, ImageSet
 from synth.labels import Condition, LabelSchema
 from synth.io import channel_word, to_hwc
@@ -117,7 +117,7 @@ class TranslateRequest(BulkRequest):
 
     def identity(self, meta: dict, schema: LabelSchema, device="cpu") -> dict:
         """Everything that decides the pixels: the model, the input's hash, the domains, tau and the solver."""
-        from samplers.bulk import device_identity
+        from synth.samplers.bulk import device_identity
 
         ident = {"task": "translate", "model_id": meta.get("model_id"), "weights_sha256": meta.get("weights_sha256"),
                  "input_sha256": self.input_hash, "source": self.source, "target": self.target, "tau": self.tau,

@@ -1149,7 +1149,7 @@ def _generator_schema(generator) -> tuple[LabelSchema, bool]:
     if domains:
         return LabelSchema(classes=list(domains), domains=list(domains)), True
     raise AugmentError(f"{type(generator).__name__} has no label schema (.schema) or domains; pass a generator from "
-                       f"samplers.generator.load_generator(export)")
+                       f"synth.samplers.generator.load_generator(export)")
 
 
 def _generator_device(generator) -> torch.device:
@@ -1194,7 +1194,7 @@ def _label_weights(labels, schema: LabelSchema, allowed: list[bool]) -> tuple[tu
 class OnlineSynthetic(Dataset):
     """``n`` images generated on the fly from a loaded generator; items ``(image, label)``.
 
-    ``generator``: ``samplers.generator.load_generator(export)`` (an LDM with ``.schema`` or
+    ``generator``: ``synth.samplers.generator.load_generator(export)`` (an LDM with ``.schema`` or
     a bridge with ``.domains``; anything with ``.sample(conditions, seeds, steps=, guidance=,
     sampler=)`` returning ``.images`` uint8 (N, C, H, W)).  Image ``i`` has label
     ``labels`` allocation of ``i`` (None: round-robin over classes; a dict name -> weight or
@@ -1217,7 +1217,7 @@ class OnlineSynthetic(Dataset):
             raise AugmentError(f"n must be a positive number of images, got {n!r}")
         if not callable(getattr(generator, "sample", None)):
             raise AugmentError(f"{type(generator).__name__} has no .sample(); pass a generator from "
-                               f"samplers.generator.load_generator(export)")
+                               f"synth.samplers.generator.load_generator(export)")
         self.generator, self.n, self.seed, self.epoch = generator, n, int(seed), 0
         self.schema, self._bridge = _generator_schema(generator)
         self.set_classes = list(self.schema.classes)

@@ -133,7 +133,7 @@ def _default_run(stage: str, config: str | None) -> str:
 @_with_opts
 def train_autoencoder_cmd(config, run_dir, overrides):
     """Train or fine-tune the autoencoder (grey or colour, as the data); reports validation PSNR/SSIM."""
-    from trainers.autoencoder import train_autoencoder
+    from synth.trainers.autoencoder import train_autoencoder
 
     cfg = _train_config(config, overrides, run_dir)
     _run(train_autoencoder, cfg, run_dir or _default_run("autoencoder", config))
@@ -143,7 +143,7 @@ def train_autoencoder_cmd(config, run_dir, overrides):
 @_with_opts
 def train_ldm_cmd(config, run_dir, overrides):
     """Train or fine-tune the text/label-conditioned diffusion model; exports to <run>/export."""
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     cfg = _train_config(config, overrides, run_dir)
     _run(train_ldm, cfg, run_dir or _default_run("ldm", config))
@@ -153,7 +153,7 @@ def train_ldm_cmd(config, run_dir, overrides):
 @_with_opts
 def train_bridge_cmd(config, run_dir, overrides):
     """Train the flow-matching bridge (one model, the class is the domain); exports to <run>/export."""
-    from trainers.bridge import train_bridge
+    from synth.trainers.bridge import train_bridge
 
     cfg = _train_config(config, overrides, run_dir)
     _run(train_bridge, cfg, run_dir or _default_run("bridge", config))
@@ -179,7 +179,7 @@ def train_bridge_cmd(config, run_dir, overrides):
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the UNet; default: automatic (on a GPU for sets whose work amortises the "
-                   "warm-up, see samplers.generator.should_compile).")
+                   "warm-up, see synth.samplers.generator.should_compile).")
 @click.option("--channels-last", is_flag=True, help="channels_last memory format.")
 @click.option("--chunk-size", type=int, default=0, show_default=True,
               help="Run the network on chunks of this many images (cache-sized on CPU, e.g. 16); 0: whole batch.")
@@ -197,8 +197,8 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
     import torch
 
-    from samplers.bulk import BulkRequest, check_out, dist_info, parse_label_spec, parse_prompt_file, run_bulk
-    from samplers.generator import load_generator, read_artifact
+    from synth.samplers.bulk import BulkRequest, check_out, dist_info, parse_label_spec, parse_prompt_file, run_bulk
+    from synth.samplers.generator import load_generator, read_artifact
     from synth.labels import LabelSchema
 
     def go():
@@ -218,7 +218,7 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-        from samplers.bulk import deterministic_kernels
+        from synth.samplers.bulk import deterministic_kernels
 
         deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
         bs = _batch_size_arg(batch_size, out)
@@ -227,7 +227,7 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
                           guidance=guidance if guidance is not None else d.get("guidance", 1.5),
                           seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
                           shrink=shrink, allow_pickle=allow_pickle)
-        from samplers.bulk import check_request
+        from synth.samplers.bulk import check_request
 
         check_request(req)
         if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
@@ -237,14 +237,14 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
         if bs is None:
             from dataclasses import replace
 
-            from samplers.generator import auto_batch_size
+            from synth.samplers.generator import auto_batch_size
 
             from synth.distributed import broadcast_from_main
 
             # every rank must use rank 0's choice: a GPU set's batch shape is part of its identity
             req = replace(req, batch_size=broadcast_from_main(auto_batch_size(gen, req.guidance, dev)))
             click.echo(f"note: --batch-size auto -> {req.batch_size}", err=True)
-        from samplers.generator import should_compile
+        from synth.samplers.generator import should_compile
 
         do_compile = compile_ if compile_ is not None else should_compile(dev, req.n, req.steps, req.sampler, req.guidance, gen)
         if compile_ is None and do_compile:
@@ -293,10 +293,10 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
     """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
     import torch
 
-    from samplers.bulk import check_out, check_request, dist_info, run_bulk
+    from synth.samplers.bulk import check_out, check_request, dist_info, run_bulk
     from synth.labels import LabelSchema
-    from samplers.generator import ArtifactError, read_artifact
-    from samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
+    from synth.samplers.generator import ArtifactError, read_artifact
+    from synth.samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
     from synth.devices import resolve_device
 
     def go():
@@ -307,7 +307,7 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
         dev = str(resolve_device(device))
         if dtype == "float16" and not dev.startswith("cuda"):
             raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-        from samplers.bulk import deterministic_kernels
+        from synth.samplers.bulk import deterministic_kernels
 
         deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
         d = meta.get("default_sampling", {})
@@ -327,7 +327,7 @@ def translate(model, input_, source, target, tau, out, split, guidance, steps, s
         if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
             check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, bs is not None)
         tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        from samplers.bridge import BridgeGenerator
+        from synth.samplers.bridge import BridgeGenerator
 
         gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
         gen.optimize(chunk_size=chunk_size or None)
@@ -376,7 +376,7 @@ def demo(out, overrides):
     import time
 
     from synth.data import DataError, load_split
-    from trainers.demo import run_demo
+    from synth.trainers.demo import run_demo
 
     t0 = time.perf_counter()
     cfg = _config(str(PRESETS / "demo.yaml"), overrides)
@@ -409,7 +409,7 @@ def eval_():
 @click.option("--device", default="cpu", show_default=True, help="Device for generators and sampling.")
 def eval_augment(config, out, overrides, report, device):
     """RoentGen's downstream protocol: real only vs real + synthetic vs synthetic only vs pre-training, per training fraction."""
-    from trainers.evaluate import evaluate_augment
+    from synth.trainers.evaluate import evaluate_augment
 
     cfg = _config(config, overrides)
     has_eval = (config is not None and "eval" in _run(read_yaml, config)) or any(o.startswith("eval.") for o in overrides)
@@ -438,7 +438,7 @@ def eval_augment(config, out, overrides, report, device):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder (default: the set folder).")
 def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out):
     """FID/KID, label fidelity, diversity, memorisation and privacy of a synthetic set against real data."""
-    from trainers.evaluate import fidelity_cli
+    from synth.trainers.evaluate import fidelity_cli
 
     res = _run(fidelity_cli, set_dir, data, resolution, fraction, features, list(overrides), out)
     click.echo(res)

@@ -55,7 +55,7 @@ def tiny_cfg(*extra: str):
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """A tiny pixel-space LDM trained for a few steps and exported (shared by sampler tests)."""
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     run = tmp_path_factory.mktemp("tiny-ldm")
     return train_ldm(tiny_cfg("train.steps=6"), run, log=lambda *a: None)

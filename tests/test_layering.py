@@ -7,14 +7,15 @@ from pathlib import Path
 
 from tests.conftest import ROOT
 
-PACKAGES = ("synth", "trainers", "samplers")
+FOLDERS = {"synth": "synth", "trainers": "synth.trainers", "samplers": "synth.samplers"}  # folder -> package
 
 
 def modules() -> dict[str, Path]:
+    """Every module of the one installed namespace, by its import name."""
     out = {}
-    for pkg in PACKAGES:
-        for p in sorted((ROOT / pkg).rglob("*.py")):
-            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+    for folder, package in FOLDERS.items():
+        for p in sorted((ROOT / folder).rglob("*.py")):
+            name = ".".join([package, *p.relative_to(ROOT / folder).with_suffix("").parts])
             out[name.removesuffix(".__init__")] = p
     return out
 
@@ -38,7 +39,7 @@ def layer(module: str) -> int:
     """0: the core; 1: trainers and samplers; 2: the CLI, which sits on top of everything it drives."""
     if module == "synth.cli":
         return 2
-    return 0 if module == "synth" or module.startswith("synth.") else 1
+    return 1 if module.startswith(("synth.trainers", "synth.samplers")) else 0
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -86,9 +87,31 @@ def test_no_import_cycles():
 def test_the_checks_see_a_cycle_and_an_upward_import():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
-    assert layer("synth.data") < layer("samplers.bulk") < layer("synth.cli")
+    assert layer("synth.data") < layer("synth.samplers.bulk") < layer("synth.cli")
     edges = import_graph()
-    assert "samplers.artifact" in edges["samplers.bridge"] and "synth.data" in edges["trainers.ldm"]
+    assert "synth.samplers.artifact" in edges["synth.samplers.bridge"] and "synth.data" in edges["synth.trainers.ldm"]
+
+
+def test_only_synth_is_imported_and_installed():
+    """No module imports the folders by their bare names (a second copy of each module), and the package
+    list installs only the synth namespace."""
+    import tomllib
+
+    bare = sorted(f"{m}: {t}" for m, p in modules().items() for node in ast.walk(ast.parse(p.read_text()))
+                  for t in ([node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                            else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                  if t.split(".")[0] in ("trainers", "samplers"))
+    assert bare == []
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p == "synth" or p.startswith("synth.") for p in tool["packages"])
+    assert tool["package-dir"] == {"synth.trainers": "trainers", "synth.samplers": "samplers"}
+
+
+def test_every_module_has_one_import_name():
+    import importlib
+
+    for name, path in modules().items():
+        assert Path(importlib.import_module(name).__file__).resolve() == path.resolve(), name
 
 
 def test_every_user_error_has_one_base():

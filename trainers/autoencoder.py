@@ -21,8 +21,8 @@ from synth.io import (atomic_replace_dir, atomic_write_json, channel_word, check
                       remove_stale_tmp_dirs, to_float)
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
-from trainers.common import Logger
-from trainers.loop import Task, fit, holding_run_lock, open_run
+from synth.trainers.common import Logger
+from synth.trainers.loop import Task, fit, holding_run_lock, open_run
 
 
 def _load_vae(cfg: Config, channels: int = 1):
@@ -123,7 +123,7 @@ def generator_hinge(disc, fake: torch.Tensor) -> torch.Tensor:
 def feature_net_for(cfg: Config, run: Path, train, say, device="cpu"):
     """The frozen classifier of the perceptual term: trained on the real training split (its labels) with its
     own seed on ``device``, saved as ``<run>/perceptual.safetensors`` and reused while the data matches."""
-    from trainers.classifier import cached_classifier
+    from synth.trainers.classifier import cached_classifier
 
     return cached_classifier(run / "perceptual.safetensors", train, steps=cfg.train.perceptual_steps,
                              seed=cfg.train.seed + 4243, role="perceptual feature net", device=device, log=say)
@@ -154,7 +154,7 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     tmp = fresh_tmp_dir(out)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    from trainers.export import weights_record
+    from synth.trainers.export import weights_record
 
     atomic_write_json(tmp / "metrics.json", {**metrics, **weights_record(tmp)})  # hashes: checked when loaded
     from synth.cards import codec_card, write_card
@@ -171,7 +171,7 @@ def check_critic(cfg: Config, run: Path) -> None:
     """Before anything is written to ``run``: a critic needs images of at least 8 px, and a run's checkpoints
     hold a critic exactly when ``train.adversarial_weight`` > 0 (switching it on or off mid-run would leave the
     optimizer state and the checkpoints disagreeing with the model list)."""
-    from trainers.common import latest_checkpoint
+    from synth.trainers.common import latest_checkpoint
 
     if cfg.train.adversarial_weight > 0 and cfg.data.resolution < MIN_CRITIC_RESOLUTION:
         raise ConfigError(f"train.adversarial_weight needs images of at least {MIN_CRITIC_RESOLUTION} px for its patch "

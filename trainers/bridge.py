@@ -5,7 +5,7 @@ are the acquisition domains; images need not be paired or balanced.  The model i
 a ``UNet2DModel`` with a learned embedding per domain plus a null domain (dropped
 with ``train.cond_drop_prob`` for classifier-free guidance), trained on the linear
 (rectified) path ``x_t = (1 - t) x0 + t x1`` to predict ``v = x1 - x0`` (the
-convention of :mod:`samplers.flow`), in the latent space of the project's
+convention of :mod:`synth.samplers.flow`), in the latent space of the project's
 autoencoder (``model.codec: vae`` + ``model.autoencoder``) or in pixel space.
 
 Couplings (``train.coupling``): ``independent`` pairs each image with fresh noise;
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samplers.bridge import BridgeGenerator
+from synth.samplers.bridge import BridgeGenerator
 from synth import solvers
 from synth.config import Config, ConfigError
 from synth.data import check_splits_agree, load_split, subset_record
@@ -31,9 +31,9 @@ from synth.io import channel_word, labelled_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
 from synth.seeds import image_seed
-from trainers.common import data_rows, latest_checkpoint, place_data
-from trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
-from trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
+from synth.trainers.common import data_rows, latest_checkpoint, place_data
+from synth.trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
+from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
 class FlowObjective(torch.nn.Module):
@@ -108,7 +108,7 @@ def preview_domains(gen: BridgeGenerator, cfg: Config, path: Path) -> torch.Tens
 @holding_run_lock
 def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a bridge; returns the export folder."""
-    from trainers.export import export_bridge
+    from synth.trainers.export import export_bridge
 
     r = open_run(cfg, run_dir, "bridge", log)
     accelerator, run, say, main, device = r.accelerator, r.folder, r.say, r.main, r.device

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from synth.classifier import SmallCNN
 from synth.io import to_float
 from synth.seeds import step_generator
-from trainers.common import batch_indices
+from synth.trainers.common import batch_indices
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:

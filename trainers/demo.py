@@ -24,8 +24,8 @@ from synth.seeds import image_seed
 
 def _single_thread_judge(train, cfg: Config):
     """A small CNN on the real training split: the label-fidelity judge (a few seconds)."""
-    from trainers.classifier import train_classifier
-    from trainers.evaluate import single_thread
+    from synth.trainers.classifier import train_classifier
+    from synth.trainers.evaluate import single_thread
 
     with single_thread():
         return train_classifier(train.images, train.labels, len(train.classes), steps=300, seed=cfg.train.seed)
@@ -33,8 +33,8 @@ def _single_thread_judge(train, cfg: Config):
 
 def run_demo(cfg: Config, out: str | Path, log: Callable[[str], None] = print, t_start: float | None = None) -> dict:
     """Train, judge, draw; returns {export, grid, label_fidelity, seconds}."""
-    from samplers.generator import load_generator
-    from trainers.bridge import train_bridge
+    from synth.samplers.generator import load_generator
+    from synth.trainers.bridge import train_bridge
 
     t0 = t_start or time.perf_counter()
     out = Path(out)

@@ -317,10 +317,10 @@ def generator_cfg(cfg: Config, fraction: float, gen_seed: int) -> Config:
 def train_generator(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
     """Train (or resume, or just re-export) one generator; returns its export folder."""
     if cfg.eval.trainer == "bridge":
-        from trainers.bridge import train_bridge
+        from synth.trainers.bridge import train_bridge
 
         return train_bridge(cfg, run, log=log)
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     return train_ldm(cfg, run, log=log)
 
@@ -328,8 +328,8 @@ def train_generator(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
 def sample_set(export: Path, out: Path, classes: list[str], cfg: Config, guidance: float, seed: int,
                device: str, log: Callable[[str], None]) -> Path:
     """Write (or finish) a class-balanced synthetic set with the bulk sampler."""
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import read_artifact
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import read_artifact
     from synth.labels import LabelSchema
 
     schema = LabelSchema.from_json(read_artifact(str(export))["labels"])
@@ -557,7 +557,7 @@ def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
 def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print,
                      report: str | Path | None = None) -> dict:
     """Run (or resume) the whole protocol and write ``augment.{md,json,png}`` into ``out`` (and ``report``)."""
-    from trainers.augment_report import summarise, write_report
+    from synth.trainers.augment_report import summarise, write_report
 
     out = Path(out)
     p = Protocol(cfg, out, device, log)
@@ -585,8 +585,8 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
     against what each generator was trained on.  Reports go to ``<out>/fidelity/<set>/`` and are reused
     only while the extractor, the set and the filter are the ones they were made with.
     """
-    from trainers.fidelity import closest_pairs_png, feature_net, fidelity_report
-    from trainers.fidelity import markdown as fidelity_md
+    from synth.trainers.fidelity import closest_pairs_png, feature_net, fidelity_report
+    from synth.trainers.fidelity import markdown as fidelity_md
 
     sets = [d for d in sets if (d / "manifest.json").is_file()]
     if not sets:
@@ -640,7 +640,7 @@ def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: floa
     from synth.augment import SyntheticSet
     from synth.config import load_config
     from synth.io import channel_word
-    from trainers.fidelity import feature_net, fidelity_report
+    from synth.trainers.fidelity import feature_net, fidelity_report
 
     s = SyntheticSet(set_dir)
     rec = (s.manifest.get("model") or {}).get("train_subset") or {}

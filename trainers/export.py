@@ -1,7 +1,7 @@
 """Export: a diffusers-format Stable Diffusion folder plus our schema and resolved config.
 
 ``<run>/export/`` loads with ``diffusers.StableDiffusionPipeline.from_pretrained``
-offline (weights in safetensors only) and with :func:`samplers.load_generator`.
+offline (weights in safetensors only) and with :func:`synth.samplers.load_generator`.
 A pixel-space model has no ``vae/``: load it in diffusers with ``vae=None`` and
 ``output_type="latent"`` (the "latents" are the pixels).
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from samplers.generator import ARTIFACT_FILE
+from synth.samplers.generator import ARTIFACT_FILE
 from synth import solvers
 from synth.cards import model_card, write_card
 from synth.config import config_to_dict, save_config
@@ -23,7 +23,7 @@ def weights_hash(folder: Path) -> str:
 
 
 def weights_record(folder: Path) -> dict:
-    """What an export records about its weights, for :func:`samplers.generator.verify_export` to check at load:
+    """What an export records about its weights, for :func:`synth.samplers.generator.verify_export` to check at load:
     ``weights_sha256`` (all files together) and ``weights_files`` (relative path -> SHA-256, so a changed
     file can be named).  Read once."""
     d = digest_weights(folder)

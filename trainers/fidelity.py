@@ -21,7 +21,7 @@ import torch
 
 from synth.classifier import ClassifierError, SmallCNN, load_classifier, save_classifier
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
-from trainers.classifier import train_classifier
+from synth.trainers.classifier import train_classifier
 
 FEATURE_FORMAT = "synth-fidelity-features-v1"
 
@@ -50,7 +50,7 @@ def feature_net(path, data_cfg, *, steps: int = 600, device: str = "cpu", log=pr
     subset) for ``steps`` steps, saves it to ``path`` with its validation accuracy, and returns it.
     """
     from synth.data import fingerprint, load_split
-    from trainers.classifier import accuracy
+    from synth.trainers.classifier import accuracy
 
     cfg = full_split_config(data_cfg)
     path = Path(path)

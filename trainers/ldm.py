@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from samplers.generator import LDMGenerator
+from synth.samplers.generator import LDMGenerator
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import Config, ConfigError
 from synth.data import ImageSet, check_splits_agree, fingerprint, load_split, subset_record
@@ -26,8 +26,8 @@ from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
-from trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
-from trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
+from synth.trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
+from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
 @dataclass
@@ -181,7 +181,7 @@ def check_autoencoder_gate(cfg: Config, codec, val: ImageSet, log, train: ImageS
 def codec_judge(train: ImageSet, seed: int, run: Path | None, log, device="cpu", index: int = 0, steps: int = 400):
     """Judge ``index``: a classifier of the real training split (its own seed), saved as
     ``<run>/codec-judge[-index].safetensors`` and reused while the data matches."""
-    from trainers.classifier import cached_classifier
+    from synth.trainers.classifier import cached_classifier
 
     name = "codec-judge.safetensors" if index == 0 else f"codec-judge-{index}.safetensors"
     role = "codec judge" if index == 0 else f"codec judge {index + 1}"  # the first keeps its name: cached judges stay valid
@@ -248,7 +248,7 @@ def cache_latents(codec, images: torch.Tensor, cache_file: Path | None, batch_si
     """
     from safetensors.torch import load_file
 
-    from trainers.common import save_safetensors_atomic
+    from synth.trainers.common import save_safetensors_atomic
 
     if cache_file is not None and cache_file.is_file():
         d = load_file(str(cache_file))
@@ -402,7 +402,7 @@ def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], p
 @holding_run_lock
 def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     """Train (or resume, or just export) a diffusion model; returns the export folder."""
-    from trainers.export import export_ldm
+    from synth.trainers.export import export_ldm
 
     r = open_run(cfg, run_dir, "ldm", log)
     accelerator, run, say, main, device, world = r.accelerator, r.folder, r.say, r.main, r.device, r.world

@@ -31,7 +31,7 @@ import torch
 
 from synth.config import TrainConfig
 from synth.seeds import step_generator
-from trainers.common import (EMA, Logger, StepStats, TrainingError, batch_indices, latest_checkpoint, load_optimizer,
+from synth.trainers.common import (EMA, Logger, StepStats, TrainingError, batch_indices, latest_checkpoint, load_optimizer,
                              load_weights, lr_lambda, save_checkpoint, set_base_lrs)
 
 
@@ -143,7 +143,7 @@ def holding_run_lock(train_fn):
 def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run:
     """Make the accelerator and check/create the run folder on rank 0 (resume rules, global batch)."""
     from synth.config import check_resolution
-    from trainers.common import make_accelerator, prepare_run_dir
+    from synth.trainers.common import make_accelerator, prepare_run_dir
 
     check_resolution(cfg, stage)
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)

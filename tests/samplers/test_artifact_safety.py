@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from samplers.generator import ArtifactError, load_generator, read_artifact
+from synth.samplers.generator import ArtifactError, load_generator, read_artifact
 from tests.conftest import tiny_cfg
 from tests.samplers.test_bulk import base_args, cli
 
@@ -32,7 +32,7 @@ def bridge_export(tmp_path_factory):
     from synth.codecs import PixelCodec
     from synth.models import build_flow_unet
     from tests.trainers.test_bridge import BRIDGE, DOMAINS
-    from trainers.export import export_bridge
+    from synth.trainers.export import export_bridge
 
     torch.manual_seed(0)
     cfg = tiny_cfg(*BRIDGE)
@@ -91,7 +91,7 @@ def test_pickle_weights_are_refused_and_never_loaded(export, tmp_path, name):
 
 
 def test_bridge_pickle_refused_and_allowed(bridge_export, tmp_path):
-    from samplers.bridge import BridgeGenerator
+    from synth.samplers.bridge import BridgeGenerator
 
     export = tmp_path / "export"
     shutil.copytree(bridge_export, export)
@@ -155,7 +155,7 @@ def test_weights_changed_while_loading(export, monkeypatch):
 
 
 def test_manifest_records_the_verified_hash(export, tmp_path):
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
     from synth.labels import LabelSchema
 
     g = load_generator(export)
@@ -332,7 +332,7 @@ def test_wrong_paths(export, tmp_path):
 
 
 def test_ldm_loader_refuses_a_bridge(bridge_export):
-    from samplers.generator import LDMGenerator
+    from synth.samplers.generator import LDMGenerator
 
     with pytest.raises(ArtifactError, match=r"holds a 'bridge' model, not a text/label diffusion model"):
         LDMGenerator.from_export(bridge_export)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from samplers.bulk import (BulkError, BulkRequest, condition_for, parse_label_spec, parse_prompt_file, prepare_out,
+from synth.samplers.bulk import (BulkError, BulkRequest, condition_for, parse_label_spec, parse_prompt_file, prepare_out,
                            run_bulk)
-from samplers.generator import load_generator, read_artifact
+from synth.samplers.generator import load_generator, read_artifact
 from synth.labels import LabelError, LabelSchema
 from synth.seeds import image_seed
 from tests.conftest import ROOT, run_cli_and_kill_when
@@ -248,7 +248,7 @@ def test_batch_size_in_identity_on_cuda_only(tiny_export, tmp_path):
 
 MAIN_FIRST_SCRIPT = """
 import sys
-from samplers.bulk import BulkError, process_group
+from synth.samplers.bulk import BulkError, process_group
 from synth.distributed import main_first
 def refuse():
     raise BulkError("output folder 'x' holds images from another model")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from samplers.bulk import BulkError, BulkRequest, output_lock, parse_label_spec, prepare_out, run_bulk
-from samplers.generator import load_generator
+from synth.samplers.bulk import BulkError, BulkRequest, output_lock, parse_label_spec, prepare_out, run_bulk
+from synth.samplers.generator import load_generator
 from synth.labels import LabelSchema
 from tests.samplers.test_bulk import tree_bytes
 
@@ -113,7 +113,7 @@ def remount(where: str, opts: str) -> None:
 
 def all_records_true(out) -> bool:
     """Every shard recorded as done has every listed file on disk with the recorded hash."""
-    from samplers.bulk import file_matches, read_done
+    from synth.samplers.bulk import file_matches, read_done
 
     recs = [read_done(out, int(p.stem[6:11])) for p in (out / ".synth" / "done").glob("shard-*.json")]
     return all(file_matches(out, e) for r in recs if r for e in r["files"])

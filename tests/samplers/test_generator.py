@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from samplers.generator import ArtifactError, SampleBatch, load_generator, read_artifact
+from synth.samplers.generator import ArtifactError, SampleBatch, load_generator, read_artifact
 from synth.labels import Condition
 from synth.seeds import image_seed
 

@@ -14,7 +14,7 @@ from tests.trainers.test_bridge import BRIDGE, three_domains
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
-    from trainers.bridge import train_bridge
+    from synth.trainers.bridge import train_bridge
 
     d = tmp_path_factory.mktemp("translate")
     data = three_domains(d / "dom3.npz", n=120)

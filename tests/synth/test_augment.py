@@ -37,7 +37,7 @@ def item_id(image: torch.Tensor) -> int:
 
 
 def png(a: np.ndarray) -> bytes:
-    from samplers.bulk import png_bytes
+    from synth.samplers.bulk import png_bytes
 
     if a.ndim == 2:
         return png_bytes(a)
@@ -51,7 +51,7 @@ def png(a: np.ndarray) -> bytes:
 def write_set(root, labels, *, fmt="imagefolder", classes=CLASSES, shard_size=8, rgb=False, dark=(), n_requested=None):
     """A finished synth set: ``labels[i]`` is image i's class id (None: free-text prompt); ``dark``: indices
     drawn dark whatever their label (what a quality filter should reject)."""
-    from samplers.bulk import tar_bytes
+    from synth.samplers.bulk import tar_bytes
 
     root.mkdir(parents=True)
     rows, by_shard = [], {}
@@ -396,7 +396,7 @@ def test_quality_filter_writes_decisions_and_keep(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_bridge():
-    from samplers.bridge import BridgeGenerator
+    from synth.samplers.bridge import BridgeGenerator
     from synth.codecs import PixelCodec
     from synth.models import build_flow_unet
 
@@ -412,7 +412,7 @@ def tiny_ldm_export(tmp_path_factory):
     from synth.labels import LabelSchema
     from synth.models import build_noise_scheduler, build_text_encoder, build_tokenizer, build_unet
     from tests.conftest import tiny_cfg
-    from trainers.export import export_ldm
+    from synth.trainers.export import export_ldm
 
     cfg = tiny_cfg()
     torch.manual_seed(0)
@@ -486,8 +486,8 @@ def test_online_errors(tiny_bridge, monkeypatch):
 
 def test_real_bulk_sets_and_online_equal_synth_sample(tiny_ldm_export, tmp_path):
     """Sets written by run_bulk read back; OnlineSynthetic with the same spec gives the same pixels."""
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
 
     gen = load_generator(tiny_ldm_export)
     spec = parse_label_spec("normal=0.3,pneumonia=0.7", gen.schema)

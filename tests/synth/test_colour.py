@@ -58,7 +58,7 @@ def test_mixed_folder_names_a_file_of_each_kind_and_channels_resolves_it(tmp_pat
         load_image_folder(root, "train", 12, "raise", None)
     assert load_image_folder(root, "train", 12, "raise", None, channels=3).channels == 3
     assert load_image_folder(root, "train", 12, "raise", None, channels=1).channels == 1
-    from samplers.translate import load_input  # translation has no data.channels: its fix is another one
+    from synth.samplers.translate import load_input  # translation has no data.channels: its fix is another one
 
     with pytest.raises(DataError, match=r"grey: '.*grey.png', colour: '.*colour.png'\); --input must hold one kind"):
         load_input(str(root), 12)
@@ -108,15 +108,15 @@ def test_config_channels_choices():
 
 @pytest.fixture(scope="module")
 def colour_export(tmp_path_factory):
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     run = tmp_path_factory.mktemp("colour-ldm")
     return train_ldm(tiny_cfg(*COLOUR, "train.steps=4"), run, log=lambda *a: None)
 
 
 def test_colour_export_samples_and_writes_rgb(colour_export, tmp_path):
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
 
     meta = json.loads((colour_export / "synth.json").read_text())
     assert meta["channels"] == 3
@@ -130,7 +130,7 @@ def test_colour_export_samples_and_writes_rgb(colour_export, tmp_path):
     assert res.manifest["channels"] == 3
     pngs = sorted((tmp_path / "set").rglob("*.png"))
     assert len(pngs) == 6 and all(Image.open(p).mode == "RGB" for p in pngs)
-    from samplers.bulk import condition_for
+    from synth.samplers.bulk import condition_for
     from synth.seeds import image_seed
 
     one = g.sample([condition_for(0, req.spec, g.schema)], [image_seed(req.seed, 0)], steps=3, guidance=req.guidance,
@@ -140,7 +140,7 @@ def test_colour_export_samples_and_writes_rgb(colour_export, tmp_path):
 
 def test_colour_resume_equals_uninterrupted(tmp_path):
     from tests.trainers.test_ldm import _final_state
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     train_ldm(tiny_cfg(*COLOUR, "train.steps=4"), tmp_path / "a", log=lambda *a: None)
     train_ldm(tiny_cfg(*COLOUR, "train.steps=2"), tmp_path / "b", log=lambda *a: None)
@@ -153,7 +153,7 @@ def test_colour_pipeline_parity(colour_export):
     """The RGB export is a diffusers pipeline whose output our sampler reproduces."""
     from diffusers import StableDiffusionPipeline
 
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     g = load_generator(colour_export)
     pipe = StableDiffusionPipeline.from_pretrained(colour_export, vae=None, safety_checker=None, use_safetensors=True)
@@ -167,9 +167,9 @@ def test_colour_pipeline_parity(colour_export):
 
 
 def test_colour_autoencoder_and_latent_model(tmp_path):
-    from samplers.generator import load_generator
-    from trainers.autoencoder import train_autoencoder
-    from trainers.ldm import train_ldm
+    from synth.samplers.generator import load_generator
+    from synth.trainers.autoencoder import train_autoencoder
+    from synth.trainers.ldm import train_ldm
 
     ae = train_autoencoder(tiny_cfg(*COLOUR, "train.steps=2"), tmp_path / "ae", log=lambda *a: None)
     from diffusers import AutoencoderKL
@@ -187,9 +187,9 @@ def test_colour_autoencoder_and_latent_model(tmp_path):
 
 
 def test_translation_and_mixing_refuse_the_other_channel_count(colour_export, tmp_path):
-    from samplers.bulk import BulkError, BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
-    from samplers.translate import TranslateRequest, check_translate
+    from synth.samplers.bulk import BulkError, BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
+    from synth.samplers.translate import TranslateRequest, check_translate
     from synth.augment import AugmentError, mix
     from synth.data import phantom_set
 
@@ -279,7 +279,7 @@ def test_a_colour_marker_on_an_xray_keeps_it_grey_and_colour_fidelity_features_w
 def test_a_run_recorded_before_data_channels_existed_still_resumes(tmp_path):
     import json as _json
 
-    from trainers.ldm import train_ldm
+    from synth.trainers.ldm import train_ldm
 
     train_ldm(tiny_cfg("train.steps=2"), tmp_path, log=lambda *a: None)
     meta = _json.loads((tmp_path / "run.json").read_text())
@@ -291,9 +291,9 @@ def test_a_run_recorded_before_data_channels_existed_still_resumes(tmp_path):
 
 def test_fidelity_refuses_a_colour_set_against_grey_real_data(colour_export, tmp_path):
     """Before any feature net is trained: the set's channel count against the real data's, with the fix."""
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from samplers.generator import load_generator
-    from trainers.evaluate import EvalError, fidelity_cli
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.generator import load_generator
+    from synth.trainers.evaluate import EvalError, fidelity_cli
 
     g = load_generator(colour_export)
     run_bulk(BulkRequest(model=str(colour_export), out=str(tmp_path / "set"), n=4, steps=2, shard_size=4, batch_size=4,

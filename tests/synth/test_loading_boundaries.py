@@ -186,7 +186,7 @@ def test_path_errors_are_one_line():
 
 
 def test_prompt_file_with_a_byte_order_mark_keeps_its_class(tmp_path):
-    from samplers.bulk import parse_prompt_file
+    from synth.samplers.bulk import parse_prompt_file
     from synth.labels import LabelSchema
 
     p = tmp_path / "p.txt"

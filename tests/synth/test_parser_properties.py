@@ -393,7 +393,7 @@ label_specs = st.one_of(
 
 
 def _bulk():
-    return pytest.importorskip("samplers.bulk")
+    return pytest.importorskip("synth.samplers.bulk")
 
 
 @SETTINGS

@@ -7,13 +7,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from samplers.bridge import BridgeGenerator
-from samplers.generator import ArtifactError, load_generator
+from synth.samplers.bridge import BridgeGenerator
+from synth.samplers.generator import ArtifactError, load_generator
 from synth.config import ConfigError
 from synth.labels import Condition, LabelError
 from tests.conftest import TINY, run_cli_and_kill_when, tiny_cfg
 from tests.trainers.test_ldm import cli
-from trainers.bridge import ot_pairing, train_bridge
+from synth.trainers.bridge import ot_pairing, train_bridge
 
 DOMAINS = ["clean", "dim", "inverted"]
 BRIDGE = ["labels.domains=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]"]
@@ -112,7 +112,7 @@ def test_sigkill_resume_is_bit_exact(tmp_path):
 
 def test_a_class_label_selects_its_domain_in_bulk_sampling(bridge_export, tmp_path):
     """`synth sample --labels` on a bridge: Condition(label=k) is domain k (was silently domain 0)."""
-    from samplers.bulk import BulkRequest, parse_label_spec, run_bulk
+    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
     from synth.labels import LabelSchema
 
     g = load_generator(bridge_export)
@@ -135,7 +135,7 @@ def test_labels_classes_names_a_bridge_like_an_ldm(tmp_path):
     """Issue 19: ``labels.classes`` was silently ignored by the bridge (npz classes came out class_0..2)."""
     import json
 
-    from trainers.bridge import train_bridge
+    from synth.trainers.bridge import train_bridge
 
     data = three_domains(tmp_path / "d.npz", n=48)
     cfg = tiny_cfg(f"data.name={data}", "labels.classes=[clean,dim,inverted]", "model.unet.attention_levels=[false,false]",

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 from synth.config import ConfigError
 
 from tests.conftest import tiny_cfg
-from trainers.autoencoder import perceptual_distance, train_autoencoder
-from trainers.common import TrainingError
-from trainers.ldm import train_ldm
+from synth.trainers.autoencoder import perceptual_distance, train_autoencoder
+from synth.trainers.common import TrainingError
+from synth.trainers.ldm import train_ldm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 quiet = dict(log=lambda *a: None)
@@ -64,7 +64,7 @@ def test_hinge_terms_train_the_critic_and_the_autoencoder_apart():
     """The critic's loss reaches only the critic (reconstructions detached) and the generator's loss only the
     reconstructions (the critic's weights held fixed): the two never pull on each other's parameters."""
     from synth.models import PatchDiscriminator
-    from trainers.autoencoder import critic_hinge, generator_hinge
+    from synth.trainers.autoencoder import critic_hinge, generator_hinge
 
     torch.manual_seed(0)
     disc = PatchDiscriminator(1, 8, 2)
@@ -118,7 +118,7 @@ def test_adversarial_term_switches_on_at_its_step_and_resumes_bit_exact(tmp_path
     with pytest.raises(ConfigError, match=r"written without a patch critic"):  # nor appear
         train_autoencoder(tiny_cfg("train.steps=6", *adv), tmp_path / "plain", **quiet)
     train_autoencoder(tiny_cfg("train.steps=6", "train.adversarial_weight=0.2"), tmp_path / "b", **quiet)  # its weight may
-    from trainers.autoencoder import check_critic  # a critic file gone from the newest checkpoint is damage, which
+    from synth.trainers.autoencoder import check_critic  # a critic file gone from the newest checkpoint is damage, which
     (tmp_path / "b" / "checkpoints" / "step-00000006" / "disc.safetensors").unlink()  # the resume quarantines
     check_critic(tiny_cfg("train.steps=8", *adv), tmp_path / "b")
     with pytest.raises(ConfigError, match=r"at least 8 px for its patch critic \(data.resolution is 6\)"):

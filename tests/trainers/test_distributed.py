@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from synth.config import ConfigError
 from tests.conftest import ROOT, TINY, tiny_cfg
-from trainers.common import prepare_run_dir
-from trainers.ldm import train_ldm
+from synth.trainers.common import prepare_run_dir
+from synth.trainers.ldm import train_ldm
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import torch
 from synth.config import ConfigError, load_config
 from tests.conftest import TINY
 from tests.trainers.test_ldm import cli
-from trainers.evaluate import (EvalError, check_subset, light_geometric, plan_cells, real_splits,
+from synth.trainers.evaluate import (EvalError, check_subset, light_geometric, plan_cells, real_splits,
                               read_results)
 
 BRIDGE = ["model.unet.attention_levels=[false,false]", "train.steps=6", "sample.sampler=euler", "sample.steps=3"]

@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-import trainers.fidelity as fidelity
+import synth.trainers.fidelity as fidelity
 from synth.config import load_config
 from synth.data import phantom_set
-from trainers.fidelity import FidelityError, feature_net, fidelity_report
+from synth.trainers.fidelity import FidelityError, feature_net, fidelity_report
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,7 +69,7 @@ def test_inception_weights_are_refused_in_one_line(tmp_path):
 def test_fidelity_report_writes_json_markdown_and_png(tmp_path):
     torch.manual_seed(0)
     train, test = phantom_set(40, 28, 0, "train"), phantom_set(24, 28, 0, "test")
-    from trainers.classifier import train_classifier
+    from synth.trainers.classifier import train_classifier
     net = train_classifier(train.images, train.labels, 2, steps=5, batch_size=16)
     syn = torch.cat([train.images[:10], phantom_set(14, 28, 5, "val").images])   # 10 copies, 14 new images
     labels = torch.cat([train.labels[:10], torch.arange(14) % 2])
@@ -94,7 +94,7 @@ def test_fidelity_report_writes_json_markdown_and_png(tmp_path):
 def test_held_out_copies_of_training_images_are_left_out_of_the_privacy_reference():
     torch.manual_seed(0)
     train, test = phantom_set(30, 16, 0, "train"), phantom_set(20, 16, 0, "test")
-    from trainers.classifier import train_classifier
+    from synth.trainers.classifier import train_classifier
     net = train_classifier(train.images, train.labels, 2, steps=2, batch_size=8)
     leaky = (torch.cat([test.images, train.images[:4]]), torch.cat([test.labels, train.labels[:4]]))
     syn, labels = phantom_set(12, 16, 9, "val").images, torch.arange(12) % 2
@@ -112,7 +112,7 @@ def test_feature_net_names_npz_classes_as_the_user_does(tmp_path):
     import numpy as np
 
     from synth.config import load_config
-    from trainers.fidelity import feature_net
+    from synth.trainers.fidelity import feature_net
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (24, 16, 16), dtype=np.uint8)
@@ -137,8 +137,8 @@ def test_eval_fidelity_names_npz_classes_as_its_generator_did(tmp_path):
     from synth.config import load_config
     from synth.data import load_split, subset_record
     from tests.synth.test_augment import write_set
-    from trainers.evaluate import EvalError, fidelity_cli
-    from trainers.fidelity import feature_net
+    from synth.trainers.evaluate import EvalError, fidelity_cli
+    from synth.trainers.fidelity import feature_net
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)  # the size write_set draws

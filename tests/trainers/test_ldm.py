@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from synth.config import ConfigError
 from tests.conftest import ROOT, TINY, run_cli_and_kill_when, tiny_cfg
-from trainers.common import TrainingError, list_checkpoints
-from trainers.ldm import train_ldm
+from synth.trainers.common import TrainingError, list_checkpoints
+from synth.trainers.ldm import train_ldm
 
 quiet = dict(log=lambda *a: None)
 

@@ -4,8 +4,8 @@ import torch
 from safetensors.torch import load_file
 
 from synth.config import load_config
-from trainers.common import EMA, TrainingError, list_checkpoints, make_accelerator
-from trainers.loop import Task, fit
+from synth.trainers.common import EMA, TrainingError, list_checkpoints, make_accelerator
+from synth.trainers.loop import Task, fit
 
 
 class Toy(torch.nn.Module):

@@ -6,9 +6,9 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import tiny_cfg
-from trainers.autoencoder import train_autoencoder
-from trainers.common import TrainingError
-from trainers.ldm import train_ldm
+from synth.trainers.autoencoder import train_autoencoder
+from synth.trainers.common import TrainingError
+from synth.trainers.ldm import train_ldm
 
 quiet = dict(log=lambda *a: None)
 
@@ -65,7 +65,7 @@ def test_autoencoder_stage_gate_and_latent_cache(tmp_path):
 
     vae = AutoencoderKL.from_pretrained(export / "vae", use_safetensors=True)
     assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])  # the scale travels with the artifact
-    from samplers.generator import load_generator
+    from synth.samplers.generator import load_generator
 
     g = load_generator(export)
     out = g.sample([g.schema.condition(1)], [0], steps=3)
@@ -145,7 +145,7 @@ def test_pretrained_wrong_paths(tiny_sd, tmp_path):
 def _autoencoder_export(tmp_path, record: bool):
     """An (untrained) autoencoder export folder as the autoencoder stage writes it, optionally with a weights record."""
     from synth.models import build_vae
-    from trainers.export import weights_record
+    from synth.trainers.export import weights_record
 
     run = tmp_path / "ae"
     build_vae(1, [16, 16], 1, 4, 8, 16).save_pretrained(run / "export" / "vae", safe_serialization=True)
