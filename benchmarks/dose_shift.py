@@ -213,8 +213,8 @@ def sdedit(gen, images: torch.Tensor, target_class: int, strength: float, steps:
            seeds: list[int]) -> torch.Tensor:
     """SDEdit (Meng et al. 2022) with the latent diffusion model: encode, noise to ``strength`` of the
     schedule, denoise under the target domain's prompt with DDIM (``steps`` evaluations)."""
-    from synth.samplers.integrators import get_sampler
-    from synth.samplers.schedules import diffusion_denoiser, sigmas_from_alphas
+    from synth import solvers
+    from synth.paths.diffusion import diffusion_denoiser, sigmas_from_alphas
     from synth.io import to_float, to_uint8
     from synth.seeds import generator_for
 
@@ -234,14 +234,14 @@ def sdedit(gen, images: torch.Tensor, target_class: int, strength: float, steps:
         return gen.unet(x_vp, t, encoder_hidden_states=c).sample.float()
 
     predict = diffusion_denoiser(unet_fn, gen.alphas_cumprod, gen.prediction_type)
-    z = get_sampler("euler")(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance)
+    z = solvers.get("euler").fn(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance)
     return to_uint8(gen.codec.decode(z).float())
 
 
 def bridge_nfe(sampler: str, k: int) -> int:
     """Network evaluations of a translation with ``k`` steps per leg: the inversion leg never ends
     at sigma = 0, so a two-stage solver pays 2 per step there; the forward leg's last step pays 1."""
-    from synth.samplers.integrators import model_evals
+    from synth.solvers import model_evals
 
     forward = model_evals(sampler, k)
     return forward + (2 * k if forward == 2 * k - 1 else k)

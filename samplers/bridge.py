@@ -14,15 +14,14 @@ from typing import Sequence
 
 import torch
 
-from synth.samplers.flow import integrate_flow, translate_latents
 from synth.samplers.artifact import (ArtifactError, SampleBatch, finish_loading, load_component, read_artifact,
                                verify_export)
-from synth.samplers.integrators import model_evals
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.config import ConfigError
 from synth.io import to_float, to_uint8
 from synth.labels import Condition, LabelError
+from synth.paths.flow import FLOW, integrate_flow, translate_latents
 from synth.seeds import derive_seed, generator_for
 
 
@@ -92,7 +91,7 @@ class BridgeGenerator:
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """v(x_t, t | domain) = x1 - x0 predicted; x_t (B, c, h, w), t (B,) in [0, 1], domain (B,) int."""
         p = next(self.unet.parameters())
-        out = self.unet(x_t.to(p.dtype), (t * 1000).to(x_t.device, torch.float32), class_labels=domain).sample
+        out = self.unet(x_t.to(p.dtype), FLOW.network_time(t).to(x_t.device, torch.float32), class_labels=domain).sample
         return out.float()
 
     def condition_domain(self, c: Condition) -> int:
@@ -134,7 +133,7 @@ class BridgeGenerator:
                                uncond=self._domains(self.null_domain, hi - lo, p.device), guidance=guidance,
                                rng=self._rng(seeds[lo:hi], sampler, hi - lo))
             outs.append(to_uint8(self.codec.decode(z).float()).cpu())
-        settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "model_evals": model_evals(sampler, steps),
+        settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "model_evals": solvers.model_evals(sampler, steps),
                     "model_id": self.model_id, "dtype": str(p.dtype).replace("torch.", "")}
         return SampleBatch(torch.cat(outs), list(conditions), list(seeds), settings)
 

@@ -17,13 +17,12 @@ from synth.samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_A
                                ArtifactError, SampleBatch, _fix, _os_message, check_files, check_meta, export_folder,
                                finish_loading, load_component, read_artifact, show, verify_export)
 from synth.samplers.bridge import BridgeGenerator
-from synth.samplers.integrators import get_sampler, model_evals
-from synth.samplers.schedules import diffusion_denoiser, init_noise_scale, sampling_sigmas
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
 from synth.io import to_uint8
 from synth.labels import Condition, LabelSchema
 from synth.models import first_line
+from synth.paths.diffusion import DiffusionPath
 from synth.seeds import derive_seed, generator_for
 
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int) -> torch.Tensor:
@@ -57,10 +56,20 @@ class LDMGenerator:
         self.unet, self.text_encoder, self.tokenizer, self.codec = unet, text_encoder, tokenizer, codec
         self.schema, self.alphas_cumprod = schema, alphas_cumprod
         self.prediction_type, self.resolution, self.max_length = prediction_type, resolution, max_length
-        self.model_id, self.spacing = model_id, spacing
+        self.model_id = model_id
+        self.path = DiffusionPath(alphas_cumprod, prediction_type, spacing=spacing)  # the one the model was trained on
         self.chunk_size: int | None = None  # images per network call; None: the whole batch
         self._text_cache: dict[str, torch.Tensor] = {}
         self.weights_sha256: str | None = None  # set by from_export: the verified hash of the loaded weights
+
+    @property
+    def spacing(self) -> str:
+        """The timestep spacing of the sampling grid (diffusers' ``timestep_spacing``), kept by the path."""
+        return self.path.spacing
+
+    @spacing.setter
+    def spacing(self, value: str) -> None:
+        self.path.spacing = value
 
     # -- loading -----------------------------------------------------------
     @classmethod
@@ -157,27 +166,27 @@ class LDMGenerator:
                                  noise=None if noise is None else noise[i:i + c]) for i in range(0, len(seeds), c)]
             return SampleBatch(torch.cat([p.images for p in parts]), [x for p in parts for x in p.conditions],
                                list(seeds), parts[0].settings)
-        solve = get_sampler(sampler)
+        solve = solvers.get(sampler).fn
         p = next(self.unet.parameters())
         device, dtype = p.device, p.dtype
         prompts = [c.prompt or (self.schema.prompt_for(c.label) if c.label is not None else "") for c in conditions]
         cond = self.text_embeddings(prompts).to(device, dtype)
         uncond = self.text_embeddings([""] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
-        sigmas = sampling_sigmas(self.alphas_cumprod, steps, self.spacing)  # stays on the CPU: host-side grid
+        sigmas = self.path.sampling_sigmas(steps)  # stays on the CPU: host-side grid
         x0 = self.initial_noise(seeds) if noise is None else noise
         # The ODE state stays float32 whatever the model's precision; only the network runs in ``dtype``.
-        x = x0.to(device, torch.float32) * init_noise_scale(sigmas)
+        x = x0.to(device, torch.float32) * self.path.init_noise_scale(sigmas)
 
         def unet_fn(x_vp, t, c):
             return self.unet(x_vp.to(dtype), t, encoder_hidden_states=c).sample.float()
 
-        predict = diffusion_denoiser(unet_fn, self.alphas_cumprod, self.prediction_type)
+        predict = self.path.denoiser(unet_fn)
         # its own named stream: seeds + 1 would be the next image's starting noise
         gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
         z = solve(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance, rng=gens)
         images = to_uint8(self.codec.decode(z).float()).cpu()
         settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "dtype": str(dtype).replace("torch.", ""),
-                    "model_evals": model_evals(sampler, steps), "model_id": self.model_id}
+                    "model_evals": solvers.model_evals(sampler, steps), "model_id": self.model_id}
         conds = [Condition(label=c.label, domain=c.domain, prompt=pr) for c, pr in zip(conditions, prompts)]
         return SampleBatch(images, conds, list(seeds), settings)
 
@@ -197,7 +206,7 @@ def should_compile(device, n_images: int, steps: int, sampler: str, guidance: fl
     if torch.device(device).type != "cuda":
         return False
     params = sum(p.numel() for p in generator.unet.parameters())
-    evals = model_evals(sampler, steps) * (1 if guidance == 1.0 else 2)
+    evals = solvers.model_evals(sampler, steps) * (1 if guidance == 1.0 else 2)
     return n_images * evals * params >= COMPILE_WORK
 
 

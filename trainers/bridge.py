@@ -5,7 +5,7 @@ are the acquisition domains; images need not be paired or balanced.  The model i
 a ``UNet2DModel`` with a learned embedding per domain plus a null domain (dropped
 with ``train.cond_drop_prob`` for classifier-free guidance), trained on the linear
 (rectified) path ``x_t = (1 - t) x0 + t x1`` to predict ``v = x1 - x0`` (the
-convention of :mod:`synth.samplers.flow`), in the latent space of the project's
+convention of :mod:`synth.paths.flow`), in the latent space of the project's
 autoencoder (``model.codec: vae`` + ``model.autoencoder``) or in pixel space.
 
 Couplings (``train.coupling``): ``independent`` pairs each image with fresh noise;
@@ -30,6 +30,7 @@ from synth.data import check_splits_agree, load_split, subset_record
 from synth.io import channel_word, labelled_grid, save_png, to_float
 from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
+from synth.paths.flow import FLOW
 from synth.seeds import image_seed
 from synth.trainers.common import data_rows, latest_checkpoint, place_data
 from synth.trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
@@ -45,10 +46,9 @@ class FlowObjective(torch.nn.Module):
 
     def forward(self, x1: torch.Tensor, x0: torch.Tensor, t: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """x1 data, x0 noise: (B, c, h, w); t (B,) in [0, 1]; domain (B,) int (null = N) -> (B,)."""
-        tb = t.view(-1, 1, 1, 1).to(x1.dtype)
-        x_t = (1 - tb) * x0 + tb * x1
-        pred = self.unet(x_t, t * 1000, class_labels=domain).sample
-        return F.mse_loss(pred.float(), (x1 - x0).float(), reduction="none").mean(dim=(1, 2, 3))
+        x_t = FLOW.interpolate(x0, x1, t)
+        pred = self.unet(x_t, FLOW.network_time(t), class_labels=domain).sample
+        return F.mse_loss(pred.float(), FLOW.target(x0, x1).float(), reduction="none").mean(dim=(1, 2, 3))
 
 
 def ot_pairing(x0: torch.Tensor, x1: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from synth.distributed import main_first
 from synth.io import (atomic_replace_dir, channel_word, fresh_tmp_dir, labelled_grid, remove_stale_tmp_dirs, save_png,
                       to_float)
 from synth.labels import LabelSchema
+from synth.paths.diffusion import DiffusionPath, min_snr_weight  # noqa: F401  (min_snr_weight: its old home)
 from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
@@ -269,16 +270,6 @@ def cache_latents(codec, images: torch.Tensor, cache_file: Path | None, batch_si
 # Objective
 
 
-def min_snr_weight(alphas_cumprod: torch.Tensor, t: torch.Tensor, gamma: float | None, prediction_type: str) -> torch.Tensor:
-    """Per-sample loss weight (B,) of Min-SNR-gamma (Hang et al. 2023); ones when gamma is None."""
-    if gamma is None:
-        return torch.ones(t.shape, dtype=torch.float32, device=t.device)
-    a = alphas_cumprod[t].float()
-    snr = a / (1 - a)
-    clipped = snr.clamp(max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr
-
-
 class DiffusionObjective(torch.nn.Module):
     """Per-sample diffusion loss; holds the UNet and (when it runs per step) the text encoder.
 
@@ -291,8 +282,7 @@ class DiffusionObjective(torch.nn.Module):
                  min_snr_gamma: float | None):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
-        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
-        self.prediction_type, self.min_snr_gamma = prediction_type, min_snr_gamma
+        self.path = DiffusionPath(alphas_cumprod.float().clone(), prediction_type, min_snr_gamma)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -300,12 +290,10 @@ class DiffusionObjective(torch.nn.Module):
         text (B, L, D) cached embeddings, or ids (B, L) token ids for the text encoder -> (B,) loss."""
         if text is None:
             text = self.text_encoder(ids)[0]
-        a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x.dtype)
-        noisy = a.sqrt() * x + (1 - a).sqrt() * noise
-        target = noise if self.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x
-        pred = self.unet(noisy, t, encoder_hidden_states=text).sample
+        pred = self.unet(self.path.add_noise(x, noise, t), t, encoder_hidden_states=text).sample
+        target = self.path.target(x, noise, t)
         per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return per * min_snr_weight(self.alphas_cumprod, t, self.min_snr_gamma, self.prediction_type)
+        return per * self.path.loss_weight(t)
 
 
 def draw_diffusion(step: int, gen: torch.Generator, n: int, *, shape: tuple, num_timesteps: int,

@@ -7,8 +7,8 @@ Convention (written once, here).  Every solver works on a *denoiser* in the vari
 
 and walks a grid ``sigmas`` (1-D, any direction; decreasing = generate, increasing = invert towards
 noise).  The probability-flow ODE is ``dx/dsigma = (x - x0_hat) / sigma``.  A diffusion model maps to it
-through its noise schedule (:mod:`synth.samplers.schedules`), a flow-matching model through
-``sigma = (1 - t) / t`` (:func:`synth.samplers.integrators.flow_denoiser`); deterministic DDIM is exactly Euler.
+through its noise schedule (:class:`synth.paths.DiffusionPath`), a flow-matching model through
+``sigma = (1 - t) / t`` (:class:`synth.paths.FlowPath`); deterministic DDIM is exactly Euler.
 
 Classifier-free guidance: ``d = d_uncond + w (d_cond - d_uncond)``; ``w = 1`` is no guidance (other
 codebases write ``(1 + w) c - w u``; their w is ours minus 1).  Conditional and unconditional predictions

@@ -4,8 +4,10 @@ import math
 import pytest
 import torch
 
-from synth.samplers.flow import T_EDGE, flow_times, integrate_flow, translate_latents
-from synth.samplers.integrators import SAMPLERS
+from synth import solvers
+from synth.paths.flow import T_EDGE, flow_times, integrate_flow, translate_latents
+
+SAMPLERS = solvers.names()
 
 S = 0.4  # every domain: N(mu_k, S^2) per coordinate
 MU = torch.tensor([-1.0, 0.5, 1.5])  # domain means; the null "domain" (index 3) has mean 0

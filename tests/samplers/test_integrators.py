@@ -2,8 +2,17 @@
 import pytest
 import torch
 
-from synth.samplers.integrators import (SAMPLERS, euler, flow_denoiser, flow_sigma, get_sampler, guided_denoise)
-from synth.samplers.schedules import diffusion_denoiser, sampling_sigmas, sigma_to_t, sigmas_from_alphas
+from synth import solvers
+from synth.paths.diffusion import diffusion_denoiser, sampling_sigmas, sigma_to_t, sigmas_from_alphas
+from synth.paths.flow import flow_denoiser, flow_sigma
+from synth.solvers.base import guided_denoise
+from synth.solvers.euler import euler
+
+SAMPLERS = {name: solvers.get(name).fn for name in solvers.names()}
+
+
+def get_sampler(name):
+    return solvers.get(name).fn
 
 S = 0.5  # data std
 
@@ -146,7 +155,6 @@ def test_flow_matching_parity_with_diffusers_flowmatch_euler():
 def test_integrators_never_read_device_values(name):
     """A CPU stand-in for "no host syncs on a GPU": on the meta device any .item(), float(),
     bool() or `if tensor == 0` raises, so every solver must branch on the host-side grid."""
-    from synth.samplers.schedules import diffusion_denoiser, sampling_sigmas
     from synth.models import build_noise_scheduler
 
     alphas = build_noise_scheduler(1000, "scaled_linear", "epsilon").alphas_cumprod
