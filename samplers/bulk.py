@@ -40,17 +40,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import tarfile
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,16 +59,21 @@ from PIL import Image
 
 from synth import solvers
 from synth.errors import SynthError
-from synth.allocation import label_at
-from synth.cards import CARD, dataset_card, is_synth_card, write_card
+from synth.cards import CARD, is_synth_card
 from synth.distributed import barrier, dist_info, main_first
-from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, atomic_write_text, to_hwc
-from synth.labels import Condition, LabelError, LabelSchema
+from synth.io import FolderBusyError, FolderLock, atomic_write_bytes, atomic_write_json, to_hwc
+from synth.labels import LabelSchema
 from synth.provenance import base_provenance, image_provenance, pnginfo
 from synth.seeds import check_seed, image_seed
+from synth.sampleset.conditions import ConditionSpec, condition_for, parse_label_spec, parse_prompt_file
+from synth.sampleset.layout import (FORMATS, OUR_FILE_RE, OUR_NAMES, PNG_RE, ROOT_TMP_RE, SHARD_DIR_RE, SHARD_TAR_RE,
+                                    metadata_row, png_name, shard_name, shard_range)
+from synth.sampleset.manifest import merge_ranges, write_manifest  # noqa: F401  (merge_ranges: its old home)
+from synth.sampleset.records import (PNG_SIGNATURE, done_record,  # noqa: F401  (old home of all)
+                                     file_entry, file_matches, png_intact, read_done,
+                                     shard_is_done)
 from synth.threads import adopt_threads
 
-FORMATS = ("imagefolder", "webdataset")
 
 
 class BulkError(SynthError, RuntimeError):
@@ -80,100 +82,6 @@ class BulkError(SynthError, RuntimeError):
 
 # ---------------------------------------------------------------------------
 # What to sample
-
-
-@dataclass(frozen=True)
-class ConditionSpec:
-    """Either label weights (``labels``: class index -> weight, summing to 1) or prompt lines."""
-
-    labels: tuple[tuple[int, float], ...] = ()
-    lines: tuple[tuple[int | None, str], ...] = ()  # (label or None, prompt) per line
-    order: str = "quota"  # synth.allocation: "weyl" only for sets made before exact quotas
-
-    def to_json(self, schema: LabelSchema) -> dict:
-        if self.labels:
-            weights = {"labels": {schema.classes[k]: w for k, w in self.labels}}
-            # a set made before exact quotas has no key: it resumes with its own (weyl) labels
-            return weights if self.order == "weyl" else {**weights, "label_order": self.order}
-        return {"prompts": [{"label": None if k is None else schema.classes[k], "prompt": p} for k, p in self.lines]}
-
-
-def parse_label_spec(spec: str, schema: LabelSchema, log: Callable[[str], None] = print) -> ConditionSpec:
-    """``"normal=0.5,pneumonia=0.5"`` (or ``"pneumonia"``) -> weights; normalised if they do not sum to 1."""
-    items = [s.strip() for s in spec.split(",") if s.strip()]
-    if not items:
-        raise LabelError(f"empty label spec '{spec}'; use e.g. '{schema.classes[0]}=0.5,{schema.classes[-1]}=0.5'")
-    weights: dict[int, float] = {}
-    for it in items:
-        name, _, w = it.partition("=")
-        k = schema.index(name.strip())
-        try:
-            weight = float(w) if w.strip() else 1.0
-        except ValueError:
-            raise LabelError(f"malformed label spec item '{it}': weight '{w}' is not a number "
-                             f"(use e.g. {schema.classes[0]}=0.5)") from None
-        if weight < 0 or not math.isfinite(weight):
-            raise LabelError(f"label '{name.strip()}' has weight {weight}; weights must be finite and >= 0")
-        if k in weights:
-            raise LabelError(f"label '{schema.classes[k]}' appears twice in '{spec}'")
-        weights[k] = weight
-    total = sum(weights.values())
-    if not math.isfinite(total):
-        raise LabelError(f"label weights in '{spec}' are too large to add up; use weights like 0.5 or 1")
-    if total <= 0:
-        raise LabelError(f"label weights in '{spec}' sum to 0; give at least one label a positive weight")
-    if abs(total - 1) > 1e-6 and len(items) > 1:
-        log(f"note: label weights sum to {total:g}, not 1; normalised to "
-            + ", ".join(f"{schema.classes[k]}={w / total:.4g}" for k, w in weights.items()))
-    return ConditionSpec(labels=tuple(sorted((k, w / total) for k, w in weights.items() if w > 0)))
-
-
-def parse_prompt_file(path: str | Path, schema: LabelSchema) -> ConditionSpec:
-    """One condition per non-empty line: a class name (or ``label=<name>``) or free text.
-
-    ``label=<name>: free text`` gives both a label and its own prompt.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise LabelError(f"prompts file '{p}' not found; pass a text file with one prompt or label per line")
-    try:
-        # utf-8-sig: Notepad and Excel put a byte-order mark first, which would turn line 1 into free text
-        text = p.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise LabelError(f"prompts file '{p}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                         f"save it as UTF-8") from None
-    except OSError as e:
-        raise LabelError(f"cannot read prompts file '{p}' ({e.strerror}); check its permissions") from None
-    lines = []
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.lower().startswith("label="):
-            name, _, text = line[6:].partition(":")
-            k = schema.index(name.strip())
-            lines.append((k, text.strip() or schema.prompt_for(k)))
-            continue
-        try:
-            k = schema.index(line)
-            lines.append((k, schema.prompt_for(k)))
-        except LabelError:
-            lines.append((None, line))
-    if not lines:
-        raise LabelError(f"prompts file '{p}' has no prompts; put one prompt or label per line")
-    return ConditionSpec(lines=tuple(lines))
-
-
-def condition_for(index: int, spec: ConditionSpec, schema: LabelSchema) -> Condition:
-    """The condition of image ``index``: a pure function, the same for any n, batch or rank.
-
-    Label weights follow :mod:`synth.allocation`: every prefix of the set holds each class's
-    share rounded down or up (exactly when it is whole), so raising ``--n`` keeps every label.
-    """
-    if spec.labels:
-        return schema.condition(label_at(index, spec.labels, spec.order))
-    k, prompt = spec.lines[index % len(spec.lines)]
-    return Condition(label=k, prompt=prompt)
 
 
 # ---------------------------------------------------------------------------
@@ -266,14 +174,6 @@ def deterministic_kernels(device: str | torch.device) -> None:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-OUR_NAMES = ("manifest.json", "metadata.jsonl", "README.md", ".synth")
-SHARD_DIR_RE = re.compile(r"^shard-\d{5}$")
-SHARD_TAR_RE = re.compile(r"^shard-\d{5}\.tar$")
-PNG_RE = re.compile(r"^\d{8}\.png$")
-OUR_FILE_RE = re.compile(r"^(\d{8}\.png|\..+\.tmp)$")  # a shard folder's images and write temps
-ROOT_TMP_RE = re.compile(r"^\.(manifest\.json|metadata\.jsonl|README\.md|shard-\d{5}\.tar)\..+\.tmp$")  # left by a kill
 
 
 MACHINE_KEYS = {"batch_size", "cpu_threads"}
@@ -426,18 +326,6 @@ def output_lock(out: Path) -> FolderLock:
 # Shards, batches and done records
 
 
-def shard_range(s: int, n: int, size: int) -> range:
-    return range(s * size, min(n, (s + 1) * size))
-
-
-def shard_name(s: int) -> str:
-    return f"shard-{s:05d}"
-
-
-def png_name(index: int) -> str:
-    return f"{index:08d}.png"
-
-
 def aligned_batches(shard: range, batch: int) -> list[range]:
     """``[start + k*batch, start + (k+1)*batch)`` within the shard.
 
@@ -453,78 +341,6 @@ def aligned_batches(shard: range, batch: int) -> list[range]:
 def padded(items: list, size: int) -> list:
     """``items`` with its last element repeated up to ``size``: every network call has the same shape."""
     return items + [items[-1]] * (size - len(items))
-
-
-def done_record(out: Path, s: int) -> Path:
-    return out / ".synth" / "done" / f"{shard_name(s)}.json"
-
-
-def read_done(out: Path, s: int) -> dict | None:
-    rec = done_record(out, s)
-    try:
-        r = json.loads(rec.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None  # damaged (not written by a finished durable_write): the shard is redone, same bytes
-    ok = (isinstance(r, dict) and all(type(r.get(k)) is int for k in ("start", "stop"))
-          and isinstance(r.get("rows"), list) and isinstance(r.get("files", []), list))
-    return r if ok else None
-
-
-def file_entry(name: str, data: bytes) -> dict:
-    return {"name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def file_matches(out: Path, entry: dict) -> bool:
-    """The file is on disk with the recorded size and sha256.
-
-    We re-hash rather than compare sizes only: a size check would miss a file
-    rewritten in place, bit rot, or a file system that lied about fsync, and the
-    set's promise is identical bytes.  The cost is one read of the set per resume
-    (see benchmarks/results/writer_throughput.md: milliseconds per 1000 PNGs).
-    """
-    p = out / entry["name"]
-    try:
-        if p.stat().st_size != entry["size"]:  # cheap reject before reading
-            return False
-        return hashlib.sha256(p.read_bytes()).hexdigest() == entry["sha256"]
-    except OSError:
-        return False
-
-
-def shard_is_done(out: Path, s: int, n: int, size: int) -> bool:
-    """Done when its record covers all the indices ``n`` asks of it and every file it
-    lists is on disk with the recorded size and sha256.  A record without file hashes
-    (older synth) is not trusted: redoing the shard gives the same bytes."""
-    r = read_done(out, s)
-    want = shard_range(s, n, size)
-    if r is None or "files" not in r or r["start"] != want.start or r["stop"] < want.stop:
-        return False
-    return all(file_matches(out, e) for e in r["files"])
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_intact(data: bytes) -> bool:
-    """A complete PNG: signature, every chunk's CRC, ending with IEND.
-
-    PNGs of an unfinished shard were not fsynced yet; after a power loss one may be
-    empty or cut short.  The CRCs say so without decoding it.
-    """
-    if not data.startswith(PNG_SIGNATURE):
-        return False
-    pos = len(PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        end = pos + 12 + length
-        if end > len(data) or zlib.crc32(data[pos + 4:end - 4]) != int.from_bytes(data[end - 4:end], "big"):
-            return False
-        if data[pos + 4:pos + 8] == b"IEND":
-            return end == len(data)
-        pos = end
-    return False
 
 
 @dataclass
@@ -586,15 +402,6 @@ def plan_shards(out: Path, req: BulkRequest, n: int, shards: list[int]) -> Shard
                 plan.batches.append(b)
                 plan.on_disk.update(i for i in b if i in exists)
     return plan
-
-
-def metadata_row(index: int, cond: Condition, seed: int, req: BulkRequest, schema: LabelSchema) -> dict:
-    row = {"index": index, "label": None if cond.label is None else schema.classes[cond.label],
-           "label_id": cond.label, "prompt": cond.prompt, "seed": seed, "sampler": req.sampler,
-           "steps": req.steps, "guidance": req.guidance}
-    if req.format == "imagefolder":
-        row = {"file_name": f"{shard_name(index // req.shard_size)}/{png_name(index)}", **row}
-    return row
 
 
 # ---------------------------------------------------------------------------
@@ -855,58 +662,6 @@ class ShardWriter:
 
 # ---------------------------------------------------------------------------
 # Manifest
-
-
-def _versions() -> dict:
-    import diffusers
-    import transformers
-
-    from synth import __version__
-
-    return {"synth": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "numpy": np.__version__}
-
-
-def merge_ranges(ranges: list[tuple[int, int]]) -> list[list[int]]:
-    out: list[list[int]] = []
-    for a, b in sorted(ranges):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return out
-
-
-def write_manifest(out: Path, req: BulkRequest, meta: dict, schema: LabelSchema, identity: dict, n: int) -> dict:
-    """Compose ``metadata.jsonl`` (imagefolder) and ``manifest.json`` from the done records."""
-    n_shards = math.ceil(n / req.shard_size)
-    rows, ranges = [], []
-    for s in range(n_shards):
-        r = read_done(out, s)
-        if r is None:
-            continue
-        rs = [row for row in r["rows"] if row["index"] < n]
-        rows += rs
-        ranges.append((r["start"], min(r["stop"], n)))
-    counts: dict[str, int] = {}
-    for row in rows:
-        key = row["label"] if row["label"] is not None else "(free text)"
-        counts[key] = counts.get(key, 0) + 1
-    if req.format == "imagefolder":
-        atomic_write_text(out / "metadata.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
-    settings = {k: v for k, v in identity.items() if k not in ("model_id", "weights_sha256")}
-    settings["batch_size"] = req.batch_size  # recorded always; part of the identity on CUDA only
-    manifest = {
-        "format": req.format, "n_requested": n, "n_done": len(rows), "completed_ranges": merge_ranges(ranges),
-        "channels": meta.get("channels", 1),
-        "counts_per_label": counts, "model": {"path": req.model, "model_id": meta.get("model_id"),
-                                              "weights_sha256": meta.get("weights_sha256"),
-                                              "train_subset": meta.get("train_subset")},
-        "settings": settings, "label_schema": schema.to_json(), "versions": _versions(), "shard_size": req.shard_size,
-    }
-    atomic_write_json(out / "manifest.json", manifest)
-    write_card(out, dataset_card(manifest))
-    return manifest
 
 
 # ---------------------------------------------------------------------------

@@ -43,102 +43,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
 
-from synth.errors import SynthError
 from synth.allocation import labels_for
-from synth.data import describe, escape_problem, escaping_entry, file_name_problem, json_object_lines, path_inside, show
+from synth.data import path_inside, show
 from synth.io import atomic_write_json, atomic_write_text, to_float
 from synth.labels import Condition, LabelSchema
 from synth.seeds import derive_seed, image_seed
+from synth.sampleset.errors import RERUN, AugmentError, first_line
+from synth.sampleset.conditions import normalised_weights, split_label_spec
+from synth.sampleset.layout import FREE_TEXT, set_format  # noqa: F401  (FREE_TEXT: its old home)
+from synth.sampleset.manifest import read_set_manifest, set_classes
+from synth.sampleset.rows import quality_kept, read_quality, read_rows  # noqa: F401
 
-FREE_TEXT = "(free text)"  # the bulk engine's counts_per_label key for unlabelled (prompt-only) images
-RERUN = "rerun the same `synth sample`/`synth translate` command to finish it"
-
-
-class AugmentError(SynthError, ValueError):
-    """A bad input to synth.augment; the message is one line naming the problem and the fix."""
 
 
 # ---------------------------------------------------------------------------
 # Sets on disk: manifest, classes, rows
-
-
-def read_set_manifest(path: str | os.PathLike) -> dict:
-    """``<path>/manifest.json`` of a finished synth set; clear errors for anything else."""
-    root = Path(path)
-    if not root.is_dir():
-        raise AugmentError(f"synthetic set folder '{root}' does not exist; pass the --out folder of "
-                           f"`synth sample` or `synth translate`")
-    file = root / "manifest.json"
-    if not file.is_file():
-        if (root / "metadata.jsonl").exists() or (root / ".synth").exists() or any(root.glob("shard-*")):
-            raise AugmentError(f"set '{root}' has no manifest.json: it is still being written or was interrupted; "
-                               f"{RERUN}")
-        raise AugmentError(f"'{root}' is not a synth set (no manifest.json, metadata.jsonl or shard-* inside); "
-                           f"pass the --out folder of `synth sample` or `synth translate`")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or bytes; RecursionError: '[[[[...'
-        raise AugmentError(f"manifest '{file}' is unreadable ({_first_line(e)}); {RERUN}") from None
-    if not isinstance(manifest, dict) or "label_schema" not in manifest or "n_requested" not in manifest:
-        raise AugmentError(f"'{file}' is not a synth set manifest (no label_schema/n_requested); "
-                           f"pass the --out folder of `synth sample` or `synth translate`")
-    _check_manifest_fields(file, manifest)
-    done, want = manifest.get("n_done", 0), manifest["n_requested"]
-    if done < want:
-        raise AugmentError(f"set '{root}' is incomplete ({done} of {want} images); {RERUN}")
-    return manifest
-
-
-def _first_line(e: BaseException) -> str:
-    """``Type: message`` of an exception, its first line only (messages stay one line)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def _check_manifest_fields(file: Path, manifest: dict) -> None:
-    """The fields the readers use have the types synth writes: a hand-edited or foreign manifest may not
-    (``int("abc")``, ``None["classes"]`` and a 10**15-shard loop are not one-line errors)."""
-    def damaged(field: str, value, want: str) -> AugmentError:
-        return AugmentError(f"'{file}': {field} is {describe(value)}, not {want}; the manifest is "
-                            f"damaged, {RERUN}")
-
-    for field in ("n_requested", "n_done", "shard_size"):  # n_done defaults to 0; shard_size may be absent or null
-        value = manifest.get(field)
-        if field != "n_requested" and value is None and (field == "shard_size" or field not in manifest):
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise damaged(field, value, "a whole number >= 0")
-    schema = manifest["label_schema"]
-    classes = schema.get("classes") if isinstance(schema, dict) else None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise damaged("label_schema.classes", classes if isinstance(schema, dict) else schema, "a list of class names")
-    if not isinstance(manifest.get("counts_per_label", {}), dict):
-        raise damaged("counts_per_label", manifest["counts_per_label"], "an object (label -> count)")
-    if not isinstance(manifest.get("model") or {}, dict):
-        raise damaged("model", manifest["model"], "an object")
-
-
-def set_format(root: Path, manifest: dict) -> str:
-    """``imagefolder`` or ``webdataset`` (from the manifest; older ones: from the files)."""
-    fmt = manifest.get("format")
-    if fmt in ("imagefolder", "webdataset"):
-        return fmt
-    return "webdataset" if any(root.glob("shard-*.tar")) else "imagefolder"
-
-
-def set_classes(manifest: dict) -> list[str]:
-    """The set's class names, in label-id order.
-
-    Normally the manifest's schema.  A translated set's manifest carries the bridge's
-    schema (its classes are the domains) while its rows carry the input data's labels;
-    then the labels counted in ``counts_per_label`` are the classes (sorted, so
-    :class:`SyntheticSet` and :class:`SyntheticStream` agree without reading every row).
-    """
-    schema = list(manifest["label_schema"]["classes"])
-    counted = [k for k in manifest.get("counts_per_label", {}) if k != FREE_TEXT]
-    if all(k in schema for k in counted):
-        return schema
-    return sorted(counted)
 
 
 def _real_class_list(classes) -> list[str]:
@@ -219,85 +138,6 @@ def _label_lookup(names: list[str], classes, label_map) -> tuple[list[int], list
 # Paths inside the set folder
 
 
-def _read_set_text(file: Path, fix: str) -> str:
-    """A set's text file (metadata.jsonl, quality.jsonl) as UTF-8; one-line AugmentError when unreadable."""
-    try:
-        return file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise AugmentError(f"'{file}' is unreadable ({_first_line(e)}); {fix}") from None
-
-
-def _json_lines(text: str, where: Callable[[int], str], fix: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank line of a JSONL text; one-line AugmentError for anything else."""
-    for n, row, problem in json_object_lines(text):
-        if problem:
-            raise AugmentError(f"{where(n)} is {problem}; {fix}")
-        yield n, row
-
-
-def _check_file_name(name, where: str, root: Path) -> str:
-    """A relative file name without '..' (synth writes them so, but a set may come from anyone)."""
-    problem = file_name_problem(name)
-    if problem:
-        raise AugmentError(f"{where}: file_name {problem}; the set is damaged, {RERUN}")
-    problem = escape_problem(name)
-    if problem:
-        raise AugmentError(f"{where}: file_name {show(name)} {problem}, pointing outside the set folder '{root}'; "
-                           f"refusing to read it, regenerate the set")
-    return name
-
-
-def read_rows(root: Path) -> list[dict]:
-    """``metadata.jsonl`` rows with safe ``file_name`` values (relative, inside ``root``, symlinks too)."""
-    meta = root / "metadata.jsonl"
-    if not meta.is_file():
-        raise AugmentError(f"set '{root}' has no metadata.jsonl: it was interrupted; {RERUN}")
-    def where(n: int) -> str:
-        return f"metadata.jsonl line {n} of '{root}'"
-
-    rows, wheres = [], []
-    fix = f"the set is damaged, {RERUN}"
-    for n, row in _json_lines(_read_set_text(meta, fix), where, fix):
-        _check_file_name(row.get("file_name"), where(n), root)
-        rows.append(row)
-        wheres.append(where(n))
-    hit = escaping_entry(root, [r["file_name"] for r in rows])
-    if hit:
-        k, why = hit
-        raise AugmentError(f"{wheres[k]}: {show(rows[k]['file_name'])} {why} the set folder '{root}'; refusing to "
-                           f"read it, regenerate the set")
-    return rows
-
-
-def quality_kept(root: Path, rows: list[dict], quality: str) -> list[dict]:
-    """The metadata ``rows`` that :func:`quality_filter` kept (``quality="keep"``); every row must be decided."""
-    if quality != "keep":
-        raise AugmentError(f"quality must be None or 'keep', got {quality!r}")
-    decided = read_quality(root)
-    undecided = [r["file_name"] for r in rows if r["file_name"] not in decided]
-    if undecided:
-        raise AugmentError(f"quality.jsonl of '{root}' has no decision for {len(undecided)} images "
-                           f"(first: {undecided[0]}; the set changed after filtering); run quality_filter again")
-    return [r for r in rows if decided[r["file_name"]]]
-
-
-def read_quality(root: Path) -> dict[str, bool]:
-    """``quality.jsonl`` decisions of a set: file name -> kept."""
-    file = root / "quality.jsonl"
-    if not file.is_file():
-        raise AugmentError(f"set '{root}' has no quality decisions (quality.jsonl); run "
-                           f"synth.augment.quality_filter('{root}', classifier, threshold=0.5) first")
-    fix = "the file is damaged, run quality_filter again"
-    decided: dict[str, bool] = {}
-    for n, q in _json_lines(_read_set_text(file, fix), lambda n: f"quality.jsonl line {n} of '{root}'", fix):
-        name, kept = q.get("file_name"), q.get("kept")
-        if not isinstance(name, str) or not isinstance(kept, bool):  # bool("false") is True: no guessing
-            raise AugmentError(f"quality.jsonl line {n} of '{root}' needs a text file_name and a true/false kept "
-                               f"(file_name={show(name)}, kept={show(kept)}); {fix}")
-        decided[name] = kept
-    return decided
-
-
 # ---------------------------------------------------------------------------
 # Images: PIL in, (C, H, W) out
 
@@ -313,7 +153,7 @@ def _open_pil(data_or_path, what: str) -> Image.Image:
     except FileNotFoundError:
         raise AugmentError(f"image {what} is missing; {RERUN} (it restores missing files)") from None
     except Exception as e:  # undecodable bytes raise a zoo (OSError, SyntaxError, DecompressionBombError, ...)
-        raise AugmentError(f"image {what} is unreadable ({_first_line(e)}); {RERUN} "
+        raise AugmentError(f"image {what} is unreadable ({first_line(e)}); {RERUN} "
                            f"(it redoes damaged shards)") from None
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB" if img.mode in COLOUR_MODES else "L")
@@ -1160,34 +1000,27 @@ def _generator_device(generator) -> torch.device:
 
 
 def _label_weights(labels, schema: LabelSchema, allowed: list[bool]) -> tuple[tuple[int, float], ...]:
-    """Normalised (class id, weight) pairs, as the bulk engine's ``parse_label_spec`` makes them."""
+    """Normalised (class id, weight) pairs, parsed and checked as ``synth sample --labels`` does
+    (:mod:`synth.sampleset.conditions`); names match loosely (case, spaces), as real class names do."""
     if isinstance(labels, str):
-        items = [s.strip() for s in labels.split(",") if s.strip()]
-        labels = {}
-        for it in items:
-            name, _, w = it.partition("=")
-            try:
-                labels[name.strip()] = float(w) if w.strip() else 1.0
-            except ValueError:
-                raise AugmentError(f"labels item '{it}': weight '{w}' is not a number (use e.g. "
-                                   f"'{schema.classes[0]}=0.5')") from None
-    if not isinstance(labels, Mapping) or not labels:
+        labels = split_label_spec(labels, schema, AugmentError)
+    elif isinstance(labels, Mapping):
+        labels = list(labels.items())
+    if not isinstance(labels, list) or not labels:
         raise AugmentError(f"labels must be None (balanced), a dict name -> weight or 'a=0.5,b=0.5', got {labels!r}")
-    weights: dict[int, float] = {}
-    for name, w in labels.items():
+
+    def find(name) -> int:
         k = _find(str(name), list(schema.classes))
         if k is None:
             raise AugmentError(f"labels names '{name}', which the generator does not know; its labels: "
                                f"{', '.join(schema.classes)}")
-        if not isinstance(w, numbers.Real) or w < 0 or not math.isfinite(w):
-            raise AugmentError(f"label '{name}' has weight {w!r}; weights must be finite numbers >= 0")
-        if w > 0 and not allowed[k]:
-            raise AugmentError(f"labels asks for '{schema.classes[k]}' but label_map drops it; give it weight 0 "
-                               f"or map it to a real class")
-        weights[k] = weights.get(k, 0.0) + float(w)
-    total = sum(weights.values())
-    if total <= 0:
-        raise AugmentError("label weights sum to 0; give at least one label a positive weight")
+        return k
+
+    weights, total = normalised_weights(labels, schema, find, AugmentError)
+    dropped = [k for k, w in weights.items() if w > 0 and not allowed[k]]
+    if dropped:
+        raise AugmentError(f"labels asks for '{schema.classes[dropped[0]]}' but label_map drops it; give it weight 0 "
+                           f"or map it to a real class")
     return tuple(sorted((k, w / total) for k, w in weights.items() if w > 0))
 
 
