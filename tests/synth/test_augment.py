@@ -476,7 +476,7 @@ def test_online_errors(tiny_bridge, monkeypatch):
     with pytest.raises(AugmentError, match="has no label schema"):
         OnlineSynthetic(type("G", (), {"sample": lambda self: None})(), 4)
     ds = OnlineSynthetic(tiny_bridge, 4, steps=1)
-    import synth.augment as aug
+    import synth.augment.online as aug  # where OnlineSynthetic looks it up
 
     monkeypatch.setattr(aug, "get_worker_info", lambda: object())  # as inside a DataLoader worker
     monkeypatch.setattr(aug, "_generator_device", lambda g: torch.device("cuda"))
@@ -526,7 +526,7 @@ def test_remaining_bad_inputs_are_one_line_errors(tmp_path, tiny_bridge):
         (lambda: quality_filter(root, object(), threshold=0.5), "classifier must be an nn.Module"),
         (lambda: quality_filter(root, BrightnessJudge(), threshold="high"), "threshold must be a confidence in"),
         (lambda: quality_filter(root, BrightnessJudge(), threshold=0.5, batch_size=0), "batch_size must be >= 1"),
-        (lambda: OnlineSynthetic(tiny_bridge, 4, labels={"low_dose": -1}), "weights must be finite numbers >= 0"),
+        (lambda: OnlineSynthetic(tiny_bridge, 4, labels={"low_dose": -1}), "weights must be finite and >= 0"),
         (lambda: OnlineSynthetic(tiny_bridge, 4, labels=["low_dose"]), "labels must be None"),
         (lambda: OnlineSynthetic(tiny_bridge, 4, labels="low_dose=x"), "weight 'x' is not a number"),
         (lambda: OnlineSynthetic(tiny_bridge, 4, classes=["low"], label_map={"low_dose": "low", "full_dose": None},
