@@ -161,7 +161,7 @@ def test_resolution_is_bounded_before_allocation():
 
 
 def test_memory_estimate_refuses_before_decoding(tmp_path, monkeypatch):
-    import synth.data as data
+    import synth.data.sources as data  # where load_split's loaders look it up
 
     (tmp_path / "a").mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a" / "x.png")
