@@ -13,6 +13,7 @@ import torch
 
 from synth.errors import SynthError
 from synth.labels import Condition, LabelSchema
+from synth.messages import show
 from synth.models import WeightsDigest, changed_since, first_line, load_part, read_error_message, verify_weights
 
 ARTIFACT_FILE = "synth.json"
@@ -28,19 +29,6 @@ class ArtifactError(SynthError, ValueError):
     def __init__(self, message: object = ""):
         # messages quote paths and file contents, which may hold line breaks
         super().__init__("\\n".join(str(message).splitlines()))
-
-
-def show(value) -> str:
-    """A short one-line repr of a value read from a file, for messages."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxstring = r.maxother = 60
-    r.maxlist = r.maxdict = 6
-    try:
-        return "\\n".join(r.repr(value).splitlines())
-    except ValueError:  # an int past Python's str() digit limit
-        return f"<{type(value).__name__} too large to print>"
 
 
 @dataclass

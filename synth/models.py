@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from synth.messages import first_line
+
 
 def build_tokenizer(corpus: list[str], vocab_size: int = 1000, model_max_length: int = 77):
     """Train a CLIP-format BPE tokenizer on ``corpus`` offline -> ``CLIPTokenizer``.
@@ -337,12 +339,6 @@ def load_errors() -> tuple[type[BaseException], ...]:
     from safetensors import SafetensorError
 
     return (OSError, ValueError, RuntimeError, KeyError, TypeError, NotImplementedError, SafetensorError)
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def load_part(load, what: str, fix: str, error=None, **kwargs):

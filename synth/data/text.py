@@ -1,26 +1,14 @@
 """Safe names and short values in messages: paths inside a folder, file names from manifests, one-line value previews."""
 from __future__ import annotations
 
+from synth.messages import clip_repr as show, describe  # noqa: F401  (data messages clip their values)
+
 import os
 import unicodedata
 from pathlib import Path
 from typing import Any, Sequence
 
 
-
-
-def show(value: Any, limit: int = 80) -> str:
-    """``repr`` of a user-supplied value for a one-line message: control characters escaped, long values cut."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def describe(value: Any) -> str:
-    """A parsed JSON value in words for messages: "null", "a number 3", "a list [1, 2]", ..."""
-    if value is None:
-        return "null"
-    kinds = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
-    return f"{kinds.get(type(value), type(value).__name__)} {show(value)}"
 
 
 def path_inside(path: str, root_real: str) -> bool:

@@ -2,15 +2,10 @@
 from __future__ import annotations
 
 from synth.errors import SynthError
+from synth.messages import error_line as first_line  # noqa: F401  (the name its readers use)
 
 RERUN = "rerun the same `synth sample`/`synth translate` command to finish it"
 
 
 class AugmentError(SynthError, ValueError):
     """A synthetic set that cannot be read, or used as asked; one line naming the fix."""
-
-
-def first_line(e: BaseException) -> str:
-    """``Type: message`` of an exception, its first line only (messages stay one line)."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

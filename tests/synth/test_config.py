@@ -1,3 +1,4 @@
+import re
 import pytest
 
 from synth.config import ConfigError, config_to_dict, diff_configs, load_config, parse_override
@@ -256,3 +257,22 @@ def test_resolutions_the_models_take_pass(overrides, stage):
     from synth.config import check_resolution
 
     check_resolution(load_config(None, overrides), stage)
+
+
+def test_constraints_are_declared_next_to_their_fields():
+    """Issue 16: every range and choice is field metadata in synth.config.schema (no key tables far away), and
+    each one is enforced: the default passes, a value just outside fails naming the key."""
+    from synth.config import rules
+    from synth.config.checks import _breaks
+
+    declared = dict(rules())
+    assert {"data.resolution", "train.lr", "sample.sampler", "sample.tau", "data.seed", "train.ema_decay",
+            "model.unet.block_out_channels", "eval.quality_threshold"} <= set(declared)
+    assert declared["sample.sampler"]["choices"][0] == "dpmpp_2m"
+    outside = {"positive": 0, "non_negative": -1, "channels": [0]}
+    for key, rule in declared.items():
+        bad = ("nope" if rule["kind"] == "choice" else outside.get(rule["kind"])
+               if rule["kind"] != "interval" else rule.get("hi_value", rule["hi"]) + 1)
+        assert _breaks(rule, bad), key
+        with pytest.raises(ConfigError, match=re.escape(key.split(".")[-1])):
+            load_config(None, [f"{key}={bad}"])

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from synth.config import _CHOICES, Config, ConfigError, config_to_dict, load_config, validate
+from synth.config import Config, ConfigError, config_to_dict, load_config, rules, validate
 from synth.labels import LabelError, LabelSchema
 
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -110,8 +110,9 @@ def _known_good() -> dict[str, list]:
         for k, v in _flatten(yaml.safe_load(p.read_text()) or {}).items():
             if k in good and v not in good[k]:
                 good[k].append(v)
-    for k, choices in _CHOICES.items():
-        good[k] += [c for c in choices if c not in good[k]]
+    for k, rule in rules():  # the choices declared next to the fields
+        if rule["kind"] == "choice":
+            good[k] += [c for c in rule["choices"] if c not in good[k]]
     return good
 
 
