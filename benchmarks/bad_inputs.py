@@ -885,7 +885,7 @@ def _truncate(p: Path, keep: float = 0.5) -> None:
 
 def _damage_latest(ctx: Ctx, d: Path) -> dict:
     run = _copy_run(ctx, d)
-    from synth.trainers.common import latest_checkpoint
+    from synth.trainers.checkpoints import latest_checkpoint
 
     step, ck = latest_checkpoint(run)
     _truncate(ck / "unet.safetensors")

@@ -44,7 +44,7 @@ def train_seconds(run: Path, train) -> float:
     """Wall-clock seconds spent training ``run`` over every call, kept in ``<run>/bench-seconds.json``: a call
     adds its time when it moved the run forward (fresh, resumed after a crash, or extended), so a rerun that only
     reloads a finished run reports the training, not the reload."""
-    from synth.trainers.common import latest_checkpoint
+    from synth.trainers.checkpoints import latest_checkpoint
 
     record = run / "bench-seconds.json"
     before = latest_checkpoint(run)

@@ -103,7 +103,7 @@ def final_state(run: Path) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from synth.trainers.common import latest_checkpoint
+    from synth.trainers.checkpoints import latest_checkpoint
 
     d = latest_checkpoint(run)[1]
     out = {f"unet.{k}": v for k, v in load_file(str(d / "unet.safetensors")).items()}
@@ -191,7 +191,7 @@ def soak_train(work: Path, trials: int, rng: random.Random) -> list[Trial]:
             t.problems.append(f"rerun failed: {p.stderr.strip().splitlines()[-1:]}")
         else:
             from synth.samplers.generator import load_generator
-            from synth.trainers.common import checkpoint_problem, list_checkpoints
+            from synth.trainers.checkpoints import checkpoint_problem, list_checkpoints
 
             got = final_state(run)
             if got.keys() != ref.keys() or not all(bool((got[k] == ref[k]).all()) for k in ref):

@@ -171,7 +171,7 @@ def check_critic(cfg: Config, run: Path) -> None:
     """Before anything is written to ``run``: a critic needs images of at least 8 px, and a run's checkpoints
     hold a critic exactly when ``train.adversarial_weight`` > 0 (switching it on or off mid-run would leave the
     optimizer state and the checkpoints disagreeing with the model list)."""
-    from synth.trainers.common import latest_checkpoint
+    from synth.trainers.checkpoints import latest_checkpoint
 
     if cfg.train.adversarial_weight > 0 and cfg.data.resolution < MIN_CRITIC_RESOLUTION:
         raise ConfigError(f"train.adversarial_weight needs images of at least {MIN_CRITIC_RESOLUTION} px for its patch "

@@ -32,7 +32,8 @@ from synth.labels import Condition
 from synth.models import build_flow_unet, count_parameters
 from synth.paths.flow import FLOW
 from synth.seeds import image_seed
-from synth.trainers.common import data_rows, latest_checkpoint, place_data
+from synth.trainers.checkpoints import latest_checkpoint
+from synth.trainers.common import data_rows, place_data
 from synth.trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 

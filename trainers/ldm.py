@@ -27,7 +27,8 @@ from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
-from synth.trainers.common import TrainingError, data_rows, enable_attention, latest_checkpoint, place_data
+from synth.trainers.checkpoints import latest_checkpoint
+from synth.trainers.common import data_rows, enable_attention, place_data, TrainingError
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 

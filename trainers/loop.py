@@ -31,8 +31,9 @@ import torch
 
 from synth.config import TrainConfig
 from synth.seeds import step_generator
-from synth.trainers.common import (EMA, Logger, StepStats, TrainingError, batch_indices, latest_checkpoint, load_optimizer,
-                             load_weights, lr_lambda, save_checkpoint, set_base_lrs)
+from synth.trainers.checkpoints import latest_checkpoint, load_optimizer, load_weights, save_checkpoint
+from synth.trainers.common import batch_indices, Logger, lr_lambda, set_base_lrs, StepStats, TrainingError
+from synth.trainers.ema import EMA
 
 
 @dataclass
@@ -143,7 +144,8 @@ def holding_run_lock(train_fn):
 def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run:
     """Make the accelerator and check/create the run folder on rank 0 (resume rules, global batch)."""
     from synth.config import check_resolution
-    from synth.trainers.common import make_accelerator, prepare_run_dir
+    from synth.trainers.common import make_accelerator
+    from synth.trainers.rundir import prepare_run_dir
 
     check_resolution(cfg, stage)
     accelerator = make_accelerator(cfg.train.mixed_precision, cfg.train.seed)

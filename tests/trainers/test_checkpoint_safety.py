@@ -9,7 +9,8 @@ import torch
 from synth.config import ConfigError
 from tests.conftest import tiny_cfg
 from tests.trainers.test_ldm import _final_state
-from synth.trainers.common import TrainingError, checkpoint_problem, list_checkpoints
+from synth.trainers.checkpoints import checkpoint_problem, list_checkpoints
+from synth.trainers.common import TrainingError
 from synth.trainers.ldm import train_ldm
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from synth.config import ConfigError
 from tests.conftest import ROOT, TINY, tiny_cfg
-from synth.trainers.common import prepare_run_dir
+from synth.trainers.rundir import prepare_run_dir
 from synth.trainers.ldm import train_ldm
 
 pytestmark = pytest.mark.slow

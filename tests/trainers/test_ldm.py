@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 
 from synth.config import ConfigError
 from tests.conftest import ROOT, TINY, run_cli_and_kill_when, tiny_cfg
-from synth.trainers.common import TrainingError, list_checkpoints
+from synth.trainers.checkpoints import list_checkpoints
+from synth.trainers.common import TrainingError
 from synth.trainers.ldm import train_ldm
 
 quiet = dict(log=lambda *a: None)

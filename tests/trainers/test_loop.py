@@ -4,7 +4,9 @@ import torch
 from safetensors.torch import load_file
 
 from synth.config import load_config
-from synth.trainers.common import EMA, TrainingError, list_checkpoints, make_accelerator
+from synth.trainers.checkpoints import list_checkpoints
+from synth.trainers.common import make_accelerator, TrainingError
+from synth.trainers.ema import EMA
 from synth.trainers.loop import Task, fit
 
 
