@@ -1361,7 +1361,7 @@ def _check_mix(ds) -> list[str]:
 
 def _guard_eval():
     """Stop ``synth eval augment`` at its first generator training (the study would take hours): return the undo."""
-    import synth.trainers.evaluate as ev
+    import synth.evaluation.protocol as ev
 
     orig = ev.train_generator
 

@@ -409,7 +409,7 @@ def eval_():
 @click.option("--device", default="cpu", show_default=True, help="Device for generators and sampling.")
 def eval_augment(config, out, overrides, report, device):
     """RoentGen's downstream protocol: real only vs real + synthetic vs synthetic only vs pre-training, per training fraction."""
-    from synth.trainers.evaluate import evaluate_augment
+    from synth.evaluation.protocol import evaluate_augment
 
     cfg = _config(config, overrides)
     has_eval = (config is not None and "eval" in _run(read_yaml, config)) or any(o.startswith("eval.") for o in overrides)
@@ -438,7 +438,7 @@ def eval_augment(config, out, overrides, report, device):
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Report folder (default: the set folder).")
 def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out):
     """FID/KID, label fidelity, diversity, memorisation and privacy of a synthetic set against real data."""
-    from synth.trainers.evaluate import fidelity_cli
+    from synth.evaluation.fidelity_cli import fidelity_cli
 
     res = _run(fidelity_cli, set_dir, data, resolution, fraction, features, list(overrides), out)
     click.echo(res)

@@ -99,7 +99,7 @@ def classifier_features(model, images: torch.Tensor, batch_size: int = 256) -> t
 # ---------------------------------------------------------------------------
 # Fidelity and privacy of a synthetic set (``synth eval fidelity``): FID/KID on the project's own
 # feature extractor, MS-SSIM diversity, nearest-neighbour memorisation and a CheXGenBench-style
-# privacy score.  Pure functions on tensors; the extractor is trained in trainers/fidelity.py.
+# privacy score.  Pure functions on tensors; the extractor is trained in synth/evaluation/fidelity.py.
 
 
 class FeatureNet(torch.nn.Module):

@@ -36,10 +36,10 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def layer(module: str) -> int:
-    """0: the core; 1: trainers and samplers; 2: the CLI, which sits on top of everything it drives."""
+    """0: the core; 1: trainers, samplers and evaluation (which trains and samples); 2: the CLI, on top."""
     if module == "synth.cli":
         return 2
-    return 1 if module.startswith(("synth.trainers", "synth.samplers")) else 0
+    return 1 if module.startswith(("synth.trainers", "synth.samplers", "synth.evaluation")) else 0
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:

@@ -25,7 +25,7 @@ from synth.seeds import image_seed
 def _single_thread_judge(train, cfg: Config):
     """A small CNN on the real training split: the label-fidelity judge (a few seconds)."""
     from synth.trainers.classifier import train_classifier
-    from synth.trainers.evaluate import single_thread
+    from synth.evaluation.arms import single_thread
 
     with single_thread():
         return train_classifier(train.images, train.labels, len(train.classes), steps=300, seed=cfg.train.seed)

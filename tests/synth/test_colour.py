@@ -293,7 +293,8 @@ def test_fidelity_refuses_a_colour_set_against_grey_real_data(colour_export, tmp
     """Before any feature net is trained: the set's channel count against the real data's, with the fix."""
     from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
     from synth.samplers.generator import load_generator
-    from synth.trainers.evaluate import EvalError, fidelity_cli
+    from synth.evaluation.fidelity_cli import fidelity_cli
+    from synth.evaluation.real import EvalError
 
     g = load_generator(colour_export)
     run_bulk(BulkRequest(model=str(colour_export), out=str(tmp_path / "set"), n=4, steps=2, shard_size=4, batch_size=4,

@@ -7,8 +7,9 @@ import torch
 from synth.config import ConfigError, load_config
 from tests.conftest import TINY
 from tests.trainers.test_ldm import cli
-from synth.trainers.evaluate import (EvalError, check_subset, light_geometric, plan_cells, real_splits,
-                              read_results)
+from synth.evaluation.arms import light_geometric
+from synth.evaluation.real import check_subset, EvalError, real_splits
+from synth.evaluation.protocol import plan_cells, read_results
 
 BRIDGE = ["model.unet.attention_levels=[false,false]", "train.steps=6", "sample.sampler=euler", "sample.steps=3"]
 EVAL = ["eval.fractions=[0.5,1.0]", "eval.classifier_seeds=2", "eval.generator_seeds=1", "eval.guidance=[1.5,1.0]",

@@ -17,7 +17,6 @@ one line of ``results.jsonl``, so running the command again resumes where it sto
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -27,217 +26,22 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from synth import solvers
-from synth.errors import SynthError
 from synth.classifier import SmallCNN
 from synth.config import Config, EvalConfig, config_to_dict
-from synth.data import DataError, ImageSet, load_split, subset_record
-from synth.io import atomic_write_json, atomic_write_text, to_float
-
-
-class EvalError(SynthError, ValueError):
-    """A bad evaluation input; one line naming the problem and the fix."""
+from synth.data import DataError, load_split
+from synth.io import atomic_write_json, atomic_write_text
+from synth.evaluation.arms import Pool, fit_classifier, light_geometric, run_arm, scores, single_thread  # noqa: F401
+from synth.evaluation.real import EvalError, RealSplits, check_subset, real_splits, synthetic_tensors
 
 
 # ---------------------------------------------------------------------------
 # Data: the classifier's real splits and the generator's synthetic sets
 
 
-@dataclass
-class RealSplits:
-    """Real images for one fraction: uint8 (N, 1, R, R) tensors and int64 labels."""
-
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
-    subset: dict  # subset_record of ``train``
-
-
-def real_splits(cfg: Config, fraction: float) -> RealSplits:
-    """The stratified training fraction the classifier (and its generator) see; full val and test splits."""
-    data = dataclasses.replace(cfg.data, fraction=fraction, val_max_items=None)
-    classes = cfg.labels.classes or None
-    train = load_split(data, "train", classes)
-    val, test = load_split(data, "val", classes), load_split(data, "test", classes)
-    from synth.data import carve_applies
-
-    return RealSplits(train, val, test, {**subset_record(train, data), "carve_applies": carve_applies(data)})
-
-
-def old_carve_hint(rec: dict, mine: dict) -> str:
-    """The fix when a generator was trained before ``data.carve`` existed (random carve) and the data has no
-    validation split: its subset hash is only reproduced with ``data.carve=random``; '' otherwise."""
-    if "carve" in rec or mine.get("carve") != "stratified" or not mine.get("carve_applies"):
-        return ""
-    return ("its generator was trained before synth carved validation per class (random carve); evaluate with "
-            "data.carve=random (synth eval fidelity --set-config data.carve=random, or --set data.carve=random) or "
-            "retrain it")
-
-
-def check_subset(manifest: dict, splits: RealSplits, where: str) -> None:
-    """Refuse a synthetic set whose generator was trained on another real subset than the classifier's."""
-    rec = (manifest.get("model") or {}).get("train_subset")
-    if not rec:
-        raise EvalError(f"{where}: its generator records no training subset (exported before data.fraction existed); "
-                        f"retrain it with this version so the evaluation can check it saw only the classifier's data")
-    mine = splits.subset
-    if rec.get("indices_sha256") != mine["indices_sha256"] and old_carve_hint(rec, mine):
-        raise EvalError(f"{where}: {old_carve_hint(rec, mine)}")
-    if rec.get("indices_sha256") != mine["indices_sha256"]:
-        raise EvalError(f"{where}: the generator was trained on another real subset (fraction {rec.get('fraction')}, "
-                        f"seed {rec.get('seed')}, {rec.get('n')} images of '{rec.get('data')}') than the classifier "
-                        f"(fraction {mine['fraction']}, seed {mine['seed']}, {mine['n']} images); a generator must "
-                        f"see only the real images the classifier sees — retrain it with data.fraction={mine['fraction']}")
-
-
-def synthetic_tensors(path: Path, classes: list[str], quality: str | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """uint8 images (N, 1, R, R), labels (N,) mapped onto ``classes`` by name, and the set's manifest.
-
-    ``quality="keep"``: only the images the set's quality filter kept.
-    """
-    from synth.augment import SyntheticSet
-
-    s = SyntheticSet(path, classes=classes, quality=quality)
-    images, labels = s.tensors()
-    return images, labels, s.manifest
-
-
 # ---------------------------------------------------------------------------
 # Classifier training (one arm, one seed)
-
-
-def light_geometric(x: torch.Tensor, gen: torch.Generator, max_shift: int, max_rotate: float) -> torch.Tensor:
-    """Random shift (up to ``max_shift`` px) and rotation (up to ``max_rotate`` degrees); no flips.
-
-    x: (B, 1, H, W) float in [-1, 1] -> same shape; outside the image is black (-1), like the padding
-    the data loader adds.  One batched affine resample instead of a loop over images.
-    """
-    if max_shift <= 0 and max_rotate <= 0:
-        return x
-    b, _, h, w = x.shape
-    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(max_rotate)
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * max_shift
-    cos, sin = angle.cos(), angle.sin()
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0] * 2 / w], 1),
-                         torch.stack([sin, cos, shift[:, 1] * 2 / h], 1)], 1)
-    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
-    return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
-
-
-@torch.no_grad()
-def predict_proba(model: SmallCNN, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """uint8 (N, 1, H, W) -> class probabilities (N, K)."""
-    model.eval()
-    return torch.cat([model(to_float(images[i:i + batch_size])).softmax(1) for i in range(0, len(images), batch_size)])
-
-
-def scores(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """AUROC (binary: positive = class 1; else macro one-vs-rest) and accuracy of probabilities (N, K)."""
-    from torchmetrics.functional import auroc
-
-    k = probs.shape[1]
-    if k == 2:
-        a = auroc(probs[:, 1], labels, task="binary")
-    else:
-        a = auroc(probs, labels, task="multiclass", num_classes=k, average="macro")
-    return {"auroc": float(a), "accuracy": float((probs.argmax(1) == labels).float().mean())}
-
-
-@dataclass
-class Pool:
-    """Training images drawn from in one arm: uint8 (N, 1, R, R) and labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-
-def draw_batch(real: Pool | None, syn: Pool | None, ratio: float, batch: int, gen: torch.Generator):
-    """A batch with ``round(batch * ratio)`` synthetic images and the rest real (uint8, labels)."""
-    n_syn = batch if real is None else (0 if syn is None else int(round(batch * ratio)))
-    parts = []
-    for pool, n in ((real, batch - n_syn), (syn, n_syn)):
-        if pool is not None and n > 0:
-            idx = torch.randint(0, len(pool.labels), (n,), generator=gen)
-            parts.append((pool.images[idx], pool.labels[idx]))
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
-
-
-def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: ImageSet, num_classes: int, e: EvalConfig,
-                   *, seed: int, steps: int, lr: float, init: SmallCNN | None = None) -> tuple[SmallCNN, dict]:
-    """Train (or fine-tune ``init``) with early stopping on validation AUROC; returns the best model.
-
-    Batches are drawn with replacement from the pools by a generator fixed by ``seed``, so a result
-    depends only on (arm, seed, data) and never on what ran before it.
-    """
-    torch.manual_seed(seed)
-    model = SmallCNN(num_classes, tuple(e.classifier_widths), in_channels=val.images.shape[1])
-    if init is not None:
-        model.load_state_dict(init.state_dict())
-    gen = torch.Generator().manual_seed(seed * 7919 + 17)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    best = {"val_auroc": -1.0, "step": 0}
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    for step in range(1, steps + 1):
-        model.train()
-        x, y = draw_batch(real, syn, ratio, e.classifier_batch, gen)
-        x = light_geometric(to_float(x), gen, e.max_shift, e.max_rotate)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % e.eval_every == 0 or step == steps:
-            v = scores(predict_proba(model, val.images), val.labels)["auroc"]
-            if v > best["val_auroc"]:
-                best = {"val_auroc": v, "step": step}
-                best_state = {k: t.clone() for k, t in model.state_dict().items()}
-    model.load_state_dict(best_state)
-    return model.eval(), best
-
-
-@contextlib.contextmanager
-def single_thread():
-    """Classifiers train on one thread wherever they run (main process or a worker), so a result never
-    depends on ``eval.workers``; small CNNs also use a second thread badly."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
-    """Train one classifier of ``arm`` and score it on the test split (single-threaded)."""
-    with single_thread():
-        return _run_arm(arm, splits, syn, ratio, e, seed)
-
-
-def _run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
-    k = len(splits.train.classes)
-    real = Pool(splits.train.images, splits.train.labels)
-    t0 = time.process_time()
-    if arm == "real":
-        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
-    elif arm == "mixed":
-        model, best = fit_classifier(real, syn, ratio, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
-    elif arm == "synthetic":
-        model, best = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
-    elif arm == "pretrain":
-        pre, _ = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                lr=e.classifier_lr)
-        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed + 500, steps=e.finetune_steps,
-                                     lr=e.classifier_lr / 4, init=pre)
-    else:
-        raise EvalError(f"unknown arm '{arm}'")
-    res = scores(predict_proba(model, splits.test.images), splits.test.labels)
-    return {**res, "val_auroc": best["val_auroc"], "best_step": best["step"], "cpu_s": time.process_time() - t0}
 
 
 # ---------------------------------------------------------------------------
@@ -557,7 +361,7 @@ def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
 def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print,
                      report: str | Path | None = None) -> dict:
     """Run (or resume) the whole protocol and write ``augment.{md,json,png}`` into ``out`` (and ``report``)."""
-    from synth.trainers.augment_report import summarise, write_report
+    from synth.evaluation.report import summarise, write_report
 
     out = Path(out)
     p = Protocol(cfg, out, device, log)
@@ -585,8 +389,8 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
     against what each generator was trained on.  Reports go to ``<out>/fidelity/<set>/`` and are reused
     only while the extractor, the set and the filter are the ones they were made with.
     """
-    from synth.trainers.fidelity import closest_pairs_png, feature_net, fidelity_report
-    from synth.trainers.fidelity import markdown as fidelity_md
+    from synth.evaluation.fidelity import closest_pairs_png, feature_net, fidelity_report
+    from synth.evaluation.fidelity import markdown as fidelity_md
 
     sets = [d for d in sets if (d / "manifest.json").is_file()]
     if not sets:
@@ -620,91 +424,6 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
         closest_pairs_png(rep_dir / "closest-pairs.png", images, splits.train.images, rep["closest_pairs"])
         res[d.name] = rep
     return res
-
-
-def _named_like_generator(cfg: Config, splits: RealSplits, set_classes: list[str], rec: dict) -> Config:
-    """``cfg`` naming the data's classes as the generator did, when the data names none (an npz's class_k) and
-    the generator was trained on exactly these rows: its k-th name then is label k (no guess: the subset hash
-    matches); otherwise ``cfg`` unchanged."""
-    data_classes = splits.train.classes
-    generic = data_classes == [f"class_{k}" for k in range(len(data_classes))]
-    if (cfg.labels.classes or not generic or not rec or len(set_classes) != len(data_classes)
-            or set_classes == data_classes or rec.get("indices_sha256") != splits.subset["indices_sha256"]):
-        return cfg
-    return dataclasses.replace(cfg, labels=dataclasses.replace(cfg.labels, classes=list(set_classes)))
-
-
-def fidelity_cli(set_dir: str, data: str, resolution: int | None, fraction: float | None, features: str | None,
-                 overrides: list[str], out: str | None) -> str:
-    """``synth eval fidelity``: the report of one synthetic set; returns a one-paragraph summary."""
-    from synth.augment import SyntheticSet
-    from synth.config import load_config
-    from synth.io import channel_word
-    from synth.trainers.fidelity import feature_net, fidelity_report
-
-    s = SyntheticSet(set_dir)
-    rec = (s.manifest.get("model") or {}).get("train_subset") or {}
-    if fraction is None:
-        fraction = float(rec.get("fraction") or 1.0)
-    seed = rec.get("seed", 0) if rec else 0
-    if len(s) < 2:
-        raise EvalError(f"{set_dir} holds {len(s)} image(s); fidelity needs at least 2 (FID, diversity)")
-    size = int(s.uint8(0).shape[-1])
-    res = resolution or size
-    if size != res:
-        raise EvalError(f"{set_dir} holds {size} px images but --resolution is {res}; drop --resolution")
-    max_items = rec.get("max_items") if rec else None
-    cfg = load_config(None, [f"data.name={data}", f"data.resolution={res}", "data.val_max_items=null",
-                             f"data.fraction={fraction}", f"data.seed={seed}",
-                             f"data.max_items={max_items if max_items else 'null'}"] + list(overrides))
-    try:
-        splits = real_splits(cfg, fraction)
-        cfg = _named_like_generator(cfg, splits, list(s.set_classes), rec)
-        if cfg.labels.classes and list(cfg.labels.classes) != splits.train.classes:
-            splits = real_splits(cfg, fraction)
-    except DataError as e:
-        raise EvalError(str(e)) from None
-    syn_c, real_c = int(s.uint8(0).shape[0]), splits.train.channels
-    if syn_c != real_c:  # the feature net, judge and distances would compare grey with colour
-        raise EvalError(f"{set_dir} holds {channel_word(syn_c)} images but --data {data} gives {channel_word(real_c)} "
-                        f"ones; evaluate against the data its generator was trained on, or pass "
-                        f"--set data.channels={syn_c} to read the real images as {channel_word(syn_c)}")
-    # before any judge is trained: a refusal after minutes of training is the waste issue 19 reported
-    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"] and old_carve_hint(rec, splits.subset):
-        raise EvalError(f"{set_dir}: {old_carve_hint(rec, splits.subset)}")
-    if rec and rec.get("indices_sha256") != splits.subset["indices_sha256"]:
-        raise EvalError(f"{set_dir}: its generator was trained on another subset of '{rec.get('data')}' (fraction "
-                        f"{rec.get('fraction')}, seed {rec.get('seed')}) than --data {data} --fraction {fraction} "
-                        f"gives; pass the generator's training data so memorisation is measured against it")
-    colour = "-rgb" if syn_c == 3 else ""  # a grey feature net cached beside the set is not reused for colour
-    # beside the set (shared by the sets of one folder), or inside --out: nothing is written outside --out
-    home = Path(out).resolve() if out else Path(set_dir).resolve().parent
-    default = home / f"features-{Path(data).name}-{res}{colour}.safetensors"
-    features = Path(features) if features else default
-    try:
-        net, classes, _ = feature_net(features, cfg.data, classes=list(cfg.labels.classes) or None)
-    except DataError as e:
-        raise EvalError(str(e)) from None
-    images, labels, _ = synthetic_tensors(Path(set_dir), classes)
-    rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, out_dir=Path(out or set_dir))
-    lf = rep.get("label_fidelity", {}).get("per_class", {})
-    summary = (f"FID {rep['fid']['fid']:.2f}, KID {rep['fid']['kid_mean']:.4f}; label fidelity "
-               + ", ".join(f"{k} {v:.3f}" for k, v in lf.items())
-               + f"; privacy score {rep['privacy']['score']:.3f} (real baseline {rep['privacy']['real_rate']:.3f})")
-    from synth.cards import append_measurement
-
-    # the set's card keeps what was measured of it (a resumed or extended set keeps this section)
-    title = f"synth eval fidelity against {data} (fraction {fraction}, {len(images)} images)"
-    with contextlib.suppress(OSError):  # a read-only set keeps its report; the card is a courtesy
-        append_measurement(set_dir, title, [f"- {summary}", f"- full report: `{Path(out or set_dir) / 'fidelity.md'}`"])
-    model_dir = (s.manifest.get("model") or {}).get("path")
-    if model_dir and Path(model_dir).is_dir():  # the generator's card too: what was measured of its images
-        s_settings = s.manifest.get("settings") or {}
-        with contextlib.suppress(OSError):
-            append_measurement(model_dir, title, [f"- set `{set_dir}` (guidance {s_settings.get('guidance')}, "
-                                                  f"sampler {s_settings.get('sampler')}, {s_settings.get('steps')} "
-                                                  f"steps): {summary}"])
-    return f"{summary}; report in {Path(out or set_dir) / 'fidelity.md'}"
 
 
 __all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",

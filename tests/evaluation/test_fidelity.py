@@ -4,10 +4,10 @@ import json
 import pytest
 import torch
 
-import synth.trainers.fidelity as fidelity
+import synth.evaluation.fidelity as fidelity
 from synth.config import load_config
 from synth.data import phantom_set
-from synth.trainers.fidelity import FidelityError, feature_net, fidelity_report
+from synth.evaluation.fidelity import FidelityError, feature_net, fidelity_report
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,7 +112,7 @@ def test_feature_net_names_npz_classes_as_the_user_does(tmp_path):
     import numpy as np
 
     from synth.config import load_config
-    from synth.trainers.fidelity import feature_net
+    from synth.evaluation.fidelity import feature_net
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (24, 16, 16), dtype=np.uint8)
@@ -137,8 +137,9 @@ def test_eval_fidelity_names_npz_classes_as_its_generator_did(tmp_path):
     from synth.config import load_config
     from synth.data import load_split, subset_record
     from tests.synth.test_augment import write_set
-    from synth.trainers.evaluate import EvalError, fidelity_cli
-    from synth.trainers.fidelity import feature_net
+    from synth.evaluation.fidelity_cli import fidelity_cli
+    from synth.evaluation.real import EvalError
+    from synth.evaluation.fidelity import feature_net
 
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)  # the size write_set draws
