@@ -18,13 +18,7 @@ def data_cfg(name, *extra):
 
 def write_dicom(path, value=1000):
     """A minimal CT DICOM (128-byte preamble + 'DICM'), pixels (16, 16) int16: the harness's own builder."""
-    import sys
-
-    from tests.conftest import ROOT
-
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    from bad_inputs_boundaries import _dicom
+    from tests.acceptance.cases_boundaries import _dicom
 
     return _dicom(path, value)
 

@@ -2,7 +2,7 @@
 
 ``FOLLOW[case_id](ctx, d, state, args)`` does what the case's one-line error told the user to do:
 for a CLI case it returns the corrected ``synth`` arguments (``args``: the refused ones), for an API
-case it makes the corrected call.  :func:`bad_inputs.run_case` runs it after judging the refusal; it
+case it makes the corrected call.  :func:`tests.acceptance.harness.run_case` runs it after judging the refusal; it
 must then succeed, otherwise the verdict is ``MISLEADING``.  Each entry quotes the advice it follows.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bad_inputs import data_cfg, image_folder, npz, png_bytes, write
+from tests.acceptance.harness import data_cfg, image_folder, npz, png_bytes, write
 
 
 def set_value(args: list[str], key: str, value: str) -> list[str]:
@@ -56,7 +56,7 @@ def _fix_unknown_key(c, d, s, args):
 def _rerun_training(c, d, s, args):
     """"run 'synth train ldm --run <case>/run' again to finish it, then pass <case>/run/export" (as written: no
     --set; the run folder's own config must carry it)."""
-    from bad_inputs import invoke
+    from tests.acceptance.harness import invoke
 
     out = invoke(["train", "ldm", "--run", str(d / "run")])
     if out.exit_code != 0:
@@ -93,7 +93,7 @@ def _round_labels(c, d, s, args):
 
 def _add_images(c, d, s, args):
     """"every class has a single image ...; add images (2 or more per class) or a val/ folder" """
-    from bad_inputs import sets, tiny_without
+    from tests.acceptance.harness import sets, tiny_without
 
     image_folder(d / "data", 3)
     return args + sets(tiny_without("data.name", "data.resolution") + ["train.steps=2", "train.checkpoint_every=2"]
@@ -128,7 +128,7 @@ def _skip_unreadable(c, d, s, args):
 def _label_map_to_real(c, d, s, args):
     """"synthetic labels ['normal', 'pneumonia'] match no real class ...; pass label_map={...} (a real class name,
     or None to drop it)" """
-    from bad_inputs import _Real
+    from tests.acceptance.cases_sets import _Real
     from synth.augment import mix
 
     return mix(_Real(classes=("cat", "dog")), d / "set", label_map={"normal": "cat", "pneumonia": "dog"})
@@ -136,7 +136,7 @@ def _label_map_to_real(c, d, s, args):
 
 def _label_map_known(c, d, s, args):
     """"label_map names 'covid', which is not a label of the synthetic set; set labels: normal, pneumonia" """
-    from bad_inputs import _Real
+    from tests.acceptance.cases_sets import _Real
     from synth.augment import mix
 
     return mix(_Real(), d / "set", fraction=0.3, label_map={"pneumonia": "pneumonia"})

@@ -1,6 +1,6 @@
 """Hostile-input cases of issue 19 (loading that never guesses, machine-independent bytes, provenance),
 and more of the same classes: odd encodings and formats, label encodings, folder names, OS limits,
-numbers at the edge of their types. Collected by ``bad_inputs.all_cases()``."""
+numbers at the edge of their types. Collected by :func:`tests.acceptance.cases.all_cases`."""
 from __future__ import annotations
 
 import io
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bad_inputs import Case, copy_set, data_cfg, image_folder, load_split_of, nothing, nothing_written, npz, png_bytes, \
-    rows, sets, write
-from tiny import TINY
+from tests.acceptance.cases_core import load_split_of
+from tests.acceptance.harness import (TINY, Case, copy_set, data_cfg, image_folder, nothing, nothing_written, npz,
+                                      png_bytes, rows, sets, write)
 
 
 def _img(value: int, size: int = 16, mode: str = "L") -> Image.Image:
