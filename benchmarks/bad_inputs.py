@@ -17,28 +17,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from tests.acceptance.cases import all_cases  # noqa: E402
-from tests.acceptance.harness import CMD, FAILURES, Result, run, tally  # noqa: E402
-
-
-def one_line(text: Any) -> str:
-    return " ".join(str(text).split())
-
-
-def tally(results: list[Result]) -> dict:
-    n = len(results)
-    count = lambda v: sum(r.verdict == v for r in results)  # noqa: E731
-    return {"cases": n, "cli": sum(r.surface == "cli" for r in results), "api": sum(r.surface == "api" for r in results),
-            "tracebacks": count("TRACEBACK"), "silent_wrong": count("SILENT WRONG"), "data_loss": count("DATA LOSS"),
-            "bad_errors": count("BAD ERROR"), "refused": count("REFUSED"), "timeouts": count("TIMEOUT"),
-            "setup_failed": count("SETUP FAILED"), "misleading": count("MISLEADING"),
-            "advice_followed": sum(r.advice == "followed" for r in results),
-            "failed": sum(r.verdict in FAILURES for r in results)}
+from tests.acceptance.harness import CMD, FAILURES, Result, one_line, run, tally  # noqa: E402
 
 
 

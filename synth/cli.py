@@ -129,6 +129,25 @@ def _default_run(stage: str, config: str | None) -> str:
     return str(Path("runs") / f"{stage}-{Path(config).stem if config else 'default'}")
 
 
+# The options every set-writing command (sample, translate) takes, in one place.
+_SET_OPTIONS = [
+    click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank)."),
+    click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings."),
+    click.option("--shrink", is_flag=True,
+                 help="Allow a smaller --n than the folder already holds: the images past it are deleted."),
+    click.option("--allow-pickle", is_flag=True,
+                 help="Accept a model folder that also holds pickle weights (*.bin, *.pt, *.ckpt ...), which can run "
+                      "code when loaded; synth still loads only the safetensors weights."),
+    click.option("--quiet", is_flag=True, help="No progress bar."),
+]
+
+
+def _set_options(f):
+    for o in reversed(_SET_OPTIONS):
+        f = o(f)
+    return f
+
+
 @train.command("autoencoder")
 @_with_opts
 def train_autoencoder_cmd(config, run_dir, overrides):
@@ -184,14 +203,7 @@ def train_bridge_cmd(config, run_dir, overrides):
 @click.option("--chunk-size", type=int, default=0, show_default=True,
               help="Run the network on chunks of this many images (cache-sized on CPU, e.g. 16); 0: whole batch.")
 @click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default="sdpa", show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
-@click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
-@click.option("--shrink", is_flag=True,
-              help="Allow a smaller --n than the folder already holds: the images past it are deleted.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Accept a model folder that also holds pickle weights (*.bin, *.pt, *.ckpt ...), which can run "
-                   "code when loaded; synth still loads only the safetensors weights.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_set_options
 def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
            compile_, channels_last, chunk_size, attention, device, overwrite, shrink, allow_pickle, quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
@@ -280,14 +292,7 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
 @click.option("--shard-size", type=int, default=1000, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--chunk-size", type=int, default=0, show_default=True)
-@click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available, per local rank).")
-@click.option("--overwrite", is_flag=True, help="Replace a set made by another model or other settings.")
-@click.option("--shrink", is_flag=True,
-              help="Allow a smaller --n than the folder already holds: the images past it are deleted.")
-@click.option("--allow-pickle", is_flag=True,
-              help="Accept a model folder that also holds pickle weights (*.bin, *.pt, *.ckpt ...), which can run "
-                   "code when loaded; synth still loads only the safetensors weights.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_set_options
 def translate(model, input_, source, target, tau, out, split, guidance, steps, sampler, batch_size, seed, fmt, shard_size,
               dtype, chunk_size, device, overwrite, shrink, allow_pickle, quiet):
     """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""

@@ -53,28 +53,9 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(tmp, safe_serialization=True)
-    schema.save(tmp / "labels.json")
-    save_config(cfg, tmp / "config.yaml")
-    meta = {
-        "kind": "ldm",
-        "format_version": 1,
-        "codec": codec.kind,
-        "resolution": cfg.data.resolution,
-        "channels": codec.channels,
-        "prediction_type": cfg.train.prediction_type,
-        "max_length": max_length,
-        "labels": schema.to_json(),
-        "default_sampling": {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance},
-        "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
-        **weights_record(tmp),
-        "config": config_to_dict(cfg),
-        "train_subset": train_subset,
-    }
-    meta["model_id"] = f"synth-ldm-{meta['weights_sha256'][:12]}"
-    atomic_write_json(tmp / ARTIFACT_FILE, meta)
-    write_card(tmp, model_card(meta))
-    atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
-    return out
+    return _finish_export(tmp, out, "ldm", codec, cfg, schema, train_subset,
+                          {"prediction_type": cfg.train.prediction_type, "max_length": max_length},
+                          {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance})
 
 
 def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset: dict | None = None) -> Path:
@@ -88,26 +69,24 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
     if codec.kind == "vae":
         codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
     schema = LabelSchema(classes=list(domains), domains=list(domains))
+    return _finish_export(tmp, out, "bridge", codec, cfg, schema, train_subset,
+                          {"domains": list(domains), "null_domain": len(domains),
+                           "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t"},
+                          {"sampler": solvers.for_flow(cfg.sample.sampler), "steps": cfg.sample.steps,
+                           "guidance": cfg.sample.guidance, "tau": cfg.sample.tau})
+
+
+def _finish_export(tmp: Path, out: Path, kind: str, codec, cfg, schema, train_subset: dict | None, family: dict,
+                   sampling: dict) -> Path:
+    """What every export writes after its weights: labels.json, config.yaml, synth.json (the common fields, the
+    family's own, the default sampling and the weight hashes), the model card; then ``tmp`` replaces ``out``."""
     schema.save(tmp / "labels.json")
     save_config(cfg, tmp / "config.yaml")
-    meta = {
-        "kind": "bridge",
-        "format_version": 1,
-        "codec": codec.kind,
-        "resolution": cfg.data.resolution,
-        "channels": codec.channels,
-        "domains": list(domains),
-        "null_domain": len(domains),
-        "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t",
-        "labels": schema.to_json(),
-        "default_sampling": {"sampler": solvers.for_flow(cfg.sample.sampler),
-                             "steps": cfg.sample.steps, "guidance": cfg.sample.guidance, "tau": cfg.sample.tau},
-        "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0,
-        **weights_record(tmp),
-        "config": config_to_dict(cfg),
-        "train_subset": train_subset,
-    }
-    meta["model_id"] = f"synth-bridge-{meta['weights_sha256'][:12]}"
+    meta = {"kind": kind, "format_version": 1, "codec": codec.kind, "resolution": cfg.data.resolution,
+            "channels": codec.channels, **family, "labels": schema.to_json(), "default_sampling": sampling,
+            "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0, **weights_record(tmp),
+            "config": config_to_dict(cfg), "train_subset": train_subset}
+    meta["model_id"] = f"synth-{kind}-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
     write_card(tmp, model_card(meta))
     atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)

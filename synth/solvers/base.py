@@ -61,6 +61,12 @@ def grid(sigmas: torch.Tensor | Sequence[float]) -> list[float]:
     return [float(v) for v in (sigmas.tolist() if isinstance(sigmas, torch.Tensor) else sigmas)]
 
 
+def intervals(sigmas: torch.Tensor | Sequence[float]) -> list[tuple[int, float, float]]:
+    """(i, sigma_i, sigma_i+1) of each step of the grid, host floats (see :func:`grid`)."""
+    sig = grid(sigmas)
+    return [(i, sig[i], sig[i + 1]) for i in range(len(sig) - 1)]
+
+
 def guided_denoise(predict: Predict, x: torch.Tensor, sigma: float | torch.Tensor, cond: Any, uncond: Any,
                    guidance: float) -> torch.Tensor:
     """Denoised estimate with classifier-free guidance, (B, ...) -> (B, ...).
@@ -93,4 +99,4 @@ def ancestral_noise(rng: Sequence[torch.Generator], shape: tuple, steps: int, de
     return torch.stack([torch.randn((steps, *shape), generator=g, dtype=torch.float32) for g in rng]).to(device)
 
 
-__all__ = ["Predict", "Solver", "ancestral_noise", "cat_cond", "grid", "guided_denoise", "slope"]
+__all__ = ["Predict", "Solver", "ancestral_noise", "cat_cond", "grid", "guided_denoise", "intervals", "slope"]

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import math
 
-from synth.solvers.base import Solver, grid, guided_denoise
+from synth.solvers.base import Solver, intervals, guided_denoise
 
 
 def dpmpp_2m(predict, x, sigmas, *, cond, uncond=None, guidance=1.0, rng=None):
     """x: (B, ...) at ``sigmas[0]`` -> (B, ...) at ``sigmas[-1]``; one evaluation per step."""
-    sig = grid(sigmas)
-    old = None
-    for i in range(len(sig) - 1):
-        s, s_next = sig[i], sig[i + 1]
+    old = s_prev = None  # the previous denoised estimate and the sigma it was made at
+    for i, s, s_next in intervals(sigmas):
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den
@@ -20,10 +18,10 @@ def dpmpp_2m(predict, x, sigmas, *, cond, uncond=None, guidance=1.0, rng=None):
         if old is None:
             d = den
         else:
-            r = (math.log(sig[i - 1]) - math.log(s)) / h
+            r = (math.log(s_prev) - math.log(s)) / h
             d = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
         x = (s_next / s) * x - math.expm1(-h) * d
-        old = den
+        old, s_prev = den, s
     return x
 
 

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import math
 
-from synth.solvers.base import Solver, grid, guided_denoise
+from synth.solvers.base import Solver, intervals, guided_denoise
 
 
 def dpmpp_3m(predict, x, sigmas, *, cond, uncond=None, guidance=1.0, rng=None):
     """x: (B, ...) at ``sigmas[0]`` -> (B, ...) at ``sigmas[-1]``; one evaluation per step."""
-    sig = grid(sigmas)
     den_1 = den_2 = None  # the two previous denoised estimates
     h_1 = h_2 = None  # and the log-SNR steps that led to them
-    for i in range(len(sig) - 1):
-        s, s_next = sig[i], sig[i + 1]
+    for i, s, s_next in intervals(sigmas):
         if s == 0:  # starting at the data end (inversion): nudge off sigma 0
             s = s_next * 1e-3
         den = guided_denoise(predict, x, s, cond, uncond, guidance)

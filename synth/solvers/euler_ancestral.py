@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import math
 
-from synth.solvers.base import Solver, ancestral_noise, grid, guided_denoise, slope
+from synth.solvers.base import Solver, intervals, ancestral_noise, guided_denoise, slope
 
 
 def euler_ancestral(predict, x, sigmas, *, cond, uncond=None, guidance=1.0, rng=None):
     """x: (B, ...) at ``sigmas[0]`` -> (B, ...) at ``sigmas[-1]``; ``rng``: one torch.Generator per image."""
     if rng is None or len(rng) != x.shape[0]:
         raise ValueError("stochastic samplers need one torch.Generator per image (rng=[...], len == batch)")
-    sig = grid(sigmas)
-    noise = ancestral_noise(rng, tuple(x.shape[1:]), len(sig) - 1, x.device).to(x.dtype)
-    for i in range(len(sig) - 1):
-        s, s_next = sig[i], sig[i + 1]
+    steps = intervals(sigmas)
+    noise = ancestral_noise(rng, tuple(x.shape[1:]), len(steps), x.device).to(x.dtype)
+    for i, s, s_next in steps:
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den

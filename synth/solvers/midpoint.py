@@ -3,14 +3,12 @@ from __future__ import annotations
 
 import math
 
-from synth.solvers.base import Solver, grid, guided_denoise, slope
+from synth.solvers.base import Solver, intervals, guided_denoise, slope
 
 
 def midpoint(predict, x, sigmas, *, cond, uncond=None, guidance=1.0, rng=None):
     """x: (B, ...) at ``sigmas[0]`` -> (B, ...) at ``sigmas[-1]``; two evaluations per step but the last."""
-    sig = grid(sigmas)
-    for i in range(len(sig) - 1):
-        s, s_next = sig[i], sig[i + 1]
+    for i, s, s_next in intervals(sigmas):
         den = guided_denoise(predict, x, s, cond, uncond, guidance)
         if s_next == 0:
             x = den
