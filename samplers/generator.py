@@ -19,10 +19,12 @@ from synth.samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_A
 from synth.samplers.bridge import BridgeGenerator
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
-from synth.io import to_uint8
+from synth.io import to_float, to_uint8
 from synth.labels import Condition, LabelSchema
 from synth.models import first_line
+from synth.config import ConfigError
 from synth.paths.diffusion import DiffusionPath
+from synth.paths.flow import FLOW
 from synth.seeds import derive_seed, generator_for
 
 def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int) -> torch.Tensor:
@@ -48,24 +50,30 @@ def _read_scheduler(meta: dict) -> torch.Tensor:
 
 
 class LDMGenerator:
-    """Text/label-conditioned diffusion generator (latent or pixel space)."""
+    """Text/label-conditioned generator (latent or pixel space) on a diffusion path or, with ``path="flow"``,
+    the flow-matching path (a text-conditioned flow model: samples from noise and translates between prompts)."""
 
     def __init__(self, unet, text_encoder, tokenizer, codec, schema: LabelSchema, alphas_cumprod: torch.Tensor,
                  prediction_type: str, resolution: int, max_length: int, model_id: str = "in-memory",
-                 spacing: str = "linspace"):
+                 spacing: str = "linspace", path: str = "diffusion"):
         self.unet, self.text_encoder, self.tokenizer, self.codec = unet, text_encoder, tokenizer, codec
         self.schema, self.alphas_cumprod = schema, alphas_cumprod
         self.prediction_type, self.resolution, self.max_length = prediction_type, resolution, max_length
         self.model_id = model_id
-        self.path = DiffusionPath(alphas_cumprod, prediction_type, spacing=spacing)  # the one the model was trained on
+        # the path the model was trained on: it makes the sampling grid and the denoiser
+        self.path = FLOW if path == "flow" else DiffusionPath(alphas_cumprod, prediction_type, spacing=spacing)
         self.chunk_size: int | None = None  # images per network call; None: the whole batch
         self._text_cache: dict[str, torch.Tensor] = {}
         self.weights_sha256: str | None = None  # set by from_export: the verified hash of the loaded weights
 
     @property
-    def spacing(self) -> str:
-        """The timestep spacing of the sampling grid (diffusers' ``timestep_spacing``), kept by the path."""
-        return self.path.spacing
+    def is_flow(self) -> bool:
+        return self.path is FLOW
+
+    @property
+    def spacing(self) -> str | None:
+        """The timestep spacing of a diffusion grid (diffusers' ``timestep_spacing``), kept by the path."""
+        return getattr(self.path, "spacing", None)
 
     @spacing.setter
     def spacing(self, value: str) -> None:
@@ -99,7 +107,8 @@ class LDMGenerator:
         alphas = _read_scheduler(meta)
         gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
                   meta["prediction_type"], meta["resolution"], meta["max_length"],
-                  model_id=meta.get("model_id", meta["path"]))
+                  model_id=meta.get("model_id", meta["path"]),
+                  path=meta.get("family", "diffusion"))  # the probability path; older exports record none: diffusion
         return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
@@ -172,6 +181,12 @@ class LDMGenerator:
         prompts = [c.prompt or (self.schema.prompt_for(c.label) if c.label is not None else "") for c in conditions]
         cond = self.text_embeddings(prompts).to(device, dtype)
         uncond = self.text_embeddings([""] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
+        gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
+        if self.is_flow:
+            x0 = (self.initial_noise(seeds) if noise is None else noise).to(device, torch.float32)
+            z = FLOW.integrate(self._velocity, x0, 0.0, 1.0, steps, sampler=solvers.for_flow(sampler), cond=cond,
+                               uncond=uncond, guidance=guidance, rng=gens)
+            return self._batch(z, conditions, prompts, seeds, sampler, steps, guidance, dtype)
         sigmas = self.path.sampling_sigmas(steps)  # stays on the CPU: host-side grid
         x0 = self.initial_noise(seeds) if noise is None else noise
         # The ODE state stays float32 whatever the model's precision; only the network runs in ``dtype``.
@@ -181,14 +196,41 @@ class LDMGenerator:
             return self.unet(x_vp.to(dtype), t, encoder_hidden_states=c).sample.float()
 
         predict = self.path.denoiser(unet_fn)
-        # its own named stream: seeds + 1 would be the next image's starting noise
-        gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
         z = solve(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance, rng=gens)
+        return self._batch(z, conditions, prompts, seeds, sampler, steps, guidance, dtype)
+
+    def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """A flow model's v(x_t, t | text): x_t (B, c, h, w), t (B,) in [0, 1], text (B, L, D) -> float32."""
+        p = next(self.unet.parameters())
+        return self.unet(x_t.to(p.dtype), FLOW.network_time(t).to(x_t.device, torch.float32),
+                         encoder_hidden_states=text).sample.float()
+
+    def _batch(self, z, conditions, prompts, seeds, sampler, steps, guidance, dtype) -> SampleBatch:
+        """Decode latents z (B, c, h, w) into a SampleBatch of uint8 images with the settings that made them."""
         images = to_uint8(self.codec.decode(z).float()).cpu()
         settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "dtype": str(dtype).replace("torch.", ""),
                     "model_evals": solvers.model_evals(sampler, steps), "model_id": self.model_id}
         conds = [Condition(label=c.label, domain=c.domain, prompt=pr) for c, pr in zip(conditions, prompts)]
         return SampleBatch(images, conds, list(seeds), settings)
+
+    @torch.no_grad()
+    def translate(self, images: torch.Tensor, source: str, target: str, *, tau: float = 0.5, steps: int = 20,
+                  guidance: float = 1.5, sampler: str = "euler", seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """A text-conditioned flow model: uint8 images (B, C, H, W) described by prompt ``source`` -> the same
+        images carried to prompt ``target`` (back along the flow to ``tau``, forward under the new text)."""
+        if not self.is_flow:
+            raise ConfigError("translation needs a flow model (train with --set train.path=flow); this one is a "
+                              "diffusion model: sample it instead")
+        p = next(self.unet.parameters())
+        n = images.shape[0]
+        text = self.text_embeddings([source, target, ""]).to(p.device, p.dtype)
+        src, tgt, null = (text[i:i + 1].expand(n, -1, -1) for i in range(3))
+        x1 = self.codec.encode(to_float(images).to(p.device, p.dtype)).float()
+        gens = ([generator_for(derive_seed(s, "ancestral")) for s in (seeds or range(n))]
+                if solvers.get(sampler).stochastic else None)
+        z = FLOW.translate(self._velocity, x1, src, tgt, null, tau, steps, sampler=solvers.for_flow(sampler),
+                           guidance=guidance, rng=gens)
+        return to_uint8(self.codec.decode(z).float()).cpu()
 
 
 # torch.compile pays off when the network work of a set dwarfs its warm-up: measured on an H200

@@ -56,15 +56,20 @@ def model_card(meta: dict) -> str:
     cfg = meta.get("config") or {}
     train = cfg.get("train") or {}
     kind = meta.get("kind", "ldm")
+    flow = meta.get("family") == "flow" or kind == "bridge"
+    what = ("flow-matching bridge (classes are domains)" if kind == "bridge" else
+            "text-conditioned flow model (sample it with synth: diffusers' StableDiffusionPipeline integrates a "
+            "diffusion schedule, not this flow)" if flow else "diffusion model")
     front = {"library_name": "diffusers", "license": "other",
              "tags": ["synth", "synthetic-data", "medical-imaging", "research-only",
-                      "flow-matching" if kind == "bridge" else "latent-diffusion"],
+                      "flow-matching" if flow else "latent-diffusion"],
              "pipeline_tag": "unconditional-image-generation" if kind == "bridge" else "text-to-image",
-             "synth": {"model_id": meta.get("model_id"), "kind": kind, "codec": meta.get("codec"),
+             "synth": {"model_id": meta.get("model_id"), "kind": kind, "family": meta.get("family", "diffusion"),
+                       "conditioner": meta.get("conditioner"), "codec": meta.get("codec"),
                        "resolution": meta.get("resolution"), "channels": meta.get("channels"), "classes": classes,
                        "weights_sha256": meta.get("weights_sha256"), "train_subset": meta.get("train_subset")}}
     body = [f"# {meta.get('model_id')}", "",
-            f"A synth {'flow-matching bridge (classes are domains)' if kind == 'bridge' else 'diffusion model'} "
+            f"A synth {what} "
             f"making {meta.get('resolution')} px {'colour' if meta.get('channels') == 3 else 'grey'} images of "
             f"{len(classes)} classes: {', '.join(classes)}. Every image it makes carries its provenance "
             f"(`synth inspect FILE`).", "",

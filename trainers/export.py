@@ -54,8 +54,10 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
                                    requires_safety_checker=False)
     pipe.save_pretrained(tmp, safe_serialization=True)
     return _finish_export(tmp, out, "ldm", codec, cfg, schema, train_subset,
-                          {"prediction_type": cfg.train.prediction_type, "max_length": max_length},
-                          {"sampler": cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance})
+                          {"family": cfg.train.path, "conditioner": "text", "prediction_type": cfg.train.prediction_type,
+                           "max_length": max_length},
+                          {"sampler": solvers.for_flow(cfg.sample.sampler) if cfg.train.path == "flow"
+                           else cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance})
 
 
 def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset: dict | None = None) -> Path:
@@ -70,7 +72,7 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
         codec.vae.save_pretrained(tmp / "vae", safe_serialization=True)
     schema = LabelSchema(classes=list(domains), domains=list(domains))
     return _finish_export(tmp, out, "bridge", codec, cfg, schema, train_subset,
-                          {"domains": list(domains), "null_domain": len(domains),
+                          {"family": "flow", "conditioner": "class", "domains": list(domains), "null_domain": len(domains),
                            "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t"},
                           {"sampler": solvers.for_flow(cfg.sample.sampler), "steps": cfg.sample.steps,
                            "guidance": cfg.sample.guidance, "tau": cfg.sample.tau})

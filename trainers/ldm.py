@@ -22,6 +22,7 @@ from synth.distributed import main_first
 from synth.io import (atomic_replace_dir, channel_word, fresh_tmp_dir, labelled_grid, remove_stale_tmp_dirs, save_png,
                       to_float)
 from synth.labels import LabelSchema
+from synth.trainers.textflow import TextFlowObjective, flow_times_for
 from synth.paths.diffusion import DiffusionPath, min_snr_weight  # noqa: F401  (min_snr_weight: its old home)
 from synth.metrics import reconstruction_metrics
 from synth.models import (allows_pickle, build_noise_scheduler, build_text_encoder, build_tokenizer, count_parameters,
@@ -439,17 +440,20 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     data = training_data(cfg, run, train, prompts, parts, text_encoder, codec, train_text, device, world,
                          accelerator.process_index, say)
 
-    objective = DiffusionObjective(unet, text_encoder if data.text is None else None, noise_sched.alphas_cumprod,
-                                   cfg.train.prediction_type, cfg.train.min_snr_gamma)
+    flow = cfg.train.path == "flow"
+    objective = (TextFlowObjective(unet, text_encoder if data.text is None else None) if flow else
+                 DiffusionObjective(unet, text_encoder if data.text is None else None, noise_sched.alphas_cumprod,
+                                    cfg.train.prediction_type, cfg.train.min_snr_gamma))
     trained = {"unet": unet, **({"text_encoder": text_encoder} if train_text else {})}
     if not train_text:
         text_encoder.to(device)
     shape = codec.latent_shape(cfg.data.resolution)
 
     def draw(step, gen, n):
-        return draw_diffusion(step, gen, n, shape=shape, num_timesteps=cfg.train.num_train_timesteps,
-                              noise_offset=cfg.train.noise_offset, cond_drop_prob=cfg.train.cond_drop_prob,
-                              latent_eps=codec.kind == "vae", hflip=cfg.data.hflip)
+        d = draw_diffusion(step, gen, n, shape=shape, num_timesteps=cfg.train.num_train_timesteps,
+                           noise_offset=cfg.train.noise_offset, cond_drop_prob=cfg.train.cond_drop_prob,
+                           latent_eps=codec.kind == "vae", hflip=cfg.data.hflip)
+        return flow_times_for(d, gen) if flow else d
 
     def batch(idx, d):
         """This rank's micro-batch: clean x (B, c, h, w), noise, t and the text condition."""
@@ -467,7 +471,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
 
     def make_gen(model, te) -> LDMGenerator:
         return LDMGenerator(model, te, parts.tokenizer, codec, schema, noise_sched.alphas_cumprod.cpu(),
-                            cfg.train.prediction_type, cfg.data.resolution, parts.max_length, model_id=str(run))
+                            cfg.train.prediction_type, cfg.data.resolution, parts.max_length, model_id=str(run),
+                            path=cfg.train.path)
 
     def after_step(step: int, f: Fitted):
         if cfg.train.sample_every and step % cfg.train.sample_every == 0:

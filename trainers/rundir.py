@@ -18,7 +18,7 @@ from synth.trainers.checkpoints import checkpoint_dir, latest_checkpoint, quaran
 RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
                    "data.carve",
                    "labels", "model",
-                   "train.prediction_type", "train.num_train_timesteps",
+                   "train.path", "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")
 
 

@@ -171,6 +171,8 @@ class TrainConfig:
     attention: str = choice("sdpa", ("sdpa", "xformers"))
     ema_decay: float = unit_open(0.999)  # 0 disables EMA
     ema_warmup: bool = True  # decay ramps up as (1+n)/(10+n)
+    # the family of the text/label model: DDPM noise (diffusion) or the linear flow path (a text-conditioned flow)
+    path: str = choice("diffusion", ("diffusion", "flow"))
     prediction_type: str = choice("epsilon", ("epsilon", "v_prediction"))
     num_train_timesteps: int = positive(1000)
     # DDPMScheduler's schedules
