@@ -47,7 +47,7 @@ def load_input(path: str, resolution: int, split: str = "all") -> ImageSet:
 
 def _load_input(path: str, resolution: int, split: str) -> ImageSet:
     from synth.config import DataConfig
-    from synth.data import _load_path
+    from synth.data import _load_path, open_source
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -55,15 +55,11 @@ def _load_input(path: str, resolution: int, split: str) -> ImageSet:
     cfg = DataConfig(name=str(p), resolution=resolution, val_fraction=0.5, val_max_items=None)
     wanted = SPLITS if split == "all" else (split,)
     if p.is_dir() and not any(d.name.lower() in ("train", "val", "valid", "validation", "test") for d in p.iterdir() if d.is_dir()):
-        from synth.data import load_image_folder
-
-        parts = [load_image_folder(p, "train", resolution, "raise", None)]  # a plain <class>/<image> folder: all of it
+        parts = [open_source(p, "train", resolution)]  # a plain <class>/<image> folder: all of it
     elif p.suffix.lower() in (".csv", ".jsonl"):
-        from synth.data import load_manifest
-
-        parts = [s for s in (load_manifest(p, sp, resolution, "raise", None) for sp in wanted) if len(s)]
+        parts = [s for s in (open_source(p, sp, resolution) for sp in wanted) if len(s)]
         if split == "all":  # rows without a split column count as train
-            parts = parts or [load_manifest(p, "train", resolution, "raise", None)]
+            parts = parts or [open_source(p, "train", resolution)]
     else:
         parts = []
         first_error = None

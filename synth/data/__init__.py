@@ -21,7 +21,8 @@ same for every source:
 Modules, along the seams: :mod:`~synth.data.base` (ImageSet, errors), :mod:`~synth.data.images` (one
 image: format, EXIF, DICOM, channels, window, pad, resize), :mod:`~synth.data.sources` (npz, folders,
 MedMNIST), :mod:`~synth.data.manifest` (CSV/JSONL), :mod:`~synth.data.phantoms`, :mod:`~synth.data.splits`
-(``load_split``, fractions, the validation carve) and :mod:`~synth.data.text` (safe names in messages).
+(``load_split``, fractions, the validation carve), :mod:`~synth.data.registry` (``open_source``: which
+loader takes a path) and :mod:`~synth.data.text` (safe names in messages).
 Every name is importable from ``synth.data``.
 """
 
@@ -36,5 +37,6 @@ from synth.data.sources import (MEDMNIST_CLASSES, MEDMNIST_URL, default_cache_di
                                 decode_labels, _class_dirs, load_image_folder, available_memory, check_memory)  # noqa: F401
 from synth.data.manifest import (SPLIT_NAMES, JSONL_EXAMPLE, ManifestRow, ManifestSplit, json_object_lines,
                                  read_manifest, load_manifest)  # noqa: F401
+from synth.data.registry import SOURCES, Source, open_source, register_source, source_for  # noqa: F401
 from synth.data.splits import (min_fraction, fraction_subset, subset_record, random_carve_indices, carve_applies,
                                val_quota, carve_indices, load_split, _load_path, fingerprint)  # noqa: F401

@@ -10,9 +10,9 @@ import torch
 
 from synth.data.base import DataError, ImageSet
 from synth.data.images import hwc_list, stack_images
-from synth.data.manifest import _read_manifest_rows, load_manifest
 from synth.data.phantoms import colour_phantom_set, phantom_set
-from synth.data.sources import MEDMNIST_CLASSES, _class_dirs, load_image_folder, load_npz, resolve_medmnist
+from synth.data.registry import open_source, source_for
+from synth.data.sources import MEDMNIST_CLASSES, resolve_medmnist
 
 
 def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
@@ -77,14 +77,12 @@ def random_carve_indices(n: int, split: str, fraction: float, seed: int) -> torc
 def carve_applies(data_cfg) -> bool:
     """Whether ``data.name`` has no validation split of its own, so ``data.carve`` decides the split."""
     p = Path(str(data_cfg.name)).expanduser()
-    if p.is_dir():
-        return not any(d.name.lower() in ("val", "valid", "validation") for d in _class_dirs(p))
-    if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"):
-        try:
-            return _manifest_has_no_val(p)
-        except DataError:
-            return False
-    return False
+    if not p.exists():
+        return False
+    try:
+        return not source_for(p).has_val(p)
+    except DataError:
+        return False
 
 
 def val_quota(counts: dict[int, int], n_val: int) -> dict[int, int]:
@@ -147,7 +145,7 @@ def load_split(data_cfg, split: str = "train", classes: list[str] | None = None)
         s = _load_path(p, split, data_cfg, classes)
     elif name.lower() in MEDMNIST_CLASSES or name.lower().endswith("mnist"):
         path = resolve_medmnist(name.lower(), data_cfg.cache_dir, data_cfg.download)
-        s = load_npz(path, split, size, classes, channels)
+        s = open_source(path, split, size, classes=classes, channels=channels)
     else:
         raise DataError(f"data path '{name}' does not exist; pass an existing .npz, image folder, manifest, "
                         f"a MedMNIST name (e.g. pneumoniamnist), 'phantom' or 'phantom-colour'")
@@ -166,27 +164,13 @@ def load_split(data_cfg, split: str = "train", classes: list[str] | None = None)
 
 
 def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
+    """A split of the source at ``p`` (:mod:`synth.data.registry`); train and val are carved from the stored train
+    split when the source stores no validation split."""
+    src = source_for(p)
     size, on_error, ch = data_cfg.resolution, data_cfg.on_error, getattr(data_cfg, "channels", "auto")
-    if p.is_file() and p.suffix.lower() == ".npz":
-        return load_npz(p, split, size, classes, ch)
-    if p.is_file() and p.suffix.lower() in (".csv", ".jsonl"):
-        s = load_manifest(p, split, size, on_error, classes, ch)
-        if split == "val" and len(s) == 0:
-            return _carve(load_manifest(p, "train", size, on_error, classes, ch), "val", data_cfg)
-        if split == "train" and _manifest_has_no_val(p):
-            return _carve(s, "train", data_cfg)
-        return s
-    if p.is_dir():
-        has_val = any(d.name.lower() in ("val", "valid", "validation") for d in _class_dirs(p))
-        if split in ("train", "val") and not has_val:
-            full = load_image_folder(p, "train", size, on_error, classes, ch)
-            return _carve(full, split, data_cfg)
-        return load_image_folder(p, split, size, on_error, classes, ch)
-    raise DataError(f"'{p}' is not a .npz, .csv, .jsonl or folder; pass one of those")
-
-
-def _manifest_has_no_val(p: Path) -> bool:
-    return not any(r.split == "val" for r in _read_manifest_rows(p))
+    if split in ("train", "val") and not src.has_val(p):
+        return _carve(src.read(p, "train", size, on_error, classes, ch), split, data_cfg)
+    return src.read(p, split, size, on_error, classes, ch)
 
 
 def _stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
