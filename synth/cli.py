@@ -12,7 +12,7 @@ set_wait_policy()  # before anything imports torch: libgomp reads its wait polic
 
 import click  # noqa: E402
 
-from synth.config import ConfigError, load_config, read_yaml  # noqa: E402
+from synth.config import load_config, read_yaml  # noqa: E402
 
 PRESETS = Path(__file__).parent / "presets"
 
@@ -207,66 +207,14 @@ def train_bridge_cmd(config, run_dir, overrides):
 def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_size, seed, fmt, shard_size, dtype,
            compile_, channels_last, chunk_size, attention, device, overwrite, shrink, allow_pickle, quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
-    import torch
-
-    from synth.samplers.bulk import BulkRequest, check_out, dist_info, parse_label_spec, parse_prompt_file, run_bulk
-    from synth.samplers.generator import load_generator, read_artifact
-    from synth.labels import LabelSchema
+    from synth.samplers.orchestrate import sample_set
 
     def go():
-        if labels and prompts_file:
-            raise ConfigError("pass either --labels or --prompts, not both")
-        meta = read_artifact(model)
-        schema = LabelSchema.from_json(meta["labels"])
-        if prompts_file:
-            spec = parse_prompt_file(prompts_file, schema)
-        else:
-            given = labels is not None  # an empty --labels (an unset shell variable) is an error, not "uniform"
-            spec = parse_label_spec(labels if given else ",".join(schema.classes), schema,
-                                    log=(lambda m: click.echo(m, err=True)) if given else (lambda m: None))
-        d = meta.get("default_sampling", {})
-        from synth.devices import resolve_device
-
-        dev = str(resolve_device(device))
-        if dtype == "float16" and not dev.startswith("cuda"):
-            raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-        from synth.samplers.bulk import deterministic_kernels
-
-        deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
-        bs = _batch_size_arg(batch_size, out)
-        req = BulkRequest(model=meta["path"], out=out, n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
-                          steps=steps if steps is not None else d.get("steps", 25),
-                          guidance=guidance if guidance is not None else d.get("guidance", 1.5),
-                          seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
-                          shrink=shrink, allow_pickle=allow_pickle)
-        from synth.samplers.bulk import check_request
-
-        check_request(req)
-        if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
-            check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, bs is not None)
-        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        gen = load_generator(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
-        if bs is None:
-            from dataclasses import replace
-
-            from synth.samplers.generator import auto_batch_size
-
-            from synth.distributed import broadcast_from_main
-
-            # every rank must use rank 0's choice: a GPU set's batch shape is part of its identity
-            req = replace(req, batch_size=broadcast_from_main(auto_batch_size(gen, req.guidance, dev)))
-            click.echo(f"note: --batch-size auto -> {req.batch_size}", err=True)
-        from synth.samplers.generator import should_compile
-
-        do_compile = compile_ if compile_ is not None else should_compile(dev, req.n, req.steps, req.sampler, req.guidance, gen)
-        if compile_ is None and do_compile:
-            click.echo(f"note: compiling the UNet (a {req.n}-image set amortises the warm-up; --no-compile to skip)", err=True)
-        try:
-            gen.optimize(compile=do_compile, channels_last=channels_last, attention=attention,
-                         chunk_size=chunk_size or None)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        res = run_bulk(req, gen, device=dev, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        res = sample_set(model, out, n, labels=labels, prompts_file=prompts_file, guidance=guidance, steps=steps,
+                         sampler=sampler, batch_size=batch_size, seed=seed, fmt=fmt, shard_size=shard_size, dtype=dtype,
+                         compile=compile_, channels_last=channels_last, chunk_size=chunk_size, attention=attention,
+                         device=device, overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle,
+                         progress=not quiet, log=lambda m: click.echo(m, err=True))
         if res.manifest:
             click.echo(f"{res.manifest['n_done']} images in {out} ({res.generated} new, {res.images_per_s:.1f} images/s); "
                        f"counts {res.manifest['counts_per_label']}")
@@ -296,81 +244,18 @@ def sample(model, n, out, labels, prompts_file, guidance, steps, sampler, batch_
 def translate(model, input_, source, target, tau, out, split, guidance, steps, sampler, batch_size, seed, fmt, shard_size,
               dtype, chunk_size, device, overwrite, shrink, allow_pickle, quiet):
     """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
-    import torch
-
-    from synth.samplers.bulk import check_out, check_request, dist_info, run_bulk
-    from synth.labels import LabelSchema
-    from synth.samplers.generator import ArtifactError, read_artifact
-    from synth.samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
-    from synth.devices import resolve_device
+    from synth.samplers.orchestrate import translate_set
 
     def go():
-        meta = read_artifact(model)
-        if meta.get("kind") != "bridge":
-            raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
-                                f"translation needs an export of 'synth train bridge'")
-        dev = str(resolve_device(device))
-        if dtype == "float16" and not dev.startswith("cuda"):
-            raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
-        from synth.samplers.bulk import deterministic_kernels
-
-        deterministic_kernels(dev)  # before the model loads: cuBLAS reads its workspace setting at first use
-        d = meta.get("default_sampling", {})
-        t = tau if tau is not None else d.get("tau", 0.5)
-        if source == target:
-            click.echo(f"note: source and target are both '{source}': a round trip (back to t={t:g} and forward "
-                       f"again), which reproduces the input up to the solver's error", err=True)
-        data = load_input(input_, meta["resolution"], split)
-        bs = _batch_size_arg(batch_size, out)
-        req = TranslateRequest(model=meta["path"], out=out, n=len(data), spec=None, sampler=sampler or d.get("sampler", "euler"),
-                               steps=steps if steps is not None else d.get("steps", 20),
-                               guidance=guidance if guidance is not None else d.get("guidance", 1.0), seed=seed,
-                               batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
-                               shrink=shrink, allow_pickle=allow_pickle, input=str(input_), source=source, target=target, tau=t, split=split,
-                               input_hash=input_fingerprint(data))
-        check_request(req)
-        if dist_info()[0] == 0:  # refusals about --out before the (long) model load; rank 0 decides for all
-            check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, bs is not None)
-        tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        from synth.samplers.bridge import BridgeGenerator
-
-        gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=tdtype, allow_pickle=allow_pickle)
-        gen.optimize(chunk_size=chunk_size or None)
-        check_translate(req, gen, data)
-        if bs is None:
-            from dataclasses import replace
-
-            req = replace(req, batch_size=64 if not dev.startswith("cuda") else 256)
-        res = run_bulk(req, gen, device=dev, progress=not quiet, log=lambda m: click.echo(m, err=True),
-                       job=TranslateJob(req, data, gen))
+        res = translate_set(model, input_, source, target, out, tau=tau, split=split, guidance=guidance, steps=steps,
+                            sampler=sampler, batch_size=batch_size, seed=seed, fmt=fmt, shard_size=shard_size,
+                            dtype=dtype, chunk_size=chunk_size, device=device, overwrite=overwrite, shrink=shrink,
+                            allow_pickle=allow_pickle, progress=not quiet, log=lambda m: click.echo(m, err=True))
         if res.manifest:
             click.echo(f"{res.manifest['n_done']} translated images in {out} ({res.generated} new, "
                        f"{res.images_per_s:.1f} images/s); labels {res.manifest['counts_per_label']}")
 
     _run(go)
-
-
-def _batch_size_arg(value: str, out: str) -> int | None:
-    """``--batch-size``: a positive int, or None for 'auto' (unless the set records one: reuse it)."""
-    import json
-
-    if str(value).strip().lower() == "auto":
-        rec = Path(out) / ".synth" / "request.json"
-        if rec.is_file():
-            try:
-                recorded = json.loads(rec.read_text()).get("batch_size")
-            except (OSError, ValueError):
-                recorded = None
-            if isinstance(recorded, int) and recorded > 0:
-                return recorded
-        return None
-    try:
-        bs = int(value)
-    except ValueError:
-        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got '{value}'") from None
-    if bs <= 0:
-        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {bs}")
-    return bs
 
 
 @main.command()

@@ -60,11 +60,26 @@ def image_files(folder: Path) -> tuple[list[Path], Counter]:
             unused["hidden"] += 1
         elif f.name.upper() == "DICOMDIR":
             unused["DICOMDIR index"] += 1  # a PACS export's table of contents: DICOM, but no image
-        elif f.suffix.lower() in IMAGE_EXTS or sniff_format(f) is not None:
+        elif (fmt := sniff_format(f)) == "dicom" and not dicom_has_pixels(f):
+            unused["DICOM without pixel data (a report or other non-image object)"] += 1
+        elif f.suffix.lower() in IMAGE_EXTS or fmt is not None:
             used.append(f)  # an image by name is read (a broken one is an error, or skipped with on_error=skip)
         else:
             unused["not an image"] += 1
     return used, unused
+
+
+def dicom_has_pixels(path: Path) -> bool:
+    """Whether a DICOM file holds an image: PACS exports mix images with structured reports, key-object
+    selections and presentation states, which are DICOM but hold no PixelData.  Only the header is parsed
+    (values are deferred); an unreadable file counts as an image, so reading it reports the real problem."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), defer_size="1 KB", force=True)
+    except Exception:  # noqa: BLE001 - any parse failure: let the image reader say what is wrong
+        return True
+    return any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def unused_note(unused: Counter, where: str) -> list[str]:

@@ -131,17 +131,18 @@ def train_generator(cfg: Config, run: Path, log: Callable[[str], None]) -> Path:
 
 def sample_set(export: Path, out: Path, classes: list[str], cfg: Config, guidance: float, seed: int,
                device: str, log: Callable[[str], None]) -> Path:
-    """Write (or finish) a class-balanced synthetic set with the bulk sampler."""
-    from synth.samplers.bulk import BulkRequest, parse_label_spec, run_bulk
-    from synth.samplers.generator import read_artifact
+    """Write (or finish) a class-balanced synthetic set, orchestrated as ``synth sample`` is."""
     from synth.labels import LabelSchema
+    from synth.samplers.bulk import parse_label_spec
+    from synth.samplers.generator import read_artifact
+    from synth.samplers.orchestrate import sample_set as write_set
 
     schema = LabelSchema.from_json(read_artifact(str(export))["labels"])
-    spec = parse_label_spec(",".join(f"{c}=1" for c in schema.classes), schema, log=lambda m: None)
+    balanced = parse_label_spec(",".join(f"{c}=1" for c in schema.classes), schema, log=lambda m: None)
     sampler = solvers.for_flow(cfg.sample.sampler) if cfg.eval.trainer == "bridge" else cfg.sample.sampler
-    req = BulkRequest(model=str(export), out=str(out), n=cfg.eval.synthetic_n, spec=spec, sampler=sampler,
-                      steps=cfg.sample.steps, guidance=guidance, seed=seed, batch_size=64)
-    run_bulk(req, device=device, progress=False, log=log)
+    write_set(export, out, cfg.eval.synthetic_n, labels=balanced, sampler=sampler,
+              steps=cfg.sample.steps, guidance=guidance, seed=seed, batch_size=64, device=device, progress=False,
+              log=log)
     return out
 
 

@@ -51,6 +51,17 @@ def _dicom(path: Path, value: int = 800) -> Path:
     return path
 
 
+def _pacs_with_report(c, d: Path) -> None:
+    import pydicom
+
+    for k, cls in enumerate(("a", "b")):
+        for i in range(2):
+            _dicom(d / "data" / cls / f"IM{i:04d}", 500 + 300 * k)
+    report = pydicom.dcmread(str(d / "data" / "a" / "IM0000"))
+    del report.PixelData
+    report.save_as(str(d / "data" / "a" / "SR0001"), enforce_file_format=True)
+
+
 def _exif_jpeg(path: Path, orientation: int) -> Path:
     a = np.zeros((8, 16), np.uint8)
     a[:, :4] = 255  # a bright band on the left as stored
@@ -172,6 +183,9 @@ def boundary_cases() -> list[Case]:
              lambda c, d: [_dicom(d / "data" / cls / f"IM{i:04d}", 500 + 300 * k) for k, cls in enumerate(("a", "b"))
                            for i in range(3)],
              load_split_of(lambda d: d / "data", split="test"), "ok", check=_count(6)),
+        Case("b-dicom-report-in-export", "api", "a PACS export whose folder also holds a structured report (DICOM, no pixels)",
+             _pacs_with_report, load_split_of(lambda d: d / "data", split="test"), "ok",
+             check=_count(4, note="1 DICOM without pixel data")),
         Case("b-class-case-collision", "api", "class folders Normal/ and normal/",
              lambda c, d: (image_folder(d / "data", 2, ("Normal", "normal"))),
              load_split_of(lambda d: d / "data", split="test"), "error", r"'Normal' and 'normal' .* differ only in case"),

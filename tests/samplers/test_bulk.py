@@ -310,3 +310,18 @@ def test_set_made_before_exact_quotas_resumes_with_its_own_labels(tiny_export, t
     new_rows = [json.loads(line) for line in (tmp_path / "new" / "metadata.jsonl").read_text().splitlines()]
     assert [r["label_id"] for r in new_rows] == labels_for(20, spec.labels) and new.manifest["n_done"] == 20
     assert sum(r["label_id"] == 0 for r in new_rows) == 4
+
+
+def test_the_python_api_writes_what_the_cli_writes(tiny_export, tmp_path):
+    """One orchestration (issue 16): synth.samplers.orchestrate.sample_set, called from Python, gives the bytes
+    `synth sample` gives, and refuses the same bad input with the same one-line error."""
+    from synth.config import ConfigError
+    from synth.samplers.orchestrate import sample_set
+
+    cli(*base_args(tiny_export, tmp_path / "cli", 10))
+    res = sample_set(tiny_export, tmp_path / "api", 10, steps=3, shard_size=8, batch_size=5, progress=False,
+                     log=lambda m: None)
+    assert res.manifest["n_done"] == 10 and tree_bytes(tmp_path / "cli") == tree_bytes(tmp_path / "api")
+    with pytest.raises(ConfigError, match="--dtype float16 needs a CUDA device"):
+        sample_set(tiny_export, tmp_path / "x", 2, dtype="float16", device="cpu", log=lambda m: None)
+    assert not (tmp_path / "x").exists()

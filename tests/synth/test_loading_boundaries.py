@@ -187,3 +187,18 @@ def test_prompt_file_with_a_byte_order_mark_keeps_its_class(tmp_path):
     p.write_bytes("\ufeffpneumonia\nnormal\n".encode("utf-8"))
     spec = parse_prompt_file(p, LabelSchema(classes=["normal", "pneumonia"]))
     assert [k for k, _ in spec.lines] == [1, 0]  # without BOM handling line 1 became free text (None)
+
+
+def test_a_pacs_export_with_a_report_loads_its_images_and_counts_the_report(tmp_path):
+    """PACS exports mix image DICOMs with structured reports (DICOM, no PixelData): the report is counted in the
+    note by reason, never read as an image and never an error."""
+    import pydicom
+
+    for cls in ("a", "b"):
+        for i in range(2):
+            write_dicom(tmp_path / cls / f"IM{i:04d}", 500 + 100 * i)
+    sr = pydicom.dcmread(str(tmp_path / "a" / "IM0000"))
+    del sr.PixelData
+    sr.save_as(str(tmp_path / "a" / "SR0001"), enforce_file_format=True)
+    s = load_split(data_cfg(tmp_path), "test")
+    assert len(s) == 4 and any("1 DICOM without pixel data" in n for n in s.notes), s.notes

@@ -1,0 +1,147 @@
+"""Writing a set, orchestrated once: device, dtype, deterministic kernels, batch size, the compile rule, the
+output checks before the model loads, then the bulk engine.  ``synth sample`` / ``synth translate``, the
+Python API and ``synth eval`` all call :func:`sample_set` / :func:`translate_set`."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from synth.config import ConfigError
+from synth.labels import LabelSchema
+from synth.samplers.bulk import (BulkRequest, BulkResult, ConditionSpec, check_out, check_request, deterministic_kernels, dist_info,
+                                 parse_label_spec, parse_prompt_file, run_bulk)
+from synth.samplers.generator import ArtifactError, load_generator, read_artifact
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def batch_size_arg(value, out: str | Path) -> int | None:
+    """``--batch-size``: a positive int, or None for 'auto' (unless the set records one: reuse it)."""
+    if str(value).strip().lower() == "auto":
+        rec = Path(out) / ".synth" / "request.json"
+        if rec.is_file():
+            try:
+                recorded = json.loads(rec.read_text()).get("batch_size")
+            except (OSError, ValueError):
+                recorded = None
+            if isinstance(recorded, int) and recorded > 0:
+                return recorded
+        return None
+    try:
+        bs = int(value)
+    except ValueError:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got '{value}'") from None
+    if bs <= 0:
+        raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {bs}")
+    return bs
+
+
+def prepare_device(device: str | None, dtype: str) -> str:
+    """The device to run on (``None``: cuda when available, per local rank), checked against ``dtype``, with
+    deterministic kernels set before any model loads (cuBLAS reads its workspace setting at first use)."""
+    from synth.devices import resolve_device
+
+    dev = str(resolve_device(device))
+    if dtype == "float16" and not dev.startswith("cuda"):
+        raise ConfigError("--dtype float16 needs a CUDA device; use bfloat16 or float32 on CPU")
+    deterministic_kernels(dev)
+    return dev
+
+
+def _check_out_first(req, meta: dict, dev: str, out, batch_size_known: bool) -> None:
+    """Refusals about ``out`` before the (long) model load; rank 0 decides for all."""
+    check_request(req)
+    if dist_info()[0] == 0:
+        check_out(out, req.identity(meta, LabelSchema.from_json(meta["labels"]), dev), req, batch_size_known)
+
+
+def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | ConditionSpec | None" = None, prompts_file: str | None = None,
+               guidance: float | None = None, steps: int | None = None, sampler: str | None = None,
+               batch_size="auto", seed: int = 0, fmt: str = "imagefolder", shard_size: int = 1000,
+               dtype: str = "float32", compile: bool | None = None, channels_last: bool = False, chunk_size: int = 0,
+               attention: str = "sdpa", device: str | None = None, overwrite: bool = False, shrink: bool = False,
+               allow_pickle: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> BulkResult:
+    """``n`` labelled images of the export ``model`` into ``out`` (resumes or extends what is there)."""
+    from synth.samplers.generator import auto_batch_size, should_compile
+
+    if labels and prompts_file:
+        raise ConfigError("pass either --labels or --prompts, not both")
+    meta = read_artifact(model)
+    schema = LabelSchema.from_json(meta["labels"])
+    if isinstance(labels, ConditionSpec):  # already parsed (synth eval: balanced, without the normalisation note)
+        spec = labels
+    elif prompts_file:
+        spec = parse_prompt_file(prompts_file, schema)
+    else:
+        given = labels is not None  # an empty --labels (an unset shell variable) is an error, not "uniform"
+        spec = parse_label_spec(labels if given else ",".join(schema.classes), schema,
+                                log=log if given else (lambda m: None))
+    d = meta.get("default_sampling", {})
+    dev = prepare_device(device, dtype)
+    bs = batch_size_arg(batch_size, out)
+    req = BulkRequest(model=meta["path"], out=str(out), n=n, spec=spec, sampler=sampler or d.get("sampler", "dpmpp_2m"),
+                      steps=steps if steps is not None else d.get("steps", 25),
+                      guidance=guidance if guidance is not None else d.get("guidance", 1.5),
+                      seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype,
+                      overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle)
+    _check_out_first(req, meta, dev, out, bs is not None)
+    gen = load_generator(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
+    if bs is None:
+        from synth.distributed import broadcast_from_main
+
+        # every rank must use rank 0's choice: a GPU set's batch shape is part of its identity
+        req = replace(req, batch_size=broadcast_from_main(auto_batch_size(gen, req.guidance, dev)))
+        log(f"note: --batch-size auto -> {req.batch_size}")
+    do_compile = compile if compile is not None else should_compile(dev, req.n, req.steps, req.sampler, req.guidance, gen)
+    if compile is None and do_compile:
+        log(f"note: compiling the UNet (a {req.n}-image set amortises the warm-up; --no-compile to skip)")
+    try:
+        gen.optimize(compile=do_compile, channels_last=channels_last, attention=attention, chunk_size=chunk_size or None)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return run_bulk(req, gen, device=dev, progress=progress, log=log)
+
+
+def translate_set(model: str | Path, input_: str | Path, source: str, target: str, out: str | Path, *,
+                  tau: float | None = None, split: str = "test", guidance: float | None = None,
+                  steps: int | None = None, sampler: str | None = None, batch_size="auto", seed: int = 0,
+                  fmt: str = "imagefolder", shard_size: int = 1000, dtype: str = "float32", chunk_size: int = 0,
+                  device: str | None = None, overwrite: bool = False, shrink: bool = False, allow_pickle: bool = False,
+                  progress: bool = True, log: Callable[[str], None] = print) -> BulkResult:
+    """Every image of ``input_`` translated from domain ``source`` to ``target`` into ``out``, labels kept."""
+    from synth.samplers.bridge import BridgeGenerator
+    from synth.samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
+
+    meta = read_artifact(model)
+    if meta.get("kind") != "bridge":
+        raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
+                            f"translation needs an export of 'synth train bridge'")
+    dev = prepare_device(device, dtype)
+    d = meta.get("default_sampling", {})
+    t = tau if tau is not None else d.get("tau", 0.5)
+    if source == target:
+        log(f"note: source and target are both '{source}': a round trip (back to t={t:g} and forward "
+            f"again), which reproduces the input up to the solver's error")
+    data = load_input(input_, meta["resolution"], split)
+    bs = batch_size_arg(batch_size, out)
+    req = TranslateRequest(model=meta["path"], out=str(out), n=len(data), spec=None,
+                           sampler=sampler or d.get("sampler", "euler"),
+                           steps=steps if steps is not None else d.get("steps", 20),
+                           guidance=guidance if guidance is not None else d.get("guidance", 1.0), seed=seed,
+                           batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
+                           shrink=shrink, allow_pickle=allow_pickle, input=str(input_), source=source, target=target,
+                           tau=t, split=split, input_hash=input_fingerprint(data))
+    _check_out_first(req, meta, dev, out, bs is not None)
+    gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
+    gen.optimize(chunk_size=chunk_size or None)
+    check_translate(req, gen, data)
+    if bs is None:
+        req = replace(req, batch_size=64 if not dev.startswith("cuda") else 256)
+    return run_bulk(req, gen, device=dev, progress=progress, log=log, job=TranslateJob(req, data, gen))
+
+
+__all__ = ["batch_size_arg", "prepare_device", "sample_set", "translate_set"]
