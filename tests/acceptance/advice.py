@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from tests.acceptance.harness import data_cfg, image_folder, npz, png_bytes, write
+from tests.acceptance.harness import data_cfg, image_folder, npz, write
 
 
 def set_value(args: list[str], key: str, value: str) -> list[str]:
@@ -163,6 +163,42 @@ def _seed_in_range(c, d, s, args):
     return load_generator(c.ldm_export).sample([Condition(label=0)], [2 ** 63 - 1], steps=2)
 
 
+def _rewrite_cfg(text: str) -> Callable:
+    """The config file rewritten as the message says (UTF-8, one section, a mapping), same command."""
+    return lambda c, d, s, args: (write(d / "cfg.yaml", text), args)[1]
+
+
+def _into_class_folders(folder: str, then: Callable) -> Callable:
+    """"images ... are not in class sub-folders; use <class>/<image>": move them into one class folder."""
+    def fix(c, d, s, args):
+        root = d / folder
+        for p in sorted(root.glob("*.png")):
+            cls = "normal" if int(p.stem) % 2 == 0 else "pneumonia"
+            (root / cls).mkdir(exist_ok=True)
+            shutil.move(str(p), str(root / cls / p.name))
+        return then(c, d, s, args)
+    return fix
+
+
+def _add_label_column(c, d, s, args):
+    """"manifest ... has no 'label' column ...; add a 'label' column holding each image's class" """
+    write(d / "data" / "m.csv", "file_name,label\n" + "".join(f"{cls}/img{i}.png,{cls}\n"
+                                                          for cls in ("normal", "pneumonia") for i in range(4)))
+    return args
+
+
+def _utf8_prompts(c, d, s, args):
+    """"prompts file ... is not UTF-8 text ...; save it as UTF-8" """
+    (d / "p.txt").write_text((d / "p.txt").read_bytes().decode("latin-1"), encoding="utf-8")
+    return args
+
+
+def _load_folder(c, d, s, args):
+    from synth.data import load_split
+
+    return load_split(data_cfg(d / "data"), "train")
+
+
 FOLLOW: dict[str, Callable[[Any, Path, Any, list[str] | None], Any]] = {
     # config and training
     "cfg-unknown-key": _fix_unknown_key,                                    # did you mean 'train.steps'?
@@ -204,6 +240,23 @@ FOLLOW: dict[str, Callable[[Any, Path, Any, list[str] | None], Any]] = {
     "b-seed-2-64": _seed_in_range,                                         # a whole number in that range
     "tr-unknown-domain": opt("--source", "dim"),                           # this model's domains: clean, dim, ...
     "tr-split-missing": opt("--split", "test"),                            # it holds ['test_images', ...]
+    # more: the file or folder fixed as the message says, or the value it names
+    "cfg-not-utf8": _rewrite_cfg("# resume\ntrain: {steps: 2}\n"),           # save it as UTF-8
+    "cfg-duplicate-keys": _rewrite_cfg("train: {steps: 2, lr: 0.01}\nmodel: {codec: pixel}\n"),  # merge their values
+    "cfg-top-level-list": _rewrite_cfg("train: {steps: 2}\n"),             # a mapping at the top level
+    "data-csv-no-label": _add_label_column,                                # add a 'label' column
+    "data-flat-folder": _into_class_folders("data", _load_folder),         # use <class>/<image>
+    "tr-flat-folder": _into_class_folders("scans", lambda c, d, s, a: a),  # use <class>/<image>
+    "sample-labels-empty": opt("--labels", "normal=0.5,pneumonia=0.5"),    # use e.g. 'normal=0.5,pneumonia=0.5'
+    "sample-labels-zero": opt("--labels", "normal=1"),                     # give one label a positive weight
+    "sample-prompts-not-utf8": _utf8_prompts,                              # save it as UTF-8
+    "sample-out-user-folder": lambda c, d, s, a: option(a, "--out", str(d / "new-out")),  # a new or empty --out
+    "sample-model-missing": lambda c, d, s, a: option(a, "--model", str(c.ldm_export)),  # the export folder of a run
+    "sample-model-is-file": lambda c, d, s, a: option(a, "--model", str(c.ldm_export)),  # the export folder of a run
+    "tr-tau-out-of-range": opt("--tau", "0.5"),                            # --tau must be in [0, 1]
+    "tr-ldm-export": lambda c, d, s, a: option(a, "--model", str(c.bridge_export)),  # an export of synth train bridge
+    "b-threads-zero": lambda c, d, s, a: option(a, "--threads", "1"),      # --threads must be >= 1
+    "b-out-name-too-long": lambda c, d, s, a: option(a, "--out", str(d / "out")),  # choose a shorter path
     # augmentation
     "aug-classes-mismatch": _label_map_to_real,                            # pass label_map={...}
     "aug-label-map-unknown": _label_map_known,                             # set labels: normal, pneumonia
