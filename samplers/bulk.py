@@ -234,8 +234,8 @@ def run_bulk(req: BulkRequest, generator=None, *, device: str = "cpu", progress:
 def _legacy_label_order(req: BulkRequest, schema: LabelSchema) -> BulkRequest:
     """``req`` with the golden-ratio label order when ``req.out`` holds a set made before exact quotas with
     the same weights, so that set resumes and extends with the labels it already has."""
-    if not isinstance(req.spec, ConditionSpec) or not req.spec.labels:  # a translation's images come from its input
-        return req
+    if not isinstance(req.spec, ConditionSpec) or not req.spec.labels or req.overwrite:
+        return req  # a translation's images come from its input; --overwrite rebuilds with exact quotas
     try:
         old = json.loads((Path(req.out) / ".synth" / "request.json").read_text()).get("conditions")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):

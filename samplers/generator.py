@@ -104,11 +104,15 @@ class LDMGenerator:
                                             torch_dtype=dtype).to(device).eval(), image_channels=channels)
         else:
             codec = PixelCodec(channels)
+        family = meta.get("family", "diffusion")  # older exports record none: diffusion
+        if family not in ("diffusion", "flow"):
+            raise ArtifactError(f"'{meta['path']}' holds a '{family}' model family, which this version cannot sample; "
+                                f"upgrade synth")
         alphas = _read_scheduler(meta)
         gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
                   meta["prediction_type"], meta["resolution"], meta["max_length"],
                   model_id=meta.get("model_id", meta["path"]),
-                  path=meta.get("family", "diffusion"))  # the probability path; older exports record none: diffusion
+                  path=family)
         return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
@@ -186,7 +190,7 @@ class LDMGenerator:
             x0 = (self.initial_noise(seeds) if noise is None else noise).to(device, torch.float32)
             z = FLOW.integrate(self._velocity, x0, 0.0, 1.0, steps, sampler=solvers.for_flow(sampler), cond=cond,
                                uncond=uncond, guidance=guidance, rng=gens)
-            return self._batch(z, conditions, prompts, seeds, sampler, steps, guidance, dtype)
+            return self._batch(z, conditions, prompts, seeds, solvers.for_flow(sampler), steps, guidance, dtype)
         sigmas = self.path.sampling_sigmas(steps)  # stays on the CPU: host-side grid
         x0 = self.initial_noise(seeds) if noise is None else noise
         # The ODE state stays float32 whatever the model's precision; only the network runs in ``dtype``.

@@ -12,7 +12,7 @@ import torch
 
 from synth.config import ConfigError
 from synth.labels import LabelSchema
-from synth.samplers.bulk import (BulkRequest, BulkResult, ConditionSpec, check_out, check_request, deterministic_kernels, dist_info,
+from synth.samplers.bulk import (BulkRequest, BulkResult, ConditionSpec, _legacy_label_order, check_out, check_request, deterministic_kernels, dist_info,
                                  parse_label_spec, parse_prompt_file, run_bulk)
 from synth.samplers.generator import ArtifactError, load_generator, read_artifact
 
@@ -88,6 +88,7 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
                       guidance=guidance if guidance is not None else d.get("guidance", 1.5),
                       seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype,
                       overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle)
+    req = _legacy_label_order(req, schema)  # a set made before exact quotas keeps its labels (before the out check)
     _check_out_first(req, meta, dev, out, bs is not None)
     gen = load_generator(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
     if bs is None:
@@ -107,7 +108,7 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
 
 
 def translate_set(model: str | Path, input_: str | Path, source: str, target: str, out: str | Path, *,
-                  tau: float | None = None, split: str = "test", guidance: float | None = None,
+                  tau: float | None = None, split: str = "all", guidance: float | None = None,
                   steps: int | None = None, sampler: str | None = None, batch_size="auto", seed: int = 0,
                   fmt: str = "imagefolder", shard_size: int = 1000, dtype: str = "float32", chunk_size: int = 0,
                   device: str | None = None, overwrite: bool = False, shrink: bool = False, allow_pickle: bool = False,

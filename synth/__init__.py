@@ -3,15 +3,32 @@
 One installed namespace: the core lives in this folder, and the repository's top-level ``trainers/`` and
 ``samplers/`` folders are its subpackages ``synth.trainers`` and ``synth.samplers`` (pyproject maps them
 with setuptools ``package-dir``; an installed wheel holds them under ``synth/``).  Run from a checkout
-(``PYTHONPATH=<repo>``, a GPU machine without an install), the lines below make the same names resolve
-to those folders, so a module is only ever imported under one name.
+without an install (``PYTHONPATH=<repo>``, a GPU machine), the finder below maps exactly those two names to
+those folders, so a module is only ever imported under one name.
 """
+import importlib.util as _util
+import sys as _sys
 from pathlib import Path as _Path
 
 __version__ = "0.1.0"
 
-_checkout = _Path(__file__).resolve().parent.parent
-if (_checkout / "pyproject.toml").is_file() and (_checkout / "trainers" / "__init__.py").is_file():
-    # synth.trainers -> <repo>/trainers, synth.samplers -> <repo>/samplers
-    __path__.append(str(_checkout))  # noqa: F821  (a package's __path__)
-del _Path, _checkout
+_CHECKOUT = _Path(__file__).resolve().parent.parent
+_FOLDERS = {f"{__name__}.{name}": _CHECKOUT / name for name in ("trainers", "samplers")}
+
+
+class _CheckoutFolders:
+    """Finds ``synth.trainers`` / ``synth.samplers`` in a checkout's top-level folders (asked only when no
+    installed or editable package answered first); their submodules then resolve inside those folders."""
+
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        folder = _FOLDERS.get(fullname)
+        if folder is None or not (folder / "__init__.py").is_file():
+            return None
+        return _util.spec_from_file_location(fullname, folder / "__init__.py",
+                                             submodule_search_locations=[str(folder)])
+
+
+if (_CHECKOUT / "pyproject.toml").is_file() and not any(isinstance(f, type) and f.__name__ == "_CheckoutFolders"
+                                                        for f in _sys.meta_path):
+    _sys.meta_path.append(_CheckoutFolders)

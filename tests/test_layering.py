@@ -103,12 +103,22 @@ def test_only_synth_is_imported_and_installed():
                   if t.split(".")[0] in ("trainers", "samplers"))
     assert bare == []
     tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert all(p == "synth" or p.startswith("synth.") for p in tool["packages"])
+    packages = {m for m, p in modules().items() if p.name == "__init__.py"}
+    assert set(tool["packages"]) == packages, "pyproject's package list must name every package (a wheel ships only those)"
     assert tool["package-dir"] == {"synth.trainers": "trainers", "synth.samplers": "samplers"}
 
 
 def test_every_module_has_one_import_name():
+    """Each module imports under its synth.* name only: no synth.synth, no bare trainers/samplers."""
     import importlib
+
+    import pytest
+
+    for wrong in ("synth.synth", "synth.tests"):
+        with pytest.raises(ImportError):
+            importlib.import_module(wrong)
+    with pytest.raises(ImportError, match="import synth.trainers, not trainers"):
+        importlib.import_module("trainers")
 
     for name, path in modules().items():
         assert Path(importlib.import_module(name).__file__).resolve() == path.resolve(), name

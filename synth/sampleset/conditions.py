@@ -8,6 +8,7 @@ or rank), its labels from :mod:`synth.allocation`.  ``synth sample`` writes the 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,7 +55,7 @@ def normalised_weights(pairs: list[tuple[str, float]], schema: LabelSchema, find
     weights: dict[int, float] = {}
     for name, weight in pairs:
         k = find(name)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0 or not math.isfinite(weight):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or weight < 0 or not math.isfinite(weight):
             raise error(f"label '{name}' has weight {weight}; weights must be finite and >= 0")
         if k in weights:
             raise error(f"label '{schema.classes[k]}' appears twice{where}; give each label once")

@@ -325,3 +325,30 @@ def test_the_python_api_writes_what_the_cli_writes(tiny_export, tmp_path):
     with pytest.raises(ConfigError, match="--dtype float16 needs a CUDA device"):
         sample_set(tiny_export, tmp_path / "x", 2, dtype="float16", device="cpu", log=lambda m: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_synth_sample_resumes_a_set_made_before_exact_quotas(tiny_export, tmp_path):
+    """The out check runs before the model loads: it must see the set's own (golden-ratio) label order, or a set
+    made before exact quotas is refused as "other settings" (review finding)."""
+    import dataclasses
+
+    from synth.samplers.orchestrate import sample_set
+
+    spec = parse_label_spec("normal=0.2,pneumonia=0.8", SCHEMA)
+    old = BulkRequest(model=str(tiny_export), out=str(tmp_path / "old"), n=6, spec=dataclasses.replace(spec, order="weyl"),
+                      steps=2, shard_size=4, batch_size=4)
+    run_bulk(old, progress=False, log=lambda m: None)
+    res = sample_set(tiny_export, tmp_path / "old", 10, labels="normal=0.2,pneumonia=0.8", steps=2, shard_size=4,
+                     batch_size=4, progress=False, log=lambda m: None)
+    assert res.manifest["n_done"] == 10
+
+
+def test_numpy_weights_are_numbers(tiny_export):
+    import numpy as np
+
+    from synth.augment import OnlineSynthetic
+
+    g = load_generator(tiny_export)
+    ds = OnlineSynthetic(g, 10, labels={"normal": np.float32(0.2), "pneumonia": np.float64(0.8)})
+    assert OnlineSynthetic(g, 4, labels={"normal": np.int64(1), "pneumonia": np.int64(1)}).labels.tolist().count(0) == 2
+    assert ds.labels.tolist().count(0) == 2
