@@ -1,5 +1,8 @@
-"""The export format's reader: an export folder (``synth.json`` + safetensors parts), checked before any weight
-is used.  ``read_artifact`` finds and validates ``synth.json``; ``verify_export`` hashes the weights;
+"""The export format, written and read in one place: an export folder (``synth.json`` + safetensors parts).
+
+Writing (the trainers): :func:`fresh_export_dir`, then the family's weights, then :func:`finish_export`
+(labels, config, ``synth.json`` with the weight hashes, the model card; an atomic replace).  Reading: checked
+before any weight is used.  ``read_artifact`` finds and validates ``synth.json``; ``verify_export`` hashes the weights;
 ``load_component`` / ``finish_loading`` load a part and refuse one that changed meanwhile.  The LDM and bridge
 generators both load through here, so neither needs the other.
 """
@@ -14,7 +17,11 @@ import torch
 from synth.errors import SynthError
 from synth.labels import Condition, LabelSchema
 from synth.messages import show
-from synth.models import WeightsDigest, changed_since, first_line, load_part, read_error_message, verify_weights
+from synth.cards import model_card, write_card
+from synth.config import config_to_dict, save_config
+from synth.io import atomic_replace_dir, atomic_write_json, check_ours, fresh_tmp_dir, remove_stale_tmp_dirs
+from synth.models import (WeightsDigest, changed_since, digest_weights, first_line, load_part, read_error_message,
+                          verify_weights)
 
 ARTIFACT_FILE = "synth.json"
 FORMAT_VERSION = 1  # the newest synth.json format this version reads
@@ -245,3 +252,45 @@ def finish_loading(generator, meta: dict, digest: WeightsDigest):
         raise ArtifactError(f"'{p / changed[0]}' changed while it was loaded; run again once nothing writes to the export")
     generator.weights_sha256 = digest.sha256
     return generator
+
+
+# ---------------------------------------------------------------------------
+# Writing (the same format, from the trainers)
+
+
+def weights_hash(folder: Path) -> str:
+    """SHA-256 over every ``*.safetensors`` file in ``folder`` (sorted by path): synth.json's ``weights_sha256``."""
+    return digest_weights(folder).sha256
+
+
+def weights_record(folder: Path) -> dict:
+    """What an export records about its weights, for :func:`synth.samplers.generator.verify_export` to check at load:
+    ``weights_sha256`` (all files together) and ``weights_files`` (relative path -> SHA-256, so a changed
+    file can be named).  Read once."""
+    d = digest_weights(folder)
+    return {"weights_sha256": d.sha256, "weights_files": d.files}
+
+
+def fresh_export_dir(out: Path) -> Path:
+    """A new temp folder beside ``out``, after checking that an existing ``out`` is an export synth wrote
+    (a run folder may be a user's own folder: ``--run .``); checked before writing, not after."""
+    check_ours(out, ARTIFACT_FILE, "export")
+    remove_stale_tmp_dirs(out)
+    return fresh_tmp_dir(out)
+
+
+def finish_export(tmp: Path, out: Path, kind: str, codec, cfg, schema, train_subset: dict | None, family: dict,
+                   sampling: dict) -> Path:
+    """What every export writes after its weights: labels.json, config.yaml, synth.json (the common fields, the
+    family's own, the default sampling and the weight hashes), the model card; then ``tmp`` replaces ``out``."""
+    schema.save(tmp / "labels.json")
+    save_config(cfg, tmp / "config.yaml")
+    meta = {"kind": kind, "format_version": 1, "codec": codec.kind, "resolution": cfg.data.resolution,
+            "channels": codec.channels, **family, "labels": schema.to_json(), "default_sampling": sampling,
+            "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0, **weights_record(tmp),
+            "config": config_to_dict(cfg), "train_subset": train_subset}
+    meta["model_id"] = f"synth-{kind}-{meta['weights_sha256'][:12]}"
+    atomic_write_json(tmp / ARTIFACT_FILE, meta)
+    write_card(tmp, model_card(meta))
+    atomic_replace_dir(tmp, out, marker=ARTIFACT_FILE)
+    return out

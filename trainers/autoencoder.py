@@ -154,7 +154,7 @@ def export_vae(run: Path, vae, metrics: dict, scaling: float) -> Path:
     tmp = fresh_tmp_dir(out)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(tmp / "vae", safe_serialization=True)
-    from synth.trainers.export import weights_record
+    from synth.samplers.artifact import weights_record
 
     atomic_write_json(tmp / "metrics.json", {**metrics, **weights_record(tmp)})  # hashes: checked when loaded
     from synth.cards import codec_card, write_card

@@ -145,7 +145,7 @@ def test_pretrained_wrong_paths(tiny_sd, tmp_path):
 def _autoencoder_export(tmp_path, record: bool):
     """An (untrained) autoencoder export folder as the autoencoder stage writes it, optionally with a weights record."""
     from synth.models import build_vae
-    from synth.trainers.export import weights_record
+    from synth.samplers.artifact import weights_record
 
     run = tmp_path / "ae"
     build_vae(1, [16, 16], 1, 4, 8, 16).save_pretrained(run / "export" / "vae", safe_serialization=True)
