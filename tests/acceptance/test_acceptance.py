@@ -3,7 +3,7 @@
 Each case must keep its verdict: a one-line error where synth should refuse (nothing written, nothing
 deleted; where its advice can be followed, following it works), a checked result where it should cope (a
 damaged checkpoint skipped, a torn done record redone to the same bytes, --shrink).  The report and the
-README table: ``python benchmarks/bad_inputs.py``.
+README table: ``python benchmarks/harness.py``.
 """
 import pytest
 
@@ -13,18 +13,6 @@ from tests.acceptance.cases import FAST, all_cases
 CASE_IDS = [c.id for c in all_cases()]
 
 
-class _Both:
-    """``bad_inputs.X`` as the tests below wrote it: the harness and the case lists in one namespace."""
-
-    def __getattr__(self, name):
-        if name in ("FAST", "all_cases"):
-            return {"FAST": FAST, "all_cases": all_cases}[name]
-        return getattr(harness, name)
-
-
-bad_inputs = _Both()
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """Every case, run once (they share the tiny models the harness trains)."""
@@ -32,9 +20,9 @@ def results(tmp_path_factory):
 
 
 def test_the_subset_is_representative():
-    cases = {c.id: c for c in bad_inputs.all_cases()}
-    assert len(cases) >= 60 and set(bad_inputs.FAST) <= set(cases)
-    fast = [cases[i] for i in bad_inputs.FAST]
+    cases = {c.id: c for c in all_cases()}
+    assert len(cases) >= 60 and set(FAST) <= set(cases)
+    fast = [cases[i] for i in FAST]
     assert {c.surface for c in fast} == {"cli", "api"} and {c.expect for c in fast} == {"error", "ok"}
 
 
@@ -47,8 +35,8 @@ def test_case_keeps_its_verdict(results, case_id):
 
 def test_advice_is_followed_where_the_table_says_so(results):
     """Issue 19: a refusal's advice, done as written, must then work (a fix that reproduces the error is a bug)."""
-    follow = bad_inputs.follow_table()
-    assert set(follow) <= {c.id for c in bad_inputs.all_cases()} and len(follow) >= 30
+    follow = harness.follow_table()
+    assert set(follow) <= {c.id for c in all_cases()} and len(follow) >= 30
     followed = [i for i in CASE_IDS if i in follow]
     assert len(followed) == len(follow)
     for case_id in followed:
@@ -57,7 +45,7 @@ def test_advice_is_followed_where_the_table_says_so(results):
 
 def test_advice_that_fails_is_misleading(tmp_path, monkeypatch):
     """Following advice that reproduces the error turns the verdict into MISLEADING."""
-    B = bad_inputs
+    B = harness
     case = B.Case("x-advice", "cli", "x", B.nothing, lambda c, d, s: ["sample", "--n", "0"], "error", r"(?i)missing option")
     monkeypatch.setitem(B.follow_table(), "x-advice", lambda c, d, s, args: args)  # "fixed" by changing nothing
     r = B.run_case(B.Ctx(tmp_path), case)
@@ -66,7 +54,7 @@ def test_advice_that_fails_is_misleading(tmp_path, monkeypatch):
 
 def test_the_judge_catches_each_kind_of_failure(tmp_path):
     """The verdicts themselves: a traceback, an accepted bad input, a vague error, a lost file."""
-    B = bad_inputs
+    B = harness
     case = B.Case("x", "cli", "x", B.nothing, lambda c, d, s: [], "error", r"names the problem")
     assert B.judge(case, B.Outcome(exit_code=1, tb="KeyError: 'a'"), [], [])[0] == "TRACEBACK"
     assert B.judge(case, B.Outcome(exit_code=0), [], [])[0] == "SILENT WRONG"
