@@ -33,7 +33,8 @@ from synth.models import build_flow_unet, count_parameters
 from synth.paths.flow import FLOW
 from synth.seeds import image_seed
 from synth.trainers.checkpoints import latest_checkpoint
-from synth.trainers.common import data_rows, place_data
+from synth.trainers.common import data_rows, place_data, training_rows
+from synth.trainers.foundation import foundation_meta, foundation_record, load_bridge_foundation, new_parts_lrs
 from synth.trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
@@ -128,16 +129,23 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
         + ", ".join(f"{d} ({c})" for d, c in zip(domains, counts)) + f" [{time.perf_counter() - t0:.1f}s]")
     if min(counts) == 0:
         raise ConfigError(f"domain '{domains[counts.index(0)]}' has no training images; every domain needs some")
+    rows = training_rows(cfg, train, say)
 
     # --- codec and model -------------------------------------------------------------------
-    codec = load_codec(cfg, channels=train.channels).to(device)
+    foundation = foundation_meta(cfg, "bridge")
+    if foundation is not None:
+        codec, unet = load_bridge_foundation(foundation, domains, cfg, train.channels, say)
+        codec = codec.to(device)
+    else:
+        codec = load_codec(cfg, channels=train.channels).to(device)
     if latest_checkpoint(run) is None:
         r.once(lambda: check_autoencoder_gate(cfg, codec, val, say, train, run))
     c, h, _ = codec.latent_shape(cfg.data.resolution)
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
     u = cfg.model.unet
-    unet = build_flow_unet(h, c, u.block_out_channels, u.layers_per_block, u.attention_head_dim, u.norm_num_groups,
-                           u.attention_levels, len(domains))
+    if foundation is None:
+        unet = build_flow_unet(h, c, u.block_out_channels, u.layers_per_block, u.attention_head_dim, u.norm_num_groups,
+                               u.attention_levels, len(domains))
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     say(f"bridge ({codec.kind} space {c}x{h}x{h}): UNet {count_parameters(unet) / 1e6:.2f}M params, "
@@ -146,14 +154,14 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     # --- the training set on the device ----------------------------------------------------------
     mean = std = images = None
     if codec.kind == "vae":
-        cache_file = latent_cache_file(run, train, codec)
-        r.once(lambda: cache_latents(codec, train.images, cache_file))
-        mean, std = cache_latents(codec, train.images, cache_file)
+        cache_file = latent_cache_file(run, rows.data, codec)
+        r.once(lambda: cache_latents(codec, rows.data.images, cache_file))
+        mean, std = cache_latents(codec, rows.data.images, cache_file)
         mean, std = place_data(mean, device), place_data(std, device)
     else:
-        images = place_data(train.images, device)
-    labels = train.labels.to(device)
+        images = place_data(rows.data.images, device)
     null = len(domains)
+    labels = torch.where(rows.data.labels < 0, null, rows.data.labels).to(device)  # pool rows: the null domain
 
     def draw(step, gen, n):
         d = {"x0": torch.randn((n, c, h, h), generator=gen, device=gen.device),
@@ -184,8 +192,8 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
         if cfg.train.sample_every and step % cfg.train.sample_every == 0:
             preview_domains(make_gen(f.averaged("unet")), cfg, run / "samples" / f"step-{step:08d}.png")
 
-    task = Task("bridge", FlowObjective(unet), {"unet": unet}, [("unet", cfg.train.lr)], len(train), draw, batch,
-                after_step=after_step)
+    task = Task("bridge", FlowObjective(unet), {"unet": unet}, [("unet", cfg.train.lr)], len(rows.data), draw, batch,
+                after_step=after_step, indices=rows.indices(cfg.train), lr_overrides=new_parts_lrs(cfg, foundation))
     fitted = fit(task, cfg.train, accelerator, run, say)
 
     # --- export ---------------------------------------------------------------------------
@@ -193,7 +201,8 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     export = run / "export"
     if main:
         final = fitted.averaged("unet")
-        export_bridge(export, final, codec, domains, cfg, subset_record(train, cfg.data))
+        export_bridge(export, final, codec, domains, cfg,
+                      rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)))
         preview_domains(make_gen(final), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples per domain in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

@@ -59,6 +59,36 @@ def batch_indices(step: int, n_items: int, global_batch: int, seed: int) -> torc
     return torch.cat(parts)
 
 
+def pool_counts(global_batch: int, share: float) -> tuple[int, int]:
+    """(labelled, unlabelled) rows of every global batch for ``train.unlabelled_share``: both parts get at least one
+    row when their share is neither 0 nor 1, so a small batch never silently drops one of them."""
+    k = int(round(share * global_batch))
+    if 0 < share and k == 0:
+        k = 1
+    if share < 1 and k == global_batch:
+        k = global_batch - 1
+    return global_batch - k, k
+
+
+def pool_batch_indices(step: int, n_labelled: int, n_pool: int, global_batch: int, share: float,
+                       seed: int) -> torch.Tensor:
+    """(global_batch,) indices into [labelled rows | pool rows] for ``step``.
+
+    Each part is its own epoch stream (:func:`batch_indices`, the pool's seeded apart), so a labelled subset of
+    236 images and a pool of 4,472 each cycle at their own pace; the pool rows are spread evenly over the batch,
+    so every rank's and micro-batch's slice holds the same share.  A pure function of its arguments: resume and
+    any process count read the same rows."""
+    n_lab, n_unl = pool_counts(global_batch, share)
+    lab = batch_indices(step, n_labelled, n_lab, seed) if n_lab else torch.zeros(0, dtype=torch.long)
+    unl = n_labelled + batch_indices(step, n_pool, n_unl, seed + 7_777_777) if n_unl else torch.zeros(0, dtype=torch.long)
+    pos = torch.arange(global_batch)
+    is_pool = (pos + 1) * n_unl // global_batch > pos * n_unl // global_batch
+    out = torch.empty(global_batch, dtype=torch.long)
+    out[is_pool] = unl
+    out[~is_pool] = lab
+    return out
+
+
 @functools.lru_cache(maxsize=4)
 def _epoch_permutation(n_items: int, seed: int, epoch: int) -> torch.Tensor:
     # cached: a GPU step must not pay a randperm of the whole data set every time
@@ -193,3 +223,50 @@ def params_hash(modules: dict[str, torch.nn.Module]) -> str:
 
 def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
     atomic_save_with(path, lambda tmp: save_file(tensors, tmp))
+
+
+@dataclass
+class TrainingRows:
+    """The rows a generator trains on: the labelled set, then the unlabelled pool (label -1, null condition).
+
+    ``data.images`` (N + M, C, R, R); ``data.labels`` (N + M,) with -1 for the M pool rows."""
+
+    data: object  # synth.data.ImageSet
+    n_labelled: int
+    pool: object | None  # synth.data.UnlabelledPool
+
+    def indices(self, tc):
+        """The loop's ``Task.indices`` for ``train.unlabelled_share`` (None without a pool: plain epochs)."""
+        if self.pool is None:
+            return None
+        n_lab, n_pool, share, seed = self.n_labelled, len(self.pool), tc.unlabelled_share, tc.seed
+        return lambda step, g: pool_batch_indices(step, n_lab, n_pool, g, share, seed)
+
+    def record(self, subset: dict, tc, foundation: dict | None = None) -> dict:
+        """The export's ``train_subset`` with what the generator saw of the pool (``unlabelled``) and the export it
+        was fine-tuned from (``foundation``)."""
+        out = dict(subset)
+        if self.pool is not None:
+            out["unlabelled"] = {**self.pool.record, "share": tc.unlabelled_share}
+        if foundation is not None:
+            out["foundation"] = foundation
+        return out
+
+
+def training_rows(cfg, train, say) -> TrainingRows:
+    """Load ``data.unlabelled`` (if any) beside the labelled ``train`` set and say what each batch will hold."""
+    from synth.data import load_pool, with_pool
+
+    pool = load_pool(cfg.data, train)
+    if pool is None:
+        return TrainingRows(train, len(train), None)
+    for note in pool.notes:
+        say(note)
+    share = cfg.train.unlabelled_share
+    g = cfg.train.batch_size * cfg.train.grad_accum
+    n_lab, n_unl = pool_counts(g, share)
+    say(f"unlabelled pool: {len(pool)} images from {pool.record['source']} ({pool.record['kind']}), trained under the "
+        f"null condition; each batch of {g} per process holds about {n_unl} pool and {n_lab} labelled images "
+        f"(train.unlabelled_share={share:g})" + ("; share 0 leaves the pool unused" if share == 0 else "")
+        + ("; share 1 never shows a labelled image (a foundation pre-training)" if share == 1 else ""))
+    return TrainingRows(with_pool(train, pool), len(train), pool)

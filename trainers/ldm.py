@@ -29,7 +29,8 @@ from synth.models import (allows_pickle, build_noise_scheduler, build_text_encod
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
 from synth.trainers.checkpoints import latest_checkpoint
-from synth.trainers.common import data_rows, enable_attention, place_data, TrainingError
+from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
+from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
@@ -365,6 +366,9 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         f"({train.skipped} unreadable skipped), classes {list(schema.classes)} [{time.perf_counter() - t_load:.1f}s]")
 
     # --- models -----------------------------------------------------------------
+    foundation = foundation_meta(cfg, "ldm")  # a synth export to fine-tune: same family, size, codec, channels
+    if foundation is not None:
+        check_foundation_channels(foundation, train.channels)
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
     # rank 0 builds (and saves the tokenizer) first; the others then load what it saved
     parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True, channels=train.channels))
@@ -391,8 +395,9 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         r.once(lambda: check_autoencoder_gate(cfg, codec, val, say, train, run))
 
     # --- the training set on the device: cached latents or images, prompt tables ----------
-    data = training_data(cfg, run, train, prompts, parts, text_encoder, codec, train_text, device, world,
-                         accelerator.process_index, say)
+    rows = training_rows(cfg, train, say)  # pool rows (if any) train under the null prompt ""
+    data = training_data(cfg, run, rows.data, prompts + [""] * (len(rows.data) - len(train)), parts, text_encoder,
+                         codec, train_text, device, world, accelerator.process_index, say)
 
     flow = cfg.train.path == "flow"
     objective = (TextFlowObjective(unet, text_encoder if data.text is None else None) if flow else
@@ -434,7 +439,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
             preview_grid(make_gen(f.averaged("unet"), te), cfg, run / "samples" / f"step-{step:08d}.png")
 
     lrs = [("unet", cfg.train.lr)] + ([("text_encoder", cfg.train.text_lr)] if train_text else [])
-    task = Task("ldm", objective, trained, lrs, len(train), draw, batch, after_step=after_step)
+    task = Task("ldm", objective, trained, lrs, len(rows.data), draw, batch, after_step=after_step,
+                indices=rows.indices(cfg.train))
     fitted = fit(task, cfg.train, accelerator, run, say)
 
     # --- export --------------------------------------------------------------------
@@ -444,7 +450,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         final_unet = fitted.averaged("unet")
         final_te = fitted.averaged("text_encoder") if train_text else text_encoder
         export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length,
-                   subset_record(train, cfg.data))
+                   rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)))
         preview_grid(make_gen(final_unet, final_te), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

@@ -61,6 +61,10 @@ class Task:
     # ``train.grad_clip`` per param group instead of over all of them: an adversary's gradient spikes
     # (a critic) must not throttle the model it judges
     clip_groups_apart: bool = False
+    # ``indices(step, global_batch) -> (global_batch,)`` dataset rows of a step; None: epochs over n_items
+    indices: Callable[[int, int], torch.Tensor] | None = None
+    # {"<module>.<param prefix>": lr}: parameters trained at their own rate (a fine-tuned model's new parts)
+    lr_overrides: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,6 +193,20 @@ def clip_gradients(accelerator, groups: list[dict], max_norm: float, apart: bool
     return [torch.nn.utils.clip_grad_norm_(g["params"], max_norm) for g in groups][0]
 
 
+def param_groups(task: Task) -> list[dict]:
+    """AdamW groups: one per ``task.param_groups`` module, and one per ``lr_overrides`` prefix inside it."""
+    groups = []
+    for n, lr in task.param_groups:
+        named = [(f"{n}.{pn}", p) for pn, p in task.trained[n].named_parameters() if p.requires_grad]
+        for prefix, own_lr in task.lr_overrides.items():
+            mine = [p for k, p in named if k.startswith(prefix)]
+            if mine:
+                groups.append({"params": mine, "lr": own_lr})
+                named = [(k, p) for k, p in named if not k.startswith(prefix)]
+        groups.append({"params": [p for _, p in named], "lr": lr})
+    return groups
+
+
 def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = print) -> Fitted:
     """Train ``task`` to ``tc.steps`` (resuming from ``run``'s last checkpoint)."""
     main, device = accelerator.is_main_process, accelerator.device
@@ -197,8 +215,7 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     global_batch = per_rank * world * accum
 
     # --- optimizer, schedule, EMA, resume ---------------------------------------
-    groups = [{"params": [p for p in task.trained[n].parameters() if p.requires_grad], "lr": lr}
-              for n, lr in task.param_groups]
+    groups = param_groups(task)
     optimizer = torch.optim.AdamW(groups, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps))
     named = {f"{n}.{pn}": p for n, m in task.trained.items() for pn, p in m.named_parameters()}
@@ -210,7 +227,7 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     objective, optimizer = accelerator.prepare(task.objective, optimizer)
     if resume is not None:
         load_optimizer(resume[1], optimizer, lr_scheduler)
-        set_base_lrs(lr_scheduler, [lr for _, lr in task.param_groups])
+        set_base_lrs(lr_scheduler, [g["lr"] for g in groups])
         say(f"resumed from {resume[1]} (step {start})")
     logger = Logger(run, main)
     fp16 = accelerator.mixed_precision == "fp16"
@@ -229,7 +246,8 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     step = start
     try:
         while step < tc.steps:
-            idx_all = batch_indices(step, task.n_items, global_batch, tc.seed)
+            idx_all = (task.indices(step, global_batch) if task.indices is not None
+                       else batch_indices(step, task.n_items, global_batch, tc.seed))
             draws = task.draw(step, step_generator(tc.seed, step, device=device), global_batch)
             for micro in range(accum):
                 sl = rank_slice(micro, rank, world, per_rank)

@@ -16,7 +16,7 @@ from synth.trainers.checkpoints import checkpoint_dir, latest_checkpoint, quaran
 # per-process batch and accumulation may change as long as the global batch does not
 # (see :func:`check_global_batch`): that is how a job moves to another process count.
 RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
-                   "data.carve",
+                   "data.carve", "data.unlabelled", "train.unlabelled_share", "train.new_parts_lr",
                    "labels", "model",
                    "train.path", "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")

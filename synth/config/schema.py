@@ -95,6 +95,9 @@ class DataConfig:
     seed: int = seed()
     # auto: grey if every image is grey, RGB if every image is colour; or 1 | 3
     channels: int | str = choice("auto", ("auto", 1, 3))
+    # images without a class, trained under the null condition: none | rest (the training split outside the
+    # labelled subset, labels dropped) | source (data.name's own unlabelled rows/folder/key) | a path
+    unlabelled: str = "none"
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ class ModelConfig:
     codec: str = choice("pixel", ("pixel", "vae"))
     autoencoder: str | None = None
     allow_pickle: bool = False  # accept pretrained/autoencoder folders that also hold pickle weights (never unpickled)
+    # fine-tuning a synth bridge export: class embeddings matched by name (new ones from the null row) or all fresh
+    class_init: str = choice("by_name", ("by_name", "fresh"))
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     text: TextConfig = field(default_factory=TextConfig)
@@ -159,6 +164,8 @@ class TrainConfig:
     batch_size: int = positive(32)
     lr: float = positive(1e-3)
     text_lr: float | None = positive(None, " (or null to freeze the text encoder)")  # None: text encoder frozen
+    # fine-tuning a synth export: the learning rate of the parts it did not have (the class-embedding table)
+    new_parts_lr: float | None = positive(None, " (or null for train.lr)")
     weight_decay: float = non_negative(0.0)
     adam_beta1: float = unit_open(0.9)
     adam_beta2: float = unit_open(0.999)
@@ -179,6 +186,8 @@ class TrainConfig:
     beta_schedule: str = choice("scaled_linear", ("linear", "scaled_linear", "squaredcos_cap_v2", "laplace", "sigmoid"))
     min_snr_gamma: float | None = positive(5.0, " (or null for no Min-SNR weighting)")
     noise_offset: float = non_negative(0.0)
+    # share of every batch drawn from data.unlabelled (the rest: labelled images); ignored without a pool
+    unlabelled_share: float = interval(0.5, 0, 1, note=" (share of each batch from the unlabelled pool)")
     cond_drop_prob: float = unit_open(0.1)  # classifier-free guidance: prompt (or, for a bridge, domain) dropped
     # bridge: independent | ot (label-aware mini-batch optimal transport)
     coupling: str = choice("independent", ("independent", "ot"))

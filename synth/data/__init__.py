@@ -40,3 +40,4 @@ from synth.data.manifest import (SPLIT_NAMES, JSONL_EXAMPLE, ManifestRow, Manife
 from synth.data.registry import SOURCES, Source, open_source, register_source, source_for  # noqa: F401
 from synth.data.splits import (min_fraction, fraction_subset, subset_record, random_carve_indices, carve_applies,
                                val_quota, carve_indices, load_split, _load_path, fingerprint)  # noqa: F401
+from synth.data.pool import UnlabelledPool, load_pool, pool_kind, with_pool, content_hash, POOL_NPZ_KEY  # noqa: F401

@@ -127,10 +127,13 @@ def _jsonl_rows(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict]
     return list(keys), rows
 
 
-def _require_columns(path: Path, columns: list[str]) -> None:
-    """Without a ``label`` column every image would be one class named '': refuse, naming what is there."""
-    for col, holding in (("file_name", "each image's path relative to the manifest's folder"),
-                         ("label", "each image's class (a name, or an index 0..K-1)")):
+def _require_columns(path: Path, columns: list[str], need_label: bool = True) -> None:
+    """Without a ``label`` column every image would be one class named '': refuse, naming what is there
+    (a pool of unlabelled images needs ``file_name`` only)."""
+    wanted = [("file_name", "each image's path relative to the manifest's folder")]
+    if need_label:
+        wanted.append(("label", "each image's class (a name, or an index 0..K-1)"))
+    for col, holding in wanted:
         if col not in columns:
             raise DataError(f"manifest '{path}' has no '{col}' column (columns found: {show(sorted(columns), 200)}); "
                             f"add a '{col}' column holding {holding}")
@@ -148,11 +151,14 @@ def _row_file_name(path: Path, where: str, name: Any) -> str:
     return name
 
 
-def _row_label(where: str, name: str, value: Any) -> str:
-    """A row's label as stripped text: a class name, or a class index (JSON number or digits)."""
+def _row_label(where: str, name: str, value: Any, allow_empty: bool = False) -> str:
+    """A row's label as stripped text: a class name, or a class index (JSON number or digits); '' for an
+    unlabelled row when ``allow_empty`` (``data.unlabelled: source``)."""
     if value is None or (isinstance(value, str) and not value.strip()):
-        raise DataError(f"{where}: {show(name)} has an empty label; fill in its class (a name or an index) "
-                        f"or remove the row")
+        if allow_empty:
+            return ""
+        raise DataError(f"{where}: {show(name)} has an empty label; fill in its class (a name or an index), "
+                        f"remove the row, or set data.unlabelled=source to train on unlabelled rows")
     if isinstance(value, bool) or not isinstance(value, (str, int)) or (isinstance(value, int) and value < 0):
         raise DataError(f"{where}: label of {show(name)} is {describe(value)}; write a class name "
                         f"(text) or a class index (a whole number >= 0)")
@@ -178,22 +184,23 @@ def _row_split(where: str, name: str, value: Any) -> str:
     return split
 
 
-def _manifest_row(path: Path, line: int, raw: dict) -> ManifestRow:
-    """One raw CSV/JSONL row -> a checked :class:`ManifestRow`."""
+def _manifest_row(path: Path, line: int, raw: dict, allow_empty: bool = False) -> ManifestRow:
+    """One raw CSV/JSONL row -> a checked :class:`ManifestRow` (label '' when unlabelled and ``allow_empty``)."""
     where = f"manifest '{path}' line {line}"
     name = _row_file_name(path, where, raw.get("file_name"))
-    return ManifestRow(line, name, _row_label(where, name, raw.get("label")),
+    return ManifestRow(line, name, _row_label(where, name, raw.get("label"), allow_empty),
                        _row_text(where, name, "prompt", raw.get("prompt")), _row_split(where, name, raw.get("split")))
 
 
-def _read_manifest_rows(path: Path) -> list[ManifestRow]:
+def _read_manifest_rows(path: Path, unlabelled: bool = False) -> list[ManifestRow]:
     """Every row of a CSV/JSONL manifest, checked: named columns, a label per row, file names inside the
-    manifest's folder (spelling and symlinks).  Anything else is a one-line DataError naming the row."""
+    manifest's folder (spelling and symlinks).  Anything else is a one-line DataError naming the row.
+    ``unlabelled``: rows may have an empty label (label ''), and a manifest without a label column is a pool."""
     text = _manifest_text(path)
     columns, raw = _csv_rows(path, text) if path.suffix.lower() == ".csv" else _jsonl_rows(path, text)
     if columns:  # an empty JSONL has none: reported as an empty split
-        _require_columns(path, columns)
-    rows = [_manifest_row(path, line, r) for line, r in raw]
+        _require_columns(path, columns, need_label=not unlabelled)
+    rows = [_manifest_row(path, line, r, unlabelled) for line, r in raw]
     hit = escaping_entry(path.parent, [r.file_name for r in rows])
     if hit:
         k, why = hit
@@ -252,10 +259,12 @@ def _label_ids(path: Path, rows: list[ManifestRow], names: list[str]) -> list[in
     return ids
 
 
-def read_manifest(path: Path, split: str, classes: list[str] | None = None) -> ManifestSplit:
+def read_manifest(path: Path, split: str, classes: list[str] | None = None, skip_unlabelled: bool = False) -> ManifestSplit:
     """The rows of ``split`` of a CSV/JSONL manifest, checked but not decoded (every row of every split is
-    checked, so a bad test row fails training too).  Raises :class:`DataError` (one line, naming the row)."""
-    rows = _read_manifest_rows(path)
+    checked, so a bad test row fails training too).  Raises :class:`DataError` (one line, naming the row).
+    ``skip_unlabelled``: rows with an empty label are left out (they are the pool, ``data.unlabelled: source``)."""
+    rows = _read_manifest_rows(path, skip_unlabelled)
+    rows = [r for r in rows if r.label] if skip_unlabelled else rows
     names = _class_names(path, rows, classes)
     ids = _label_ids(path, rows, names)
     mine = [k for k, r in enumerate(rows) if r.split == split]
@@ -264,11 +273,18 @@ def read_manifest(path: Path, split: str, classes: list[str] | None = None) -> M
 
 
 def load_manifest(path: Path, split: str, size: int, on_error: str, classes: list[str] | None,
-                  channels="auto") -> ImageSet:
+                  channels="auto", skip_unlabelled: bool = False) -> ImageSet:
     """CSV/JSONL with ``file_name``, ``label`` (name or index), optional ``prompt`` and ``split``."""
-    m = read_manifest(path, split, classes)
+    m = read_manifest(path, split, classes, skip_unlabelled)
     images, kept, notes = _read_files(m.files, size, on_error, channels)
     prompts = [m.prompts[i] for i in kept]
     return ImageSet(images, torch.tensor([m.labels[i] for i in kept], dtype=torch.long),
                     m.classes, prompts=prompts if any(prompts) else None, source=str(path),
                     skipped=len(m.files) - len(kept), notes=notes)
+
+
+def unlabelled_manifest_files(path: Path, only_empty: bool) -> list[Path]:
+    """Image paths of a manifest's unlabelled pool (train split): rows with an empty label when ``only_empty``
+    (the rest are labelled training rows), else every train row, its label (if any) ignored."""
+    rows = _read_manifest_rows(path, unlabelled=True)
+    return [path.parent / r.file_name for r in rows if r.split == "train" and (not only_empty or not r.label)]

@@ -32,7 +32,7 @@ SOURCES: list[Source] = [
     Source("npz", lambda p: p.is_file() and p.suffix.lower() == ".npz",
            lambda p, split, size, on_error, classes, ch: load_npz(p, split, size, classes, ch), lambda p: True),
     Source("manifest", lambda p: p.is_file() and p.suffix.lower() in (".csv", ".jsonl"), load_manifest,
-           lambda p: any(r.split == "val" for r in _read_manifest_rows(p))),
+           lambda p: any(r.split == "val" for r in _read_manifest_rows(p, unlabelled=True))),
     Source("image folder", lambda p: p.is_dir(), load_image_folder,
            lambda p: any(d.name.lower() in VAL_DIRS for d in _class_dirs(p))),
 ]

@@ -22,6 +22,8 @@ MEDMNIST_CLASSES = {
 }
 
 
+UNLABELLED_DIR = "unlabelled"  # an image folder's pool of images without a class (data.unlabelled: source)
+
 MEDMNIST_URL = "https://zenodo.org/records/10519652/files/{name}.npz?download=1"
 
 
@@ -170,8 +172,9 @@ def _refuse_case_collisions(dirs: list[Path], base: Path) -> None:
 
 
 def load_image_folder(root: Path, split: str, size: int, on_error: str, classes: list[str] | None,
-                      channels="auto") -> ImageSet:
-    """``root/<class>/*`` or ``root/<split>/<class>/*``; DICOM files allowed."""
+                      channels="auto", skip_unlabelled: bool = False) -> ImageSet:
+    """``root/<class>/*`` or ``root/<split>/<class>/*``; DICOM files allowed.  ``skip_unlabelled``: an
+    ``unlabelled/`` folder is the pool (``data.unlabelled: source``), not a class."""
     split_dirs = {p.name.lower(): p for p in _class_dirs(root) if p.name.lower() in ("train", "val", "valid", "validation", "test")}
     if split_dirs:
         aliases = {"val": ["val", "valid", "validation"], "train": ["train"], "test": ["test"]}[split]
@@ -180,7 +183,7 @@ def load_image_folder(root: Path, split: str, size: int, on_error: str, classes:
             raise DataError(f"'{root}' has no '{split}' folder (it has {sorted(split_dirs)})")
     else:
         base = root
-    cdirs = _class_dirs(base)
+    cdirs = [d for d in _class_dirs(base) if not (skip_unlabelled and d.name.lower() == UNLABELLED_DIR)]
     if not cdirs:
         files, unused = image_files(base)
         if not files:

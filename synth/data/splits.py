@@ -2,6 +2,7 @@
 stratified training fraction, the validation carve, and the subset record an export keeps."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -12,7 +13,8 @@ from synth.data.base import DataError, ImageSet
 from synth.data.images import hwc_list, stack_images
 from synth.data.phantoms import colour_phantom_set, phantom_set
 from synth.data.registry import open_source, source_for
-from synth.data.sources import MEDMNIST_CLASSES, resolve_medmnist
+from synth.data.manifest import load_manifest
+from synth.data.sources import MEDMNIST_CLASSES, load_image_folder, resolve_medmnist
 
 
 def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
@@ -168,9 +170,14 @@ def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
     split when the source stores no validation split."""
     src = source_for(p)
     size, on_error, ch = data_cfg.resolution, data_cfg.on_error, getattr(data_cfg, "channels", "auto")
+    read = src.read
+    if str(getattr(data_cfg, "unlabelled", "none")).strip().lower() == "source" and src.name in ("manifest", "image folder"):
+        # the source's unlabelled rows / folder are the pool (synth.data.pool), not labelled images
+        read = load_manifest if src.name == "manifest" else load_image_folder
+        read = functools.partial(read, skip_unlabelled=True)
     if split in ("train", "val") and not src.has_val(p):
-        return _carve(src.read(p, "train", size, on_error, classes, ch), split, data_cfg)
-    return src.read(p, split, size, on_error, classes, ch)
+        return _carve(read(p, "train", size, on_error, classes, ch), split, data_cfg)
+    return read(p, split, size, on_error, classes, ch)
 
 
 def _stratified_subset(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
