@@ -33,6 +33,45 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class _Block(nn.Module):
+    """A ResNet basic block: two 3x3 convolutions with batch norm and an identity (or 1x1 strided) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                                  nn.ReLU(inplace=True), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out))
+        self.skip = (nn.Identity() if stride == 1 and c_in == c_out else
+                     nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class SmallResNet(nn.Module):
+    """The second classifier recipe of ``synth eval augment``: residual blocks, strided downsampling (no max
+    pooling). (B, C, H, W) float in [-1, 1] -> logits (B, num_classes); ~0.3M parameters at widths (32, 64, 128)."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (32, 64, 128), in_channels: int = 1):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        blocks, c = [], widths[0]
+        for i, w in enumerate(widths):
+            blocks.append(_Block(c, w, 1 if i == 0 else 2))
+            c = w
+        self.body = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(c, num_classes)
+        self.num_classes, self.widths, self.in_channels = num_classes, tuple(widths), in_channels
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, widths[-1]) pooled features."""
+        return self.pool(self.body(self.stem(x))).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
 # ---------------------------------------------------------------------------
 # Saved classifiers (a judge, a feature extractor, a quality filter): one safetensors file
 # whose metadata holds the class names and widths, so nothing but tensors and JSON is read.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synth.config.schema import EVAL_ARMS, MAX_RESOLUTION, Config, ConfigError, EvalConfig, LabelsConfig, ModelConfig, rules
+from synth.config.schema import EVAL_ARMS, EVAL_GENERATORS, EVAL_RECIPES, MAX_RESOLUTION, Config, ConfigError, EvalConfig, LabelsConfig, ModelConfig, rules
 from synth.messages import show
 
 
@@ -158,6 +158,23 @@ def _validate_eval(e: EvalConfig) -> None:
         for a in arms:
             if a not in EVAL_ARMS:
                 raise ConfigError(f"{name}: {show(a)} is not one of {', '.join(EVAL_ARMS)}")
+    for name, values, allowed in (("eval.recipes", e.recipes, EVAL_RECIPES), ("eval.generators", e.generators, EVAL_GENERATORS)):
+        if not values:
+            raise ConfigError(f"{name} needs at least one of {', '.join(allowed)}")
+        for v in values:
+            if v not in allowed:
+                raise ConfigError(f"{name}: {show(v)} is not one of {', '.join(allowed)}")
+    for r in e.syn_real_ratios:
+        if not (isinstance(r, (int, float)) and 0 < r <= 100):
+            raise ConfigError(f"eval.syn_real_ratios: {show(r)} is not a synthetic:real ratio in (0, 100] (e.g. 0.5 = one "
+                              f"synthetic image per two real)")
+    no_pool = str(e.unlabelled_pool or "none").strip().lower() == "none"
+    if no_pool and "pool" in e.generators:
+        raise ConfigError("eval.generators has 'pool' but eval.unlabelled_pool is none; set eval.unlabelled_pool=rest "
+                          "(or a path to unlabelled images)")
+    if no_pool and ("pseudo" in e.arms or "pseudo" in e.sweep_arms):
+        raise ConfigError("eval.arms has 'pseudo' (pseudo-labelling the unlabelled pool) but eval.unlabelled_pool is "
+                          "none; set eval.unlabelled_pool=rest (or a path) or drop the arm")
     if not e.guidance:
         raise ConfigError("eval.guidance needs at least one value (e.g. [1.5])")
     if len(e.guidance) > 1 and not any(abs(f - e.sweep_fraction) < 1e-9 for f in e.fractions):

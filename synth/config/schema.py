@@ -16,7 +16,9 @@ from synth.messages import one_line
 
 MAX_RESOLUTION = 4096  # 4x Stable Diffusion XL's side; beyond it one (N, C, R, R) batch no longer fits a GPU
 SEED_LIMIT = 2**63  # numpy refuses negative seeds and torch those past 2**64; derived seeds add small offsets
-EVAL_ARMS = ("real", "mixed", "synthetic", "pretrain")
+EVAL_ARMS = ("real", "mixed", "synthetic", "pretrain", "duplicate", "pseudo")
+EVAL_RECIPES = ("smallcnn", "resnet")
+EVAL_GENERATORS = ("labelled", "pool")
 
 
 class ConfigError(SynthError, ValueError):
@@ -260,6 +262,18 @@ class EvalConfig:
     workers: int = positive(1)  # classifier processes (single-threaded each); 2 on a 2-core machine
     # > 0: keep synthetic images a real-subset classifier assigns to their label this surely
     quality_threshold: float = interval(0.0, 0, 1, note=" (0 = no filter)")
+    # images without labels the study may use: none | rest (the training split outside each fraction's labelled
+    # subset, labels removed) | a path; pool-trained generators and the pseudo-labelling arm draw on it
+    unlabelled_pool: str = "none"
+    # which generators make synthetic sets: labelled (the labelled subset only) and/or pool (+ eval.unlabelled_pool)
+    generators: list[str] = field(default_factory=lambda: ["labelled"])
+    # classifier recipes; every arm runs under each (a claim needs them to agree): smallcnn | resnet
+    recipes: list[str] = field(default_factory=lambda: ["smallcnn"])
+    # synthetic:real ratios swept by mixed and pseudo (share r/(1+r)) and pretrain/duplicate (r x finetune_steps
+    # pre-training steps): all at eval.sweep_fraction, the first elsewhere; empty: eval.ratios / classifier_steps
+    syn_real_ratios: list[float] = field(default_factory=list)
+    # pseudo-labelling arm: pool images a real-subset classifier labels at least this surely are added
+    pseudo_threshold: float = interval(0.9, 0, 1, lo_open=True, note=" (teacher confidence)")
 
 
 @dataclass(frozen=True)

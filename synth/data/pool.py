@@ -43,6 +43,8 @@ class UnlabelledPool:
     images: torch.Tensor
     record: dict
     notes: list[str] = field(default_factory=list)
+    # the true labels of a ``rest`` pool: never trained on; evaluation reports pseudo-labels' accuracy with them
+    hidden_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -96,7 +98,7 @@ def _rest_pool(data_cfg, train: ImageSet) -> UnlabelledPool:
     rec = subset_record(rest, data_cfg)
     record = {"kind": "rest", "source": str(data_cfg.name), "n": len(rest), "n_source": rec["n_source"],
               "indices_sha256": rec["indices_sha256"], "sha256": content_hash(rest.images)}
-    return UnlabelledPool(rest.images, record, list(rest.notes))
+    return UnlabelledPool(rest.images, record, list(rest.notes), hidden_labels=rest.labels)
 
 
 def _read_pool(p: Path, data_cfg, own: bool) -> tuple[torch.Tensor, list[str]]:

@@ -3,6 +3,7 @@ augmentation (never flips), early stopping on validation AUROC, scored on the te
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -33,6 +34,45 @@ def light_geometric(x: torch.Tensor, gen: torch.Generator, max_shift: int, max_r
                          torch.stack([sin, cos, shift[:, 1] * 2 / h], 1)], 1)
     grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
     return F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+
+
+def strong_geometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """The second recipe's augmentation: shifts <= 3 px, rotations <= 15 deg, scale 0.9-1.1, brightness +-0.1 and
+    contrast x0.9-1.1 (in [-1, 1] units); never flips.  x: (B, C, H, W) float in [-1, 1] -> same shape."""
+    b, _, h, w = x.shape
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(15.0)
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * 3.0
+    scale = 0.9 + 0.2 * torch.rand(b, generator=gen)
+    cos, sin = angle.cos() / scale, angle.sin() / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0] * 2 / w], 1),
+                         torch.stack([sin, cos, shift[:, 1] * 2 / h], 1)], 1)
+    grid = F.affine_grid(theta.to(x), list(x.shape), align_corners=False)
+    y = F.grid_sample(x + 1, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1
+    contrast = (0.9 + 0.2 * torch.rand(b, 1, 1, 1, generator=gen)).to(x)
+    bright = ((torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 0.1).to(x)
+    return ((y - y.mean(dim=(1, 2, 3), keepdim=True)) * contrast + y.mean(dim=(1, 2, 3), keepdim=True) + bright).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A classifier recipe: its network and its augmentation.  ``smallcnn``: :class:`SmallCNN` at
+    ``eval.classifier_widths`` with light shifts/rotations; ``resnet``: :class:`SmallResNet` (32, 64, 128) with
+    :func:`strong_geometric`.  Two recipes that differ in both, so a claim that holds under both is not an
+    artefact of one architecture or one augmentation strength."""
+
+    name: str
+
+    def model(self, num_classes: int, e: EvalConfig, in_channels: int) -> torch.nn.Module:
+        if self.name == "resnet":
+            from synth.classifier import SmallResNet
+
+            return SmallResNet(num_classes, (32, 64, 128), in_channels=in_channels)
+        return SmallCNN(num_classes, tuple(e.classifier_widths), in_channels=in_channels)
+
+    def augment(self, x: torch.Tensor, gen: torch.Generator, e: EvalConfig) -> torch.Tensor:
+        if self.name == "resnet":
+            return strong_geometric(x, gen)
+        return light_geometric(x, gen, e.max_shift, e.max_rotate)
 
 
 @torch.no_grad()
@@ -74,14 +114,16 @@ def draw_batch(real: Pool | None, syn: Pool | None, ratio: float, batch: int, ge
 
 
 def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: ImageSet, num_classes: int, e: EvalConfig,
-                   *, seed: int, steps: int, lr: float, init: SmallCNN | None = None) -> tuple[SmallCNN, dict]:
+                   *, seed: int, steps: int, lr: float, init: torch.nn.Module | None = None,
+                   recipe: str = "smallcnn") -> tuple[torch.nn.Module, dict]:
     """Train (or fine-tune ``init``) with early stopping on validation AUROC; returns the best model.
 
     Batches are drawn with replacement from the pools by a generator fixed by ``seed``, so a result
     depends only on (arm, seed, data) and never on what ran before it.
     """
     torch.manual_seed(seed)
-    model = SmallCNN(num_classes, tuple(e.classifier_widths), in_channels=val.images.shape[1])
+    how = Recipe(recipe)
+    model = how.model(num_classes, e, val.images.shape[1])
     if init is not None:
         model.load_state_dict(init.state_dict())
     gen = torch.Generator().manual_seed(seed * 7919 + 17)
@@ -92,7 +134,7 @@ def fit_classifier(real: Pool | None, syn: Pool | None, ratio: float, val: Image
     for step in range(1, steps + 1):
         model.train()
         x, y = draw_batch(real, syn, ratio, e.classifier_batch, gen)
-        x = light_geometric(to_float(x), gen, e.max_shift, e.max_rotate)
+        x = how.augment(to_float(x), gen, e)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -119,30 +161,38 @@ def single_thread():
         torch.set_num_threads(n)
 
 
-def run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
+def run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int,
+            recipe: str = "smallcnn") -> dict:
     """Train one classifier of ``arm`` and score it on the test split (single-threaded)."""
     with single_thread():
-        return _run_arm(arm, splits, syn, ratio, e, seed)
+        return _run_arm(arm, splits, syn, ratio, e, seed, recipe)
 
 
-def _run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int) -> dict:
+def pretrain_steps(ratio: float, e: EvalConfig) -> int:
+    """Pre-training steps of the pretrain and duplicate arms: ``ratio`` x ``eval.classifier_steps`` (at least 1)."""
+    return max(1, int(round(ratio * e.classifier_steps)))
+
+
+def _run_arm(arm: str, splits: RealSplits, syn: Pool | None, ratio: float, e: EvalConfig, seed: int,
+             recipe: str = "smallcnn") -> dict:
+    """``mixed``/``pseudo``: each batch ``ratio`` from ``syn`` (synthetic or pseudo-labelled); ``synthetic``: only
+    ``syn``; ``pretrain``: ``syn`` for ratio x classifier_steps, then real fine-tuning; ``duplicate``: the same
+    schedule with the real subset in place of ``syn`` (the count-matched control: as many images and steps, the
+    extra ones the real images repeated under the same augmentation)."""
     k = len(splits.train.classes)
     real = Pool(splits.train.images, splits.train.labels)
+    fit = functools.partial(fit_classifier, val=splits.val, num_classes=k, e=e, lr=e.classifier_lr, recipe=recipe)
     t0 = time.process_time()
     if arm == "real":
-        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
-    elif arm == "mixed":
-        model, best = fit_classifier(real, syn, ratio, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
+        model, best = fit(real, None, 0.0, seed=seed, steps=e.classifier_steps)
+    elif arm in ("mixed", "pseudo"):
+        model, best = fit(real, syn, ratio, seed=seed, steps=e.classifier_steps)
     elif arm == "synthetic":
-        model, best = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                     lr=e.classifier_lr)
-    elif arm == "pretrain":
-        pre, _ = fit_classifier(None, syn, 1.0, splits.val, k, e, seed=seed, steps=e.classifier_steps,
-                                lr=e.classifier_lr)
-        model, best = fit_classifier(real, None, 0.0, splits.val, k, e, seed=seed + 500, steps=e.finetune_steps,
-                                     lr=e.classifier_lr / 4, init=pre)
+        model, best = fit(None, syn, 1.0, seed=seed, steps=e.classifier_steps)
+    elif arm in ("pretrain", "duplicate"):
+        first = syn if arm == "pretrain" else real
+        pre, _ = fit(None, first, 1.0, seed=seed, steps=pretrain_steps(ratio, e))
+        model, best = fit(real, None, 0.0, seed=seed + 500, steps=e.finetune_steps, lr=e.classifier_lr / 4, init=pre)
     else:
         raise EvalError(f"unknown arm '{arm}'")
     res = scores(predict_proba(model, splits.test.images), splits.test.labels)

@@ -50,7 +50,7 @@ from synth.evaluation.real import EvalError, RealSplits, check_subset, real_spli
 
 @dataclass(frozen=True)
 class Cell:
-    """One classifier to train: which fraction, arm, synthetic set and seed."""
+    """One classifier to train: which fraction, arm, synthetic set, seed and recipe."""
 
     fraction: float
     arm: str
@@ -59,12 +59,40 @@ class Cell:
     guidance: float | None
     seed: int
     quality: float = 0.0  # the synthetic set's quality-filter threshold (0: unfiltered)
+    recipe: str = "smallcnn"  # the classifier recipe (synth.evaluation.arms.Recipe)
+    generator: str = "labelled"  # labelled: generator saw the labelled subset only; pool: + eval.unlabelled_pool
 
     def key(self) -> str:
         d = dataclasses.asdict(self)
-        if not d["quality"]:
-            del d["quality"]  # unfiltered cells keep the key they had before filtering existed
+        # defaults are left out, so cells of studies made before a field existed keep their keys
+        for name, default in (("quality", 0.0), ("recipe", "smallcnn"), ("generator", "labelled")):
+            if d[name] == default:
+                del d[name]
         return json.dumps(d, sort_keys=True)
+
+
+def arm_ratios(arm: str, e: EvalConfig, fraction: float | None = None) -> list[float]:
+    """The ``Cell.ratio`` values of ``arm``: a batch share for mixed and pseudo, a pre-training length (x
+    classifier_steps) for pretrain and duplicate; ``eval.syn_real_ratios`` r (synthetic:real images seen) maps to
+    share r / (1 + r) and to r x finetune_steps pre-training steps.  The whole sweep runs at
+    ``eval.sweep_fraction``, the first ratio at the other fractions."""
+    r = list(e.syn_real_ratios)
+    if r and fraction is not None and not math.isclose(fraction, e.sweep_fraction):
+        r = r[:1]
+    if arm in ("mixed", "pseudo"):
+        return [round(x / (1 + x), 6) for x in r] if r else list(e.ratios)
+    if arm in ("pretrain", "duplicate"):
+        return [round(x * e.finetune_steps / e.classifier_steps, 6) for x in r] if r else [1.0]
+    return [1.0]
+
+
+def syn_real(arm: str, ratio: float, e: EvalConfig) -> float | None:
+    """The synthetic:real ratio of images a classifier of ``arm`` saw (None for real only)."""
+    if arm in ("mixed", "pseudo"):
+        return ratio / (1 - ratio) if ratio < 1 else math.inf
+    if arm in ("pretrain", "duplicate"):
+        return ratio * e.classifier_steps / e.finetune_steps
+    return math.inf if arm == "synthetic" else None
 
 
 def plan_cells(e: EvalConfig) -> list[Cell]:
@@ -72,20 +100,30 @@ def plan_cells(e: EvalConfig) -> list[Cell]:
     cells = []
     main_w = e.guidance[0]
     for f in e.fractions:
-        for seed in range(e.classifier_seeds):
-            if "real" in e.arms:
-                cells.append(Cell(f, "real", 0.0, None, None, seed))
-        for w in e.guidance:
-            arms = e.arms if w == main_w else (e.sweep_arms if math.isclose(f, e.sweep_fraction) else [])
-            for arm in arms:
-                if arm == "real":
-                    continue
-                for g in range(e.generator_seeds):
-                    for r in (e.ratios if arm == "mixed" else [1.0]):
-                        for seed in range(e.classifier_seeds):
-                            cells.append(Cell(f, arm, r, g, w, seed, e.quality_threshold))
+        # the rest of the split is empty at fraction 1: no pool to generate from or to pseudo-label
+        no_pool = str(e.unlabelled_pool).strip().lower() == "rest" and f >= 1.0
+        gens = [g for g in e.generators if not (no_pool and g == "pool")] or ["labelled"]
+        for rc in e.recipes:
+            for seed in range(e.classifier_seeds):
+                if "real" in e.arms:
+                    cells.append(Cell(f, "real", 0.0, None, None, seed, recipe=rc))
+            for arm in ("duplicate", "pseudo"):  # no generator: the controls of the synthetic route
+                if arm in e.arms and not (arm == "pseudo" and no_pool):
+                    for r in arm_ratios(arm, e, f):
+                        cells += [Cell(f, arm, r, None, None, seed, recipe=rc) for seed in range(e.classifier_seeds)]
+            for w in e.guidance:
+                arms = e.arms if w == main_w else (e.sweep_arms if math.isclose(f, e.sweep_fraction) else [])
+                for arm in arms:
+                    if arm in ("real", "duplicate", "pseudo"):
+                        continue
+                    for gk in gens:
+                        for g in range(e.generator_seeds):
+                            for r in arm_ratios(arm, e, f):
+                                for seed in range(e.classifier_seeds):
+                                    cells.append(Cell(f, arm, r, g, w, seed, e.quality_threshold, rc, gk))
     if 1.0 not in [float(f) for f in e.fractions] and "real" in e.arms:
-        cells += [Cell(1.0, "real", 0.0, None, None, s) for s in range(e.classifier_seeds)]  # the full-data reference
+        cells += [Cell(1.0, "real", 0.0, None, None, s, recipe=rc)
+                  for rc in e.recipes for s in range(e.classifier_seeds)]  # the full-data reference
     return cells
 
 
@@ -112,9 +150,11 @@ def append_result(path: Path, row: dict) -> None:
         os.fsync(fh.fileno())
 
 
-def generator_cfg(cfg: Config, fraction: float, gen_seed: int) -> Config:
-    """The generator's config for one fraction and seed: same data subset as the classifier."""
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fraction=fraction),
+def generator_cfg(cfg: Config, fraction: float, gen_seed: int, generator: str = "labelled") -> Config:
+    """The generator's config for one fraction and seed: same labelled subset as the classifier; a ``pool``
+    generator also trains on ``eval.unlabelled_pool`` under the null condition."""
+    pool = cfg.eval.unlabelled_pool if generator == "pool" else "none"
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fraction=fraction, unlabelled=pool),
                                train=dataclasses.replace(cfg.train, seed=gen_seed))
 
 
@@ -152,7 +192,8 @@ _FREE = {"data.cache_dir", "data.download", "data.on_error", "data.val_max_items
          "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.sample_every",
          "train.num_workers", "train.seed", "sample.per_class", "eval.fractions", "eval.ratios", "eval.arms",
          "eval.guidance", "eval.sweep_fraction", "eval.sweep_arms", "eval.classifier_seeds", "eval.generator_seeds",
-         "eval.workers", "eval.quality_threshold", "eval.feature_steps"}
+         "eval.workers", "eval.quality_threshold", "eval.feature_steps", "eval.recipes", "eval.generators",
+         "eval.syn_real_ratios"}
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -237,32 +278,62 @@ class Protocol:
             self._splits[f] = real_splits(self.cfg, f)
         return self._splits[f]
 
-    def set_dir(self, f: float, g: int, w: float) -> Path:
-        return self.out / "synthetic" / f"f{fmt_g(f)}-g{g}-w{fmt_g(w)}"
+    def set_dir(self, f: float, g: int, w: float, generator: str = "labelled") -> Path:
+        return self.out / "synthetic" / f"f{fmt_g(f)}-g{g}-w{fmt_g(w)}{'-pool' if generator == 'pool' else ''}"
 
-    def gen_run(self, f: float, g: int) -> Path:
-        return self.out / "generators" / f"f{fmt_g(f)}-s{g}"
+    def gen_run(self, f: float, g: int, generator: str = "labelled") -> Path:
+        return self.out / "generators" / f"f{fmt_g(f)}-s{g}{'-pool' if generator == 'pool' else ''}"
 
-    def pool(self, f: float, g: int, w: float) -> Pool:
+    def unlabelled(self, f: float):
+        """The study's unlabelled pool at fraction ``f`` (``eval.unlabelled_pool``; rest: outside f's subset)."""
+        from synth.data import load_pool
+
+        key = ("unlabelled", f)
+        if key not in self._pools:
+            data = dataclasses.replace(self.cfg.data, fraction=f, unlabelled=self.e.unlabelled_pool)
+            self._pools[key] = load_pool(data, self.splits(f).train)
+        return self._pools[key]
+
+    def cell_pool(self, c: Cell) -> Pool | None:
+        """The images a cell draws on beside the real subset: none, a synthetic set, or the pseudo-labelled pool."""
+        if c.arm in ("real", "duplicate"):
+            return None
+        if c.arm == "pseudo":
+            return self.pseudo(c.fraction, c.recipe)
+        return self.pool(c.fraction, c.gen_seed, c.guidance, c.generator)
+
+    def pseudo(self, f: float, recipe: str) -> Pool:
+        """The pseudo-labelling baseline's pool: a classifier of ``recipe`` trained on the labelled subset labels
+        the unlabelled pool; images it labels with confidence >= ``eval.pseudo_threshold`` are kept."""
+        key = ("pseudo", f, recipe)
+        if key not in self._pools:
+            self._pools[key] = pseudo_label(self.splits(f), self.unlabelled(f), self.e, recipe,
+                                            self.out / "pseudo" / f"f{fmt_g(f)}-{recipe}.json", self.log)
+        return self._pools[key]
+
+    def pool(self, f: float, g: int, w: float, generator: str = "labelled") -> Pool:
         """The synthetic images of generator (f, g) at guidance w: trained, sampled and checked on demand."""
-        key = (f, g, w)
+        key = (f, g, w, generator)
         if key not in self._pools:
             splits = self.splits(f)
-            d = self.set_dir(f, g, w)
+            d = self.set_dir(f, g, w, generator)
             if _sampled(d) < self.e.synthetic_n:
                 t0 = time.perf_counter()
-                export = train_generator(generator_cfg(self.cfg, f, g), self.gen_run(f, g), self.log)
+                export = train_generator(generator_cfg(self.cfg, f, g, generator), self.gen_run(f, g, generator),
+                                         self.log)
                 t_gen = time.perf_counter() - t0
                 self.log(f"generator f={f:g} seed {g}: ready ({t_gen:.0f}s in this call)")
                 t0 = time.perf_counter()
                 sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
                 t_sample = time.perf_counter() - t0
                 self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({t_sample:.0f}s)")
-                record_cost(self.out, self.gen_run(f, g).name, "generator_s", t_gen)
+                record_cost(self.out, self.gen_run(f, g, generator).name, "generator_s", t_gen)
                 record_cost(self.out, d.name, "sample_s", t_sample)
             from synth.augment import read_set_manifest
 
-            check_subset(read_set_manifest(d), splits, str(d))  # before reading any image
+            manifest = read_set_manifest(d)
+            check_subset(manifest, splits, str(d))  # before reading any image
+            check_pool(manifest, self.unlabelled(f).record if generator == "pool" else None, str(d))
             quality = None
             if self.e.quality_threshold > 0:
                 self.filter_set(f, d)
@@ -317,18 +388,19 @@ class Protocol:
         n_done = 0
         for f in sorted({c.fraction for c in todo}):
             batch = [c for c in todo if c.fraction == f]
-            jobs = [(c, self.splits(f), None if c.arm == "real" else self.pool(f, c.gen_seed, c.guidance))
-                    for c in batch]
+            jobs = [(c, self.splits(f), self.cell_pool(c)) for c in batch]
             for c, res in run_cells(jobs, self.e, self.e.workers):
                 row = {"key": c.key(), **dataclasses.asdict(c), **res, "n_real": len(self.splits(f).train),
                        "n_val": len(self.splits(f).val)}
-                if c.arm != "real":
-                    row["n_synthetic"] = len(self.pool(f, c.gen_seed, c.guidance).labels)
+                if self.cell_pool(c) is not None:
+                    row["n_synthetic"] = len(self.cell_pool(c).labels)
                 append_result(self.results_file, row)
                 done[c.key()] = row
                 n_done += 1
-                self.log(f"[{n_done}/{len(todo)}] f={c.fraction:g} {c.arm}"
-                         + (f" share {c.ratio:g} gen {c.gen_seed} w {c.guidance:g}" if c.arm != "real" else "")
+                self.log(f"[{n_done}/{len(todo)}] f={c.fraction:g} {c.arm} {c.recipe}"
+                         + (f" ratio {c.ratio:g}" if c.arm != "real" else "")
+                         + (f" gen {c.gen_seed}{'-pool' if c.generator == 'pool' else ''} w {c.guidance:g}"
+                            if c.gen_seed is not None else "")
                          + f" seed {c.seed}: AUROC {res['auroc']:.4f} acc {res['accuracy']:.3f} ({res['cpu_s']:.0f} CPU s)")
         return [done[c.key()] for c in cells]
 
@@ -339,7 +411,55 @@ def _one_thread() -> None:
 
 def _run_cell(job: tuple, e: EvalConfig) -> tuple[Cell, dict]:
     c, splits, syn = job
-    return c, run_arm(c.arm, splits, syn, c.ratio, e, c.seed)
+    return c, run_arm(c.arm, splits, syn, c.ratio, e, c.seed, c.recipe)
+
+
+def check_pool(manifest: dict, expected: dict | None, where: str) -> None:
+    """Refuse a synthetic set whose generator saw another unlabelled pool than the study declares (or one when
+    the study declares none): its images would carry knowledge the protocol does not account for."""
+    rec = ((manifest.get("model") or {}).get("train_subset") or {}).get("unlabelled")
+    if expected is None and rec:
+        raise EvalError(f"{where}: its generator also trained on an unlabelled pool ({rec.get('n')} images from "
+                        f"{rec.get('source')}) but this arm's generator must see the labelled subset only; retrain "
+                        f"it without data.unlabelled or evaluate it as a pool generator (eval.generators: [pool])")
+    if expected is not None and (not rec or rec.get("sha256") != expected.get("sha256")):
+        seen = f"{rec.get('n')} images from {rec.get('source')}" if rec else "no pool"
+        raise EvalError(f"{where}: its generator saw {seen}, not the study's eval.unlabelled_pool ({expected.get('n')} "
+                        f"images from {expected.get('source')}); delete its generator and set to retrain them on that "
+                        f"pool, or set eval.unlabelled_pool to the pool it saw")
+
+
+def pseudo_label(splits: RealSplits, unlabelled, e: EvalConfig, recipe: str, record: Path,
+                 log: Callable[[str], None]) -> Pool:
+    """Train a teacher of ``recipe`` on the labelled subset, label the pool, keep confident images.
+
+    The teacher's seed is fixed (30_011) so every student of a fraction sees the same pseudo-labelled pool; the
+    kept count per class (and, for ``rest``, the pseudo-labels' accuracy against the hidden labels) goes to
+    ``record``."""
+    from synth.evaluation.arms import predict_proba
+
+    k = len(splits.train.classes)
+    t0 = time.process_time()
+    with single_thread():
+        teacher, _ = fit_classifier(Pool(splits.train.images, splits.train.labels), None, 0.0, splits.val, k, e,
+                                    seed=30_011, steps=e.classifier_steps, lr=e.classifier_lr, recipe=recipe)
+        probs = predict_proba(teacher, unlabelled.images)
+    conf, labels = probs.max(1)
+    keep = conf >= e.pseudo_threshold
+    counts = torch.bincount(labels[keep], minlength=k).tolist()
+    if not keep.any():
+        raise EvalError(f"the pseudo-labelling teacher labels no pool image with confidence >= eval.pseudo_threshold="
+                        f"{e.pseudo_threshold:g}; lower the threshold")
+    info = {"n_pool": len(unlabelled), "n_kept": int(keep.sum()), "kept_per_class": dict(zip(splits.train.classes, counts)),
+            "threshold": e.pseudo_threshold, "teacher_cpu_s": time.process_time() - t0}
+    hidden = getattr(unlabelled, "hidden_labels", None)
+    if hidden is not None:
+        info["pseudo_label_accuracy"] = float((labels[keep] == hidden[keep]).float().mean())
+    atomic_write_json(record, info)
+    log(f"pseudo-labelling ({recipe}): kept {info['n_kept']} of {len(unlabelled)} pool images "
+        + ", ".join(f"{c}: {n}" for c, n in info["kept_per_class"].items())
+        + (f"; accuracy vs hidden labels {info['pseudo_label_accuracy']:.3f}" if "pseudo_label_accuracy" in info else ""))
+    return Pool(unlabelled.images[keep], labels[keep])
 
 
 def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
@@ -371,9 +491,11 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
     except DataError as e:
         raise EvalError(str(e)) from None
     summary = summarise(rows, cfg.eval)
-    planned = sorted({p.set_dir(c.fraction, c.gen_seed, c.guidance) for c in plan_cells(cfg.eval) if c.arm != "real"})
+    planned = sorted({p.set_dir(c.fraction, c.gen_seed, c.guidance, c.generator) for c in plan_cells(cfg.eval)
+                      if c.gen_seed is not None})
     summary["fidelity"] = fidelity_of_sets(cfg, out, planned, log)
     summary["costs"] = read_costs(out)
+    summary["pseudo"] = {q.stem: json.loads(q.read_text()) for q in sorted((out / "pseudo").glob("*.json"))}
     summary["n_val"] = len(p.splits(max(cfg.eval.fractions)).val)
     paths = write_report(summary, cfg, out / "augment")
     if report:
@@ -416,15 +538,32 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
             continue
         f = float(d.name.split("-")[0][1:])
         splits = real_splits(cfg, f)  # memorisation and privacy against what THIS generator was trained on
+        seen = splits.train
+        if d.name.endswith("-pool"):  # ... which for a pool generator includes the pool: it must not copy it either
+            seen = seen_with_pool(cfg, f, splits)
         images, labels, _ = synthetic_tensors(d, classes, quality)
-        rep = fidelity_report(splits.train, splits.test, images, labels, classes, net, fid_reference=full)
+        rep = fidelity_report(seen, splits.test, images, labels, classes, net, fid_reference=full)
+        rep["memorisation_reference"] = "labelled subset + unlabelled pool" if seen is not splits.train else "labelled subset"
         rep["cache_key"] = key
         rep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache, rep)
         atomic_write_text(rep_dir / "fidelity.md", fidelity_md(rep))
-        closest_pairs_png(rep_dir / "closest-pairs.png", images, splits.train.images, rep["closest_pairs"])
+        closest_pairs_png(rep_dir / "closest-pairs.png", images, seen.images, rep["closest_pairs"])
         res[d.name] = rep
     return res
+
+
+def seen_with_pool(cfg: Config, f: float, splits: RealSplits):
+    """The labelled subset and the unlabelled pool a pool generator trained on, as one ImageSet (pool rows keep
+    their hidden labels where the pool is the rest of the split; otherwise the labelled subset alone)."""
+    from synth.data import ImageSet, load_pool
+
+    pool = load_pool(dataclasses.replace(cfg.data, fraction=f, unlabelled=cfg.eval.unlabelled_pool), splits.train)
+    if pool is None or pool.hidden_labels is None:
+        return splits.train
+    t = splits.train
+    return ImageSet(torch.cat([t.images, pool.images]), torch.cat([t.labels, pool.hidden_labels]), t.classes,
+                    source=t.source)
 
 
 __all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",

@@ -10,7 +10,14 @@ from synth.config import Config, EvalConfig
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 ARM_NAMES = {"real": "(a) real only", "mixed": "(b) real + synthetic", "synthetic": "(c) synthetic only",
-             "pretrain": "(d) synthetic pre-train, real fine-tune"}
+             "pretrain": "(d) synthetic pre-train, real fine-tune",
+             "duplicate": "(e) duplicate-real control: real pre-train, real fine-tune",
+             "pseudo": "(f) real + pseudo-labelled pool"}
+
+
+def arm_name(g: dict) -> str:
+    """The arm's name with the generator it used (a pool generator also saw the unlabelled pool)."""
+    return ARM_NAMES[g["arm"]] + (" [pool generator]" if g.get("generator") == "pool" else "")
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -42,47 +49,126 @@ def per_seed(rows: list[dict]) -> list[float]:
 
 
 def group_label(row: dict) -> tuple:
-    return (row["fraction"], row["arm"], row["ratio"], row["guidance"])
+    return (row["fraction"], row["arm"], row["ratio"], row["guidance"], row.get("recipe", "smallcnn"),
+            row.get("generator", "labelled"))
+
+
+def control_of(arm: str) -> str:
+    """The count-matched control an arm is tested against: the duplicate-real arm for synthetic pre-training (as
+    many images and steps, the extra ones real images repeated); real only for the arms whose classifiers take
+    exactly real-only's steps and batch (drawing from the real subset repeated to any count is the real arm)."""
+    return "duplicate" if arm == "pretrain" else "real"
+
+
+def _order(key: tuple) -> tuple:
+    f, arm, ratio, w, recipe, gen = key
+    return (f, recipe, gen == "pool", list(ARM_NAMES).index(arm), ratio, w or 0)
 
 
 def summarise(rows: list[dict], e: EvalConfig) -> dict:
-    """Per (fraction, arm, ratio, guidance): AUROC/accuracy mean and std over all seeds, Welch p vs real,
-    gap closed towards full data, CPU time; plus the targets of the protocol."""
+    """Per (fraction, arm, ratio, guidance, recipe, generator): AUROC/accuracy mean and std over all seeds, Welch
+    p vs real only and vs the count-matched control, gap closed towards full data, CPU time; plus the targets."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(group_label(r), []).append(r)
-    real = {f: [r["auroc"] for r in rs] for (f, arm, _, _), rs in groups.items() if arm == "real"}
-    full = statistics.fmean(real[1.0]) if 1.0 in real else math.nan
-    real_sd = {f: statistics.stdev(v) if len(v) > 1 else 0.0 for f, v in real.items()}
+    real = {(f, rc): [r["auroc"] for r in rs] for (f, arm, _, _, rc, _), rs in groups.items() if arm == "real"}
+    dup = {(f, rc, ratio): per_seed(rs) for (f, arm, ratio, _, rc, _), rs in groups.items() if arm == "duplicate"}
+    recipes = sorted({k[1] for k in real})
+    full_by = {rc: statistics.fmean(real[(1.0, rc)]) for rc in recipes if (1.0, rc) in real}
+    real_sd = {k: statistics.stdev(v) if len(v) > 1 else 0.0 for k, v in real.items()}
     out = []
-    for (f, arm, ratio, w), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], list(ARM_NAMES).index(kv[0][1]),
-                                                                        kv[0][2], kv[0][3] or 0)):
+    for key, rs in sorted(groups.items(), key=lambda kv: _order(kv[0])):
+        f, arm, ratio, w, rc, gen = key
         au = [r["auroc"] for r in rs]
         m, s = _mean_std(au)
         am, asd = _mean_std([r["accuracy"] for r in rs])
-        base = statistics.fmean(real[f]) if f in real else math.nan
+        base = statistics.fmean(real[(f, rc)]) if (f, rc) in real else math.nan
+        full = full_by.get(rc, math.nan)
         gap = full - base
         # the gap is a difference of two noisy means: below 2 standard errors its ratio means nothing
-        se_gap = math.sqrt(real_sd.get(f, 0) ** 2 / max(1, len(real.get(f, []))) +
-                           real_sd.get(1.0, 0) ** 2 / max(1, len(real.get(1.0, [])))) if f in real and 1.0 in real else math.nan
+        se_gap = (math.sqrt(real_sd[(f, rc)] ** 2 / max(1, len(real[(f, rc)])) +
+                            real_sd[(1.0, rc)] ** 2 / max(1, len(real[(1.0, rc)])))
+                  if (f, rc) in real and (1.0, rc) in real else math.nan)
+        control = control_of(arm)
+        ctrl = dup.get((f, rc, ratio)) if control == "duplicate" else real.get((f, rc))
         out.append({
-            "fraction": f, "arm": arm, "ratio": ratio, "guidance": w, "n": len(rs),
+            "fraction": f, "arm": arm, "ratio": ratio, "guidance": w, "recipe": rc, "generator": gen, "n": len(rs),
+            "syn_real": syn_real_of(arm, ratio, e),
             "n_generators": len({r["gen_seed"] for r in rs}), "n_real": rs[0]["n_real"],
             "auroc_mean": m, "auroc_std": s, "accuracy_mean": am, "accuracy_std": asd,
             "delta_vs_real": m - base,
-            "p_vs_real": welch_p(per_seed(rs), real.get(f, [])) if arm != "real" else math.nan,
+            "p_vs_real": welch_p(per_seed(rs), real.get((f, rc), [])) if arm != "real" else math.nan,
+            "control": control if arm not in ("real", "duplicate") else None,
+            "delta_vs_control": (m - statistics.fmean(ctrl)) if ctrl and arm not in ("real", "duplicate") else math.nan,
+            "p_vs_control": welch_p(per_seed(rs), ctrl) if ctrl and arm not in ("real", "duplicate") else math.nan,
             "gap": gap, "gap_resolved": bool(gap > 2 * se_gap) if not math.isnan(se_gap) else False,
             "gap_closed": (m - base) / gap if arm != "real" and gap > 1e-9 else math.nan,
             "n_val": rs[0].get("n_val"), "n_synthetic": statistics.fmean(r.get("n_synthetic", 0) for r in rs),
             "cpu_s_mean": statistics.fmean(r["cpu_s"] for r in rs), "cpu_s_total": sum(r["cpu_s"] for r in rs),
+            "per_seed": per_seed(rs),
         })
     per_set: dict[str, dict] = {}
     for r in rows:
-        if r["arm"] in ("synthetic", "mixed") and r.get("gen_seed") is not None:
-            name = f"f{r['fraction']:g}-g{r['gen_seed']}-w{r['guidance']:g}"
+        if r["arm"] in ("synthetic", "mixed") and r.get("gen_seed") is not None and r.get("recipe", "smallcnn") == e.recipes[0]:
+            name = f"f{r['fraction']:g}-g{r['gen_seed']}-w{r['guidance']:g}" + ("-pool" if r.get("generator") == "pool" else "")
             per_set.setdefault(name, {}).setdefault(r["arm"], []).append(r["auroc"])
     per_set = {k: {a: statistics.fmean(v) for a, v in d.items()} for k, d in per_set.items()}
-    return {"groups": out, "full_data_auroc": full, "targets": targets(out, e), "per_set": per_set}
+    full = full_by.get("smallcnn", next(iter(full_by.values()), math.nan))
+    pool_study = any(g["generator"] == "pool" or g["arm"] in ("pseudo", "duplicate") for g in out)
+    return {"groups": out, "full_data_auroc": full, "full_data_auroc_by_recipe": full_by,
+            "targets": pool_targets(out, e) if pool_study else targets(out, e), "per_set": per_set,
+            "pool_study": pool_study}
+
+
+def syn_real_of(arm: str, ratio: float, e: EvalConfig) -> float | None:
+    """Synthetic (or pseudo-labelled, or repeated) : real images a classifier of ``arm`` saw; None for real only."""
+    if arm in ("mixed", "pseudo"):
+        return ratio / (1 - ratio) if ratio < 1 else math.inf
+    if arm in ("pretrain", "duplicate"):
+        return ratio * e.classifier_steps / e.finetune_steps
+    return math.inf if arm == "synthetic" else None
+
+
+def pool_targets(groups: list[dict], e: EvalConfig) -> list[dict]:
+    """Issue 17's targets, per fraction and classifier recipe, judged on the main guidance:
+
+    * below full data: the best synthetic arm of a pool generator closes >= 100% of the gap and beats its
+      count-matched control with p < 0.05; it is compared with the best pseudo-labelling arm (AUROC, CPU);
+    * at full data: no arm falls below real only by more than 0.005 AUROC.
+    A claim is made only where both recipes agree (``agree``)."""
+    res = []
+    main_w = e.guidance[0]
+    keys = sorted({(g["fraction"], g["recipe"]) for g in groups})
+    for f, rc in keys:
+        mine = [g for g in groups if g["fraction"] == f and g["recipe"] == rc]
+        syn = [g for g in mine if g["arm"] in ("mixed", "synthetic", "pretrain") and g["guidance"] == main_w]
+        pooled = [g for g in syn if g["generator"] == "pool"] or syn
+        pseudo = [g for g in mine if g["arm"] == "pseudo"]
+        if f >= 1.0:
+            arms = [g for g in mine if g["arm"] != "real"]
+            if arms:
+                worst = min(arms, key=lambda g: g["delta_vs_real"])
+                res.append({"fraction": f, "recipe": rc, "target": "no arm below real only by more than 0.005 AUROC",
+                            "best": worst, "value": worst["delta_vs_real"], "met": worst["delta_vs_real"] >= -0.005})
+            continue
+        if not pooled:
+            continue
+        best = max(pooled, key=lambda g: g["auroc_mean"])
+        row = {"fraction": f, "recipe": rc, "target": "best synthetic arm (pool generator) closes >= 100% of the gap "
+               "and beats its count-matched control (p < 0.05)", "best": best, "value": best["gap_closed"],
+               "met": bool(best["gap_closed"] >= 1.0 and best["delta_vs_control"] > 0 and best["p_vs_control"] < 0.05)}
+        if pseudo:
+            bp = max(pseudo, key=lambda g: g["auroc_mean"])
+            row["pseudo"] = bp
+            row["synthetic_minus_pseudo"] = best["auroc_mean"] - bp["auroc_mean"]
+            row["p_synthetic_vs_pseudo"] = welch_p(best["per_seed"], bp["per_seed"])
+        res.append(row)
+    by = {}
+    for t in res:
+        by.setdefault(t["fraction"], []).append(t["met"])
+    for t in res:
+        t["agree"] = len(by[t["fraction"]]) > 1 and len(set(by[t["fraction"]])) == 1
+    return res
 
 
 def targets(groups: list[dict], e: EvalConfig) -> list[dict]:
@@ -118,6 +204,8 @@ def _share(g: dict) -> str:
 
 def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
     """The results as a readable report: protocol, utility table, targets, costs, fidelity side by side."""
+    if summary.get("pool_study"):
+        return markdown_pool(summary, cfg, command)
     e = cfg.eval
     groups = summary["groups"]
     n_val = summary.get("n_val") or next((g["n_val"] for g in groups if g.get("n_val")), None)
@@ -182,6 +270,97 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _ratio(g: dict) -> str:
+    r = g.get("syn_real")
+    return "–" if r is None else ("only" if r == math.inf else f"{r:.3g}")
+
+
+def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str:
+    """The report of a study with unlabelled pools, controls and two classifier recipes (issue 17)."""
+    e = cfg.eval
+    groups = summary["groups"]
+    n_val = summary.get("n_val") or next((g["n_val"] for g in groups if g.get("n_val")), None)
+    full = summary.get("full_data_auroc_by_recipe") or {}
+    lines = [f"# Synthetic data with an unlabelled pool: {cfg.data.name} at {cfg.data.resolution} px", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        f"Protocol: for each labelled fraction, generators (`synth train {e.trainer}`) are trained on exactly the "
+        f"classifier's labelled subset (checked by index hash); **pool generators** also train on the unlabelled pool "
+        f"`eval.unlabelled_pool={e.unlabelled_pool}` under the null condition (train.unlabelled_share="
+        f"{cfg.train.unlabelled_share:g}; the pool is checked by content hash). Each generator writes {e.synthetic_n} "
+        f"class-balanced images at guidance {e.guidance[0]:g}. Classifier recipes: "
+        + ", ".join(f"`{r}`" for r in e.recipes)
+        + f" (smallcnn: SmallCNN {list(e.classifier_widths)}, shifts <= {e.max_shift} px, rotations <= {e.max_rotate:g} "
+        f"deg; resnet: a 0.3M-parameter ResNet, shifts <= 3 px, rotations <= 15 deg, scale 0.9-1.1, brightness and "
+        f"contrast jitter; never flips), {e.classifier_steps} steps of batch {e.classifier_batch}, early stopping on "
+        f"the full real validation split ({n_val} images), scored on the official test split; "
+        f"{e.classifier_seeds} classifier seeds x {e.generator_seeds} generator seeds.",
+        "",
+        "Arms: (a) real only; (b) each batch part synthetic; (c) synthetic only; (d) synthetic pre-training for "
+        "ratio x finetune_steps steps, then real fine-tuning at lr/4; (e) the **duplicate-real control** of (d): the "
+        "same schedule with the real subset in place of the synthetic images (as many images and steps; the extra ones "
+        "real images repeated under the same augmentation); for (b) and (c) the count-matched control is (a) itself, "
+        "since every arm takes the same steps of the same batch and drawing from the real subset repeated to any count "
+        "is drawing from the real subset; (f) **pseudo-labelling**: a classifier of the same recipe trained on the "
+        f"labelled subset labels the pool, images labelled with confidence >= {e.pseudo_threshold:g} are mixed in like "
+        "(b). syn:real: synthetic (or pseudo-labelled, or repeated) images seen per real image.",
+        "",
+        "Δ: mean AUROC minus (a). p: Welch t-test of per-seed AUROCs (generator seeds averaged first); uncorrected "
+        "for the number of rows. Control: (e) for (d), (a) otherwise. Gap closed: Δ / (full-data AUROC of the same "
+        "recipe - (a)); in brackets when that gap is under two standard errors. CPU s: one classifier, one thread.",
+        "",
+        "Full-data reference (real only, fraction 1): " + ", ".join(f"{rc} {v:.4f}" for rc, v in sorted(full.items())) + ".",
+        "",
+        "| fraction | n real | recipe | arm | syn:real | AUROC | Δ vs (a) | p vs (a) | Δ vs control | p vs control | gap closed | CPU s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for g in groups:
+        gc = _f(g["gap_closed"], ".0%")
+        if g["arm"] != "real" and gc != "–" and not g.get("gap_resolved"):
+            gc = f"({gc})"
+        lines.append(f"| {g['fraction']:g} | {g['n_real']} | {g['recipe']} | {arm_name(g)} | {_ratio(g)} | "
+                     f"{g['auroc_mean']:.4f} ± {g['auroc_std']:.4f} | {_f(g['delta_vs_real'], '+.4f')} | "
+                     f"{_f(g['p_vs_real'], '.2g')} | {_f(g['delta_vs_control'], '+.4f')} | {_f(g['p_vs_control'], '.2g')} | "
+                     f"{gc} | {g['cpu_s_mean']:.0f} |")
+    lines += ["", "## Targets (best arm chosen after the fact; a claim only where both recipes agree)", "",
+              "| fraction | recipe | target | best arm | value | vs control | vs best pseudo-labelling | met | recipes agree |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for t in summary["targets"]:
+        b = t["best"]
+        v = _f(t["value"], "+.4f") if t["fraction"] >= 1 else _f(t["value"], ".0%")
+        ps = "–"
+        if "pseudo" in t:
+            ps = (f"{_f(t['synthetic_minus_pseudo'], '+.4f')} (p {_f(t['p_synthetic_vs_pseudo'], '.2g')}; pseudo "
+                  f"{t['pseudo']['auroc_mean']:.4f} at syn:real {_ratio(t['pseudo'])}, {t['pseudo']['cpu_s_mean']:.0f} "
+                  f"CPU s per classifier)")
+        lines.append(f"| {t['fraction']:g} | {t['recipe']} | {t['target']} | {arm_name(b)} (syn:real {_ratio(b)}) | {v} | "
+                     f"{_f(b.get('delta_vs_control'), '+.4f')}, p {_f(b.get('p_vs_control'), '.2g')} | {ps} | "
+                     f"{'yes' if t['met'] else '**no**'} | {'yes' if t.get('agree') else 'no'} |")
+    costs = summary.get("costs") or {}
+    if costs:
+        lines += ["", "## What the synthetic data cost (wall seconds on this machine)", "",
+                  "| generator or set | training s | sampling s |", "|---|---|---|"]
+        for name, c in sorted(costs.items()):
+            lines.append(f"| {name} | {_f(c.get('generator_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |")
+    pseudo = summary.get("pseudo") or {}
+    if pseudo:
+        lines += ["", "## Pseudo-labelling teachers", "", "| teacher | pool | kept | kept per class | accuracy of kept labels (hidden truth) | teacher CPU s |",
+                  "|---|---|---|---|---|---|"]
+        for name, p in sorted(pseudo.items()):
+            lines.append(f"| {name} | {p['n_pool']} | {p['n_kept']} | {p['kept_per_class']} | "
+                         f"{_f(p.get('pseudo_label_accuracy'), '.3f')} | {p['teacher_cpu_s']:.0f} |")
+    fid = summary.get("fidelity") or {}
+    if fid:
+        lines += ["", "## Fidelity, privacy and utility side by side", "",
+                  "As in `synth eval augment`; for pool generators memorisation and privacy are measured against the "
+                  "labelled subset AND the pool (what the generator saw).", "",
+                  "| set | label fidelity per class | diversity (real) | FID (real) | KID | NN distance syn / real test | privacy (baseline) | AUROC (c) synthetic only | AUROC (b) mixed |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for name, r in sorted(fid.items()):
+            lines.append(fidelity_row(name, r, summary.get("per_set", {}).get(name, {})))
+    return "\n".join(lines) + "\n"
+
+
 def fidelity_row(name: str, r: dict, utility: dict | None = None) -> str:
     """One markdown row from a fidelity report; tolerant of missing fields."""
     def get(*path, default=math.nan):
@@ -204,8 +383,45 @@ def fidelity_row(name: str, r: dict, utility: dict | None = None) -> str:
             f"({_f(get('privacy', 'real_rate'), '.3f')}) | {_f(u.get('synthetic'), '.4f')} | {_f(u.get('mixed'), '.4f')} |")
 
 
+def chart_pool(summary: dict, cfg: Config, path: Path) -> None:
+    """One panel per classifier recipe: AUROC vs labelled fraction per arm and generator (mean ± std over seeds);
+    for arms swept over syn:real ratios, the ratio with the best mean over fractions (named in the legend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [g for g in summary["groups"] if g["guidance"] in (None, cfg.eval.guidance[0])]
+    recipes = sorted({g["recipe"] for g in groups})
+    fig, axes = plt.subplots(1, len(recipes), figsize=(7.5 * len(recipes), 5), squeeze=False)
+    for ax, rc in zip(axes[0], recipes):
+        mine = [g for g in groups if g["recipe"] == rc]
+        for arm, gen in sorted({(g["arm"], g["generator"]) for g in mine}, key=lambda k: (list(ARM_NAMES).index(k[0]), k[1])):
+            series = [g for g in mine if g["arm"] == arm and g["generator"] == gen]
+            ratios = sorted({g["ratio"] for g in series})
+            best = max(ratios, key=lambda r: statistics.fmean(g["auroc_mean"] for g in series if g["ratio"] == r))
+            gs = sorted([g for g in series if g["ratio"] == best], key=lambda g: g["fraction"])
+            label = arm_name(gs[0]) + (f" (syn:real {_ratio(gs[0])})" if len(ratios) > 1 else "")
+            ax.errorbar([g["fraction"] for g in gs], [g["auroc_mean"] for g in gs], yerr=[g["auroc_std"] for g in gs],
+                        marker="o", capsize=3, label=label, ls="--" if arm in ("real", "duplicate", "pseudo") else "-")
+        ax.set_xscale("log")
+        fracs = sorted({g["fraction"] for g in mine})
+        ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled fraction of the real training split (log scale)")
+        ax.set_ylabel("test AUROC (mean ± std over classifier seeds)")
+        ax.set_title(f"{cfg.data.name}, classifier recipe {rc}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    atomic_save_with(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    plt.close(fig)
+
+
 def chart(summary: dict, cfg: Config, path: Path) -> None:
     """AUROC vs training fraction per arm (mean ± std), and the guidance sweep when there is one."""
+    if summary.get("pool_study"):
+        return chart_pool(summary, cfg, path)
     import matplotlib
 
     matplotlib.use("Agg")

@@ -106,3 +106,66 @@ def test_eval_bad_inputs_are_one_line(tmp_path):
     assert p.returncode == 2 and "eval.ratios" in p.stderr and "Traceback" not in p.stderr
     p = cli("eval", "augment", "--out", str(tmp_path / "x"), *args("eval.fractions=[0.001]", "eval.guidance=[1.5]"), check=False)
     assert p.returncode == 2 and "leaves class" in p.stderr and "Traceback" not in p.stderr
+
+
+POOL = ["eval.fractions=[0.5]", "eval.sweep_fraction=0.5", "eval.guidance=[1.5]", "eval.unlabelled_pool=rest", "eval.generators=[labelled,pool]",
+        "eval.recipes=[smallcnn,resnet]", "eval.syn_real_ratios=[0.5,2]",
+        "eval.arms=[real,mixed,synthetic,pretrain,duplicate,pseudo]", "eval.pseudo_threshold=0.5"]
+
+
+def test_pool_plan_has_controls_recipes_and_ratio_sweeps():
+    e = load_config(None, EVAL + POOL).eval
+    cells = plan_cells(e)
+    assert {c.recipe for c in cells} == {"smallcnn", "resnet"}
+    assert {c.generator for c in cells if c.gen_seed is not None} == {"labelled", "pool"}
+    mixed = sorted({c.ratio for c in cells if c.arm == "mixed"})
+    assert mixed == [round(0.5 / 1.5, 6), round(2 / 3, 6)]  # syn:real 0.5 and 2 as batch shares
+    dup = sorted({c.ratio for c in cells if c.arm == "duplicate"})
+    assert dup == sorted({c.ratio for c in cells if c.arm == "pretrain"}) == [0.25, 1.0]  # r x finetune / classifier steps
+    assert all(c.gen_seed is None for c in cells if c.arm in ("duplicate", "pseudo"))
+    old = plan_cells(load_config(None, EVAL).eval)[0]
+    assert "recipe" not in old.key() and "generator" not in old.key()  # studies made before keep their keys
+    with pytest.raises(ConfigError, match="eval.generators has 'pool' but eval.unlabelled_pool is none"):
+        load_config(None, ["eval.generators=[pool]"])
+    with pytest.raises(ConfigError, match="'pseudo'.*eval.unlabelled_pool is none"):
+        load_config(None, ["eval.arms=[real,pseudo]"])
+    with pytest.raises(ConfigError, match="eval.recipes: 'vit' is not one of smallcnn, resnet"):
+        load_config(None, ["eval.recipes=[vit]"])
+
+
+def test_pool_study_end_to_end(tmp_path):
+    """Pool generators, the duplicate-real control, pseudo-labelling and both recipes, then the pool report."""
+    from synth.evaluation.protocol import check_pool
+
+    out = tmp_path / "study"
+    cli("eval", "augment", "--out", str(out), "--report", str(tmp_path / "pool"), *args(*POOL), timeout=900)
+    rows = read_results(out / "results.jsonl")
+    assert len(rows) == len(plan_cells(load_config(None, EVAL + POOL).eval))
+    pooled = json.loads((out / "synthetic" / "f0.5-g0-w1.5-pool" / "manifest.json").read_text())["model"]["train_subset"]
+    plain = json.loads((out / "synthetic" / "f0.5-g0-w1.5" / "manifest.json").read_text())["model"]["train_subset"]
+    assert pooled["unlabelled"]["n"] == 32 and pooled["unlabelled"]["kind"] == "rest" and "unlabelled" not in plain
+    teacher = json.loads((out / "pseudo" / "f0.5-smallcnn.json").read_text())
+    assert teacher["n_pool"] == 32 and 0 < teacher["n_kept"] <= 32 and 0 <= teacher["pseudo_label_accuracy"] <= 1
+    md = (tmp_path / "pool.md").read_text()
+    for needle in ("(e) duplicate-real control", "(f) real + pseudo-labelled pool", "[pool generator]", "| resnet |",
+                   "vs best pseudo-labelling", "recipes agree", "p vs control", "labelled subset AND the pool"):
+        assert needle in md, needle
+    summary = json.loads((tmp_path / "pool.json").read_text())
+    pre = [g for g in summary["groups"] if g["arm"] == "pretrain"]
+    assert pre and all(g["control"] == "duplicate" for g in pre)
+    fid = json.loads((out / "fidelity" / "f0.5-g0-w1.5-pool" / "fidelity.json").read_text())
+    assert fid["memorisation_reference"] == "labelled subset + unlabelled pool" and fid["counts"]["train"] == 64
+    # provenance: a labelled-only arm refuses a pool generator's set, and the reverse
+    with pytest.raises(EvalError, match="also trained on an unlabelled pool"):
+        check_pool({"model": {"train_subset": pooled}}, None, "set")
+    with pytest.raises(EvalError, match="saw no pool, not the study's eval.unlabelled_pool"):
+        check_pool({"model": {"train_subset": plain}}, pooled["unlabelled"], "set")
+
+
+def test_ratio_sweep_runs_at_the_sweep_fraction_and_no_pool_arms_at_full_data():
+    e = load_config(None, EVAL + POOL + ["eval.fractions=[0.25,0.5,1.0]"]).eval
+    cells = plan_cells(e)
+    assert len({c.ratio for c in cells if c.arm == "mixed" and c.fraction == 0.5}) == 2
+    assert len({c.ratio for c in cells if c.arm == "mixed" and c.fraction == 0.25}) == 1
+    full = [c for c in cells if c.fraction == 1.0]
+    assert full and not [c for c in full if c.arm == "pseudo" or c.generator == "pool"]  # the rest is empty there
