@@ -292,7 +292,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
         f"class-balanced images at guidance {e.guidance[0]:g}. Classifier recipes: "
         + ", ".join(f"`{r}`" for r in e.recipes)
         + f" (smallcnn: SmallCNN {list(e.classifier_widths)}, shifts <= {e.max_shift} px, rotations <= {e.max_rotate:g} "
-        f"deg; resnet: a 0.3M-parameter ResNet, shifts <= 3 px, rotations <= 15 deg, scale 0.9-1.1, brightness and "
+        f"deg; resnet: a 0.08M-parameter ResNet (16, 32, 64; residual blocks, strided), shifts <= 3 px, rotations <= 15 deg, scale 0.9-1.1, brightness and "
         f"contrast jitter; never flips), {e.classifier_steps} steps of batch {e.classifier_batch}, early stopping on "
         f"the full real validation split ({n_val} images), scored on the official test split; "
         f"{e.classifier_seeds} classifier seeds x {e.generator_seeds} generator seeds.",
