@@ -17,8 +17,9 @@ _FOLDERS = {f"{__name__}.{name}": _CHECKOUT / name for name in ("trainers", "sam
 
 
 class _CheckoutFolders:
-    """Finds ``synth.trainers`` / ``synth.samplers`` in a checkout's top-level folders (asked only when no
-    installed or editable package answered first); their submodules then resolve inside those folders."""
+    """Finds ``synth.trainers`` / ``synth.samplers`` in the top-level folders of the checkout this ``synth`` was
+    imported from; their submodules then resolve inside those folders.  Asked before any other finder: with an
+    editable install of ANOTHER clone active, ``synth`` from this clone must not run that clone's trainers."""
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
@@ -31,4 +32,4 @@ class _CheckoutFolders:
 
 if (_CHECKOUT / "pyproject.toml").is_file() and not any(isinstance(f, type) and f.__name__ == "_CheckoutFolders"
                                                         for f in _sys.meta_path):
-    _sys.meta_path.append(_CheckoutFolders)
+    _sys.meta_path.insert(0, _CheckoutFolders)
