@@ -139,3 +139,21 @@ def test_every_user_error_has_one_base():
     for m, name in found:
         cls = getattr(importlib.import_module(m), name)
         assert issubclass(cls, SynthError), f"{m}.{name} does not derive from SynthError"
+
+
+def test_a_second_clone_runs_its_own_trainers(tmp_path):
+    """With this checkout installed editable, ``synth`` imported from ANOTHER clone must resolve that clone's
+    ``synth.trainers`` and ``synth.samplers``, never a mix of two checkouts' code."""
+    import shutil
+    import subprocess
+    import sys
+
+    clone = tmp_path / "clone"
+    for name in ("synth", "trainers", "samplers"):
+        shutil.copytree(ROOT / name, clone / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", clone / "pyproject.toml")
+    code = ("import synth, synth.trainers.loop as l, synth.samplers.bulk as b; "
+            "print(synth.__file__); print(l.__file__); print(b.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(clone), "PATH": "/usr/bin"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert all(p.startswith(str(clone)) for p in out), out

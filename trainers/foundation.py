@@ -37,7 +37,8 @@ def foundation_meta(cfg: Config, trainer: str) -> dict | None:
     want = "bridge" if trainer == "bridge" else "ldm"
     if kind != want:
         other = "synth train bridge" if kind == "bridge" else "synth train ldm"
-        raise ConfigError(f"model.pretrained '{p}' is a {kind} export; 'synth train {trainer}' fine-tunes {want} exports "
+        raise ConfigError(f"model.pretrained '{p}' is an export of 'synth train {kind}'; 'synth train {trainer}' fine-tunes "
+                          f"{want} exports "
                           f"(fine-tune this one with '{other}')")
     where = f"model.pretrained '{p}'"
     if int(meta["resolution"]) != cfg.data.resolution:

@@ -425,8 +425,8 @@ def check_pool(manifest: dict, expected: dict | None, where: str) -> None:
     if expected is not None and (not rec or rec.get("sha256") != expected.get("sha256")):
         seen = f"{rec.get('n')} images from {rec.get('source')}" if rec else "no pool"
         raise EvalError(f"{where}: its generator saw {seen}, not the study's eval.unlabelled_pool ({expected.get('n')} "
-                        f"images from {expected.get('source')}); delete its generator and set to retrain them on that "
-                        f"pool, or set eval.unlabelled_pool to the pool it saw")
+                        f"images from {expected.get('source')}); delete that generator and its set (under generators/ and "
+                        f"synthetic/) so the study retrains them on that pool, or set eval.unlabelled_pool to the pool it saw")
 
 
 def pseudo_label(splits: RealSplits, unlabelled, e: EvalConfig, recipe: str, record: Path,

@@ -261,4 +261,8 @@ FOLLOW: dict[str, Callable[[Any, Path, Any, list[str] | None], Any]] = {
     "aug-classes-mismatch": _label_map_to_real,                            # pass label_map={...}
     "aug-label-map-unknown": _label_map_known,                             # set labels: normal, pneumonia
     "aug-quality-without-filter": _quality_filter_first,                   # run quality_filter(...) first
+    # fine-tuning a synth export (issue 17)
+    "pretrained-other-resolution": sets_("data.resolution", "16"),         # set data.resolution=16
+    "pretrained-other-codec": sets_("model.codec", "pixel"),               # set model.codec=pixel
+    "pretrained-renamed-classes": sets_("model.class_init", "fresh"),      # or set model.class_init=fresh
 }

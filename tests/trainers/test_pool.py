@@ -225,7 +225,21 @@ def test_bad_foundations_are_one_line(tmp_path, tiny_export):
     with pytest.raises(ConfigError, match=r"as many under other names"):
         train_bridge(tiny_cfg(f"data.name={two}", "labels.domains=[x,y]", "model.unet.attention_levels=[false,false]",
                               "train.steps=2", f"model.pretrained={tmp_path / 'f'}"), tmp_path / "r3", **quiet)
-    with pytest.raises(ConfigError, match=r"is a ldm export; 'synth train bridge' fine-tunes bridge exports"):
+    with pytest.raises(ConfigError, match=r"is an export of 'synth train ldm'; 'synth train bridge' fine-tunes bridge exports"):
         train_bridge(tiny_cfg(f"data.name={two}", *TWO, "train.steps=2", f"model.pretrained={tiny_export}"),
                      tmp_path / "r4", **quiet)
     assert not (tmp_path / "r1" / "export").exists() and not (tmp_path / "r4" / "checkpoints").exists()
+
+
+def test_a_text_model_fine_tunes_a_synth_text_export(tmp_path, tiny_export):
+    from synth.trainers.ldm import train_ldm
+
+    said = []
+    export = train_ldm(tiny_cfg("train.steps=2", f"model.pretrained={tiny_export}"), tmp_path / "ft", log=said.append)
+    meta = json.loads((export / "synth.json").read_text())
+    first = json.loads((tiny_export / "synth.json").read_text())
+    assert meta["train_subset"]["foundation"]["weights_sha256"] == first["weights_sha256"]
+    assert any("pretrained:" in s for s in said)
+    with pytest.raises(ConfigError, match=r"set train.path=diffusion"):
+        train_ldm(tiny_cfg("train.steps=2", f"model.pretrained={tiny_export}", "train.path=flow"), tmp_path / "f2",
+                  **quiet)
