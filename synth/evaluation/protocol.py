@@ -86,15 +86,6 @@ def arm_ratios(arm: str, e: EvalConfig, fraction: float | None = None) -> list[f
     return [1.0]
 
 
-def syn_real(arm: str, ratio: float, e: EvalConfig) -> float | None:
-    """The synthetic:real ratio of images a classifier of ``arm`` saw (None for real only)."""
-    if arm in ("mixed", "pseudo"):
-        return ratio / (1 - ratio) if ratio < 1 else math.inf
-    if arm in ("pretrain", "duplicate"):
-        return ratio * e.classifier_steps / e.finetune_steps
-    return math.inf if arm == "synthetic" else None
-
-
 def plan_cells(e: EvalConfig) -> list[Cell]:
     """Every classifier the protocol trains, in an order that finishes whole fractions first."""
     cells = []

@@ -194,6 +194,22 @@ def targets(groups: list[dict], e: EvalConfig) -> list[dict]:
     return res
 
 
+def _gap_cell(g: dict) -> str:
+    """Gap closed as a percentage, in brackets when the gap itself is under two standard errors (noise)."""
+    gc = _f(g["gap_closed"], ".0%")
+    return f"({gc})" if g["arm"] != "real" and gc != "–" and not g.get("gap_resolved") else gc
+
+
+def _cost_lines(costs: dict) -> list[str]:
+    """The markdown table of wall seconds spent making each generator and set (none when nothing was made)."""
+    if not costs:
+        return []
+    return (["", "## What the synthetic data cost (wall seconds on this machine)", "",
+             "| generator or set | training s | sampling s |", "|---|---|---|"]
+            + [f"| {name} | {_f(c.get('generator_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |"
+               for name, c in sorted(costs.items())])
+
+
 def _f(x, spec=".4f") -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -232,9 +248,7 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
               "| fraction | n real | arm | synthetic share | guidance | AUROC | accuracy | Δ AUROC | p | gap closed | CPU s |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
-        gc = _f(g["gap_closed"], ".0%")
-        if g["arm"] != "real" and gc != "–" and not g.get("gap_resolved"):
-            gc = f"({gc})"
+        gc = _gap_cell(g)
         lines.append(f"| {g['fraction']:g} | {g['n_real']} | {ARM_NAMES[g['arm']]} | {_share(g)} | "
                      f"{_f(g['guidance'], 'g')} | {g['auroc_mean']:.4f} ± {g['auroc_std']:.4f} | "
                      f"{g['accuracy_mean']:.3f} ± {g['accuracy_std']:.3f} | {_f(g['delta_vs_real'], '+.4f')} | "
@@ -247,12 +261,7 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
             v += f" (gap {t['gap']:.4f} is within noise)"
         lines.append(f"| {t['fraction']:g} | {t['target']} | {ARM_NAMES[t['best_arm']]} (share {_share(t | {'arm': t['best_arm']})}) "
                      f"| {v} | {_f(t.get('delta'), '+.4f')}, p {_f(t.get('p'), '.2g')} | {'yes' if t['met'] else '**no**'} |")
-    costs = summary.get("costs") or {}
-    if costs:
-        lines += ["", "## What the synthetic data cost (wall seconds on this machine)", "",
-                  "| generator or set | training s | sampling s |", "|---|---|---|"]
-        for name, c in sorted(costs.items()):
-            lines.append(f"| {name} | {_f(c.get('generator_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |")
+    lines += _cost_lines(summary.get("costs") or {})
     fid = summary.get("fidelity") or {}
     if fid:
         lines += ["", "## Fidelity, privacy and utility side by side", "",
@@ -315,9 +324,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
         "| fraction | n real | recipe | arm | syn:real | AUROC | Δ vs (a) | p vs (a) | Δ vs control | p vs control | gap closed | CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for g in groups:
-        gc = _f(g["gap_closed"], ".0%")
-        if g["arm"] != "real" and gc != "–" and not g.get("gap_resolved"):
-            gc = f"({gc})"
+        gc = _gap_cell(g)
         lines.append(f"| {g['fraction']:g} | {g['n_real']} | {g['recipe']} | {arm_name(g)} | {_ratio(g)} | "
                      f"{g['auroc_mean']:.4f} ± {g['auroc_std']:.4f} | {_f(g['delta_vs_real'], '+.4f')} | "
                      f"{_f(g['p_vs_real'], '.2g')} | {_f(g['delta_vs_control'], '+.4f')} | {_f(g['p_vs_control'], '.2g')} | "
@@ -336,12 +343,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
         lines.append(f"| {t['fraction']:g} | {t['recipe']} | {t['target']} | {arm_name(b)} (syn:real {_ratio(b)}) | {v} | "
                      f"{_f(b.get('delta_vs_control'), '+.4f')}, p {_f(b.get('p_vs_control'), '.2g')} | {ps} | "
                      f"{'yes' if t['met'] else '**no**'} | {'yes' if t.get('agree') else 'no'} |")
-    costs = summary.get("costs") or {}
-    if costs:
-        lines += ["", "## What the synthetic data cost (wall seconds on this machine)", "",
-                  "| generator or set | training s | sampling s |", "|---|---|---|"]
-        for name, c in sorted(costs.items()):
-            lines.append(f"| {name} | {_f(c.get('generator_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |")
+    lines += _cost_lines(summary.get("costs") or {})
     pseudo = summary.get("pseudo") or {}
     if pseudo:
         lines += ["", "## Pseudo-labelling teachers", "", "| teacher | pool | kept | kept per class | accuracy of kept labels (hidden truth) | teacher CPU s |",
@@ -383,6 +385,19 @@ def fidelity_row(name: str, r: dict, utility: dict | None = None) -> str:
             f"({_f(get('privacy', 'real_rate'), '.3f')}) | {_f(u.get('synthetic'), '.4f')} | {_f(u.get('mixed'), '.4f')} |")
 
 
+def _fraction_axes(ax, groups: list[dict], title: str, what: str, fontsize: int = 8) -> None:
+    """Log-scaled training fractions on x (ticks at the studied ones), AUROC on y, title, grid and legend."""
+    ax.set_xscale("log")
+    fracs = sorted({g["fraction"] for g in groups})
+    ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
+    ax.minorticks_off()
+    ax.set_xlabel(f"{what} of the real training split (log scale)")
+    ax.set_ylabel("test AUROC (mean ± std over classifier seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=fontsize, loc="lower right")
+
+
 def chart_pool(summary: dict, cfg: Config, path: Path) -> None:
     """One panel per classifier recipe: AUROC vs labelled fraction per arm and generator (mean ± std over seeds);
     for arms swept over syn:real ratios, the ratio with the best mean over fractions (named in the legend)."""
@@ -404,15 +419,7 @@ def chart_pool(summary: dict, cfg: Config, path: Path) -> None:
             label = arm_name(gs[0]) + (f" (syn:real {_ratio(gs[0])})" if len(ratios) > 1 else "")
             ax.errorbar([g["fraction"] for g in gs], [g["auroc_mean"] for g in gs], yerr=[g["auroc_std"] for g in gs],
                         marker="o", capsize=3, label=label, ls="--" if arm in ("real", "duplicate", "pseudo") else "-")
-        ax.set_xscale("log")
-        fracs = sorted({g["fraction"] for g in mine})
-        ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
-        ax.minorticks_off()
-        ax.set_xlabel("labelled fraction of the real training split (log scale)")
-        ax.set_ylabel("test AUROC (mean ± std over classifier seeds)")
-        ax.set_title(f"{cfg.data.name}, classifier recipe {rc}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        _fraction_axes(ax, mine, f"{cfg.data.name}, classifier recipe {rc}", "labelled fraction", fontsize=7)
     fig.tight_layout()
     atomic_save_with(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
@@ -443,15 +450,7 @@ def chart(summary: dict, cfg: Config, path: Path) -> None:
         gs = sorted(gs, key=lambda g: g["fraction"])
         ax.errorbar([g["fraction"] for g in gs], [g["auroc_mean"] for g in gs], yerr=[g["auroc_std"] for g in gs],
                     marker="o", capsize=3, label=name)
-    ax.set_xscale("log")
-    fracs = sorted({g["fraction"] for g in groups})
-    ax.set_xticks(fracs, [f"{f:g}" for f in fracs])
-    ax.minorticks_off()
-    ax.set_xlabel("fraction of the real training split (log scale)")
-    ax.set_ylabel("test AUROC (mean ± std over seeds)")
-    ax.set_title(f"{cfg.data.name}: classifier AUROC by training arm (guidance {main_w:g})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    _fraction_axes(ax, groups, f"{cfg.data.name}: classifier AUROC by training arm (guidance {main_w:g})", "fraction")
     if has_sweep:
         ax2 = axes[0][1]
         for arm in sorted({g["arm"] for g in sweep}):
