@@ -116,13 +116,25 @@ def adapt_bridge_unet(unet, old: list[str], new: list[str], class_init: str) -> 
     return adapted, notes
 
 
+def never_saw_labels(meta: dict) -> bool:
+    """Whether an export was trained on its unlabelled pool only (``train.unlabelled_share=1``)."""
+    pool = (meta.get("train_subset") or {}).get("unlabelled") or {}
+    return float(pool.get("share", 0.0)) >= 1.0
+
+
 def load_bridge_foundation(meta: dict, domains: list[str], cfg: Config, channels: int, say):
     """(codec, UNet) of a bridge export to fine-tune on ``domains``; notes go to ``say``."""
     from synth.samplers.bridge import BridgeGenerator
 
     check_foundation_channels(meta, channels)
     gen = BridgeGenerator.from_export(meta["path"], allow_pickle=bool(getattr(cfg.model, "allow_pickle", False)))
-    unet, notes = adapt_bridge_unet(gen.unet.train(), list(gen.domains), domains, cfg.model.class_init)
+    class_init = cfg.model.class_init
+    if never_saw_labels(meta) and class_init != "fresh":
+        # its class rows are the random initial ones: the null row is what the pool taught
+        say(f"model.pretrained '{meta['path']}' never saw a labelled image (train.unlabelled_share=1): every class "
+            f"embedding starts from its null embedding")
+        class_init = "fresh"
+    unet, notes = adapt_bridge_unet(gen.unet.train(), list(gen.domains), domains, class_init)
     for note in notes:
         say(note)
     say(f"fine-tuning the bridge export '{meta['path']}' ({meta.get('model_id')}); model.unet settings are the export's")

@@ -155,6 +155,13 @@ def test_pool_trains_under_the_null_domain_and_resumes_exactly(tmp_path):
     rec = json.loads((only_pool / "synth.json").read_text())["train_subset"]
     assert rec["n"] == 43 and rec["unlabelled"]["n"] == 24 and rec["unlabelled"]["share"] == 1.0
     assert rec["unlabelled"]["kind"] == "source" and len(rec["unlabelled"]["sha256"]) == 16
+    # fine-tuning that pool-only foundation: its class rows were never trained, so they start from its null row
+    said = []
+    tuned = train_bridge(tiny_cfg(f"data.name={npz}", *TWO, "train.steps=1", "train.lr=1e-12", "train.warmup_steps=0",
+                                  f"model.pretrained={only_pool}"), tmp_path / "ft", log=said.append)
+    assert any("never saw a labelled image" in s for s in said)
+    table = load_generator(tuned).unet.class_embedding.weight
+    assert torch.allclose(table[0], trained[2], atol=1e-6) and torch.allclose(table[1], trained[2], atol=1e-6)
     # a run of 6 steps equals 3 steps + resume to 6
     whole = train_bridge(tiny_cfg(*base, "train.steps=6"), tmp_path / "a", **quiet)
     train_bridge(tiny_cfg(*base, "train.steps=3"), tmp_path / "b", **quiet)
