@@ -61,6 +61,7 @@ class LabelSchema:
     domains: tuple[str, ...] = ()
     prompt_template: str = "{label}"  # names no modality: a preset for chest X-rays says so itself
     prompts: dict = field(default_factory=dict)  # class name -> prompt override
+    caption_template: str = "{prompt}"  # rows with free text (synth.captions)
 
     def __post_init__(self):
         for key, names in (("labels.classes", self.classes), ("labels.domains", self.domains)):
@@ -139,6 +140,8 @@ class LabelSchema:
     def to_json(self) -> dict:
         d = asdict(self)
         d["classes"], d["domains"] = list(self.classes), list(self.domains)
+        if d["caption_template"] == "{prompt}":
+            del d["caption_template"]  # the default: exports keep the bytes they had before it existed
         return d
 
     @classmethod

@@ -29,6 +29,7 @@ from synth.models import (allows_pickle, build_noise_scheduler, build_text_encod
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
 from synth.trainers.checkpoints import latest_checkpoint
+from synth.captions import check_caption_template, render_captions
 from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
 from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
@@ -54,7 +55,7 @@ class LDMParts:
 def schema_from(cfg: Config, data: ImageSet) -> LabelSchema:
     classes = cfg.labels.classes or data.classes
     return LabelSchema(classes=classes, domains=cfg.labels.domains, prompt_template=cfg.labels.prompt_template,
-                       prompts=cfg.labels.prompts)
+                       prompts=cfg.labels.prompts, caption_template=cfg.labels.caption_template)
 
 
 def check_labels(data: ImageSet, schema: LabelSchema, split: str, named: bool = True) -> None:
@@ -74,12 +75,30 @@ def check_labels(data: ImageSet, schema: LabelSchema, split: str, named: bool = 
                               f"add images of it to the training data")
 
 
-def prompts_of(data: ImageSet, schema: LabelSchema) -> list[str]:
-    """One prompt per image: its free text if given, else the class template."""
+def prompts_of(data: ImageSet, schema: LabelSchema, labels_cfg=None, say=None) -> list[str]:
+    """One prompt per image: its caption through ``labels.caption_template`` (cleaned, :mod:`synth.captions`) when
+    it has one, else its class prompt; rows without a caption are counted in a note."""
     by_class = [schema.prompt_for(k) for k in range(schema.num_classes)]
-    if data.prompts:
-        return [p or by_class[int(l)] for p, l in zip(data.prompts, data.labels)]
-    return [by_class[int(l)] for l in data.labels]
+    labels = [int(x) for x in data.labels]
+    if not data.prompts:
+        return [by_class[k] for k in labels]
+    check_caption_template(schema.caption_template, list(data.columns or {}), data.source)
+    captions, empty = render_captions(schema.caption_template, data.prompts, [schema.classes[k] for k in labels],
+                                      data.columns or {}, deid=getattr(labels_cfg, "clean_captions", True),
+                                      section=getattr(labels_cfg, "report_section", "all"))
+    if empty and say is not None:
+        say(f"{empty} of {len(captions)} training images have no caption (after cleaning): they train under their "
+            f"class prompt")
+    return [c or by_class[k] for c, k in zip(captions, labels)]
+
+
+def count_cut(tokenizer, prompts: list[str], max_length: int) -> int:
+    """How many distinct prompts are longer than the text encoder's window of ``max_length`` tokens."""
+    uniq = sorted(set(prompts))
+    if not uniq:
+        return 0
+    lengths = [len(ids) for ids in tokenizer(uniq, truncation=False, verbose=False).input_ids]
+    return sum(n > max_length for n in lengths)
 
 
 def load_codec(cfg: Config, pretrained_vae=None, channels: int = 1):
@@ -359,7 +378,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     schema = schema_from(cfg, train)
     check_labels(train, schema, "train", named=bool(cfg.labels.classes))
     check_labels(val, schema, "validation")
-    prompts = prompts_of(train, schema)
+    prompts = prompts_of(train, schema, cfg.labels, say)
     for note in check_splits_agree(train, val):
         say(note)
     say(f"data: {len(train)} train / {len(val)} val {channel_word(train.channels)} images from {train.source} "
@@ -375,6 +394,10 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if parts is None:
         parts = build_parts(cfg, run, schema, corpus, save=False, channels=train.channels)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
+    cut = count_cut(parts.tokenizer, prompts, parts.max_length)
+    if cut:
+        say(f"{cut} of {len(set(prompts))} distinct prompts are longer than the text encoder's window of "
+            f"{parts.max_length} tokens and are cut to it")
     train_text = cfg.train.text_lr is not None
     text_encoder.requires_grad_(train_text)
     if not train_text:

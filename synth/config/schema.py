@@ -110,6 +110,11 @@ class LabelsConfig:
     domains: list[str] = field(default_factory=list)
     prompt_template: str = "{label}"  # names no modality: a preset for chest X-rays says so itself
     prompts: dict[str, str] = field(default_factory=dict)  # per-class override
+    # a row with free text (a manifest's prompt column): its prompt; may name {prompt}, {label} and any column
+    caption_template: str = "{prompt}"
+    clean_captions: bool = True  # whitespace runs to one space; de-identification placeholders (XXXX, [** **]) dropped
+    # keep a report's FINDINGS: and/or IMPRESSION: section (the whole text when it has no such header)
+    report_section: str = choice("all", ("all", "findings", "impression", "findings+impression"))
 
 
 @dataclass(frozen=True)

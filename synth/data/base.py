@@ -44,6 +44,8 @@ class ImageSet:
     indices: torch.Tensor | None = None  # rows of the source split this set keeps (None: all, in order)
     n_source: int | None = None  # size of the source split before subsetting
     notes: list[str] = field(default_factory=list)  # what loading changed that the user should hear (alpha dropped)
+    # a manifest's other columns (type, plane, age, ...) as text, one value per image: caption templates name them
+    columns: dict[str, list[str]] | None = None
 
     @property
     def channels(self) -> int:

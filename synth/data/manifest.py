@@ -5,7 +5,7 @@ import csv
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,6 +32,7 @@ class ManifestRow:
     label: str  # stripped text: a class name, or a class index written in digits
     prompt: str
     split: str  # train | val | test
+    extra: dict = field(default_factory=dict)  # the manifest's other columns, as text
 
 
 @dataclass
@@ -42,6 +43,7 @@ class ManifestSplit:
     labels: list[int]
     classes: list[str]
     prompts: list[str]
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _manifest_text(path: Path) -> str:
@@ -165,6 +167,16 @@ def _row_label(where: str, name: str, value: Any, allow_empty: bool = False) -> 
     return value.strip() if isinstance(value, str) else str(value)
 
 
+RESERVED_COLUMNS = ("file_name", "label", "prompt", "split")
+
+
+def _column_text(value: Any) -> str:
+    """Any other column's value as text for caption templates: null is '', numbers and lists as JSON writes them."""
+    if value is None:
+        return ""
+    return value.strip() if isinstance(value, str) else json.dumps(value)
+
+
 def _row_text(where: str, name: str, column: str, value: Any) -> str:
     """An optional text field (prompt): missing or null is ''."""
     if value is None or isinstance(value, str):
@@ -189,7 +201,8 @@ def _manifest_row(path: Path, line: int, raw: dict, allow_empty: bool = False) -
     where = f"manifest '{path}' line {line}"
     name = _row_file_name(path, where, raw.get("file_name"))
     return ManifestRow(line, name, _row_label(where, name, raw.get("label"), allow_empty),
-                       _row_text(where, name, "prompt", raw.get("prompt")), _row_split(where, name, raw.get("split")))
+                       _row_text(where, name, "prompt", raw.get("prompt")), _row_split(where, name, raw.get("split")),
+                       {k: _column_text(v) for k, v in raw.items() if k not in RESERVED_COLUMNS})
 
 
 def _read_manifest_rows(path: Path, unlabelled: bool = False) -> list[ManifestRow]:
@@ -268,8 +281,10 @@ def read_manifest(path: Path, split: str, classes: list[str] | None = None, skip
     names = _class_names(path, rows, classes)
     ids = _label_ids(path, rows, names)
     mine = [k for k, r in enumerate(rows) if r.split == split]
+    names_of_columns = list(dict.fromkeys(c for r in rows for c in r.extra))  # in the order the manifest has them
+    columns = {c: [rows[k].extra.get(c, "") for k in mine] for c in names_of_columns}
     return ManifestSplit([path.parent / rows[k].file_name for k in mine], [ids[k] for k in mine], names,
-                         [rows[k].prompt for k in mine])
+                         [rows[k].prompt for k in mine], columns)
 
 
 def load_manifest(path: Path, split: str, size: int, on_error: str, classes: list[str] | None,
@@ -278,9 +293,10 @@ def load_manifest(path: Path, split: str, size: int, on_error: str, classes: lis
     m = read_manifest(path, split, classes, skip_unlabelled)
     images, kept, notes = _read_files(m.files, size, on_error, channels)
     prompts = [m.prompts[i] for i in kept]
+    columns = {c: [v[i] for i in kept] for c, v in m.columns.items()}
     return ImageSet(images, torch.tensor([m.labels[i] for i in kept], dtype=torch.long),
                     m.classes, prompts=prompts if any(prompts) else None, source=str(path),
-                    skipped=len(m.files) - len(kept), notes=notes)
+                    skipped=len(m.files) - len(kept), notes=notes, columns=columns or None)
 
 
 def unlabelled_manifest_files(path: Path, only_empty: bool) -> list[Path]:

@@ -209,8 +209,9 @@ def with_pool(train: ImageSet, pool: UnlabelledPool | None) -> ImageSet:
         return train
     labels = torch.cat([train.labels, torch.full((len(pool),), -1, dtype=torch.long)])
     prompts = (train.prompts or [""] * len(train)) + [""] * len(pool)
+    columns = {k: v + [""] * len(pool) for k, v in train.columns.items()} if train.columns else None
     return ImageSet(torch.cat([train.images, pool.images]), labels, train.classes, prompts, train.source, train.skipped,
-                    None, train.n_source, train.notes)
+                    None, train.n_source, train.notes, columns)
 
 
 __all__ = ["UnlabelledPool", "load_pool", "pool_kind", "with_pool", "content_hash", "POOL_NPZ_KEY"]

@@ -19,8 +19,10 @@ from synth.data.sources import MEDMNIST_CLASSES, load_image_folder, resolve_medm
 
 def _subset(s: ImageSet, idx: torch.Tensor) -> ImageSet:
     rows = idx if s.indices is None else s.indices[idx]
-    return ImageSet(s.images[idx], s.labels[idx], s.classes, [s.prompts[i] for i in idx.tolist()] if s.prompts else None,
-                    s.source, s.skipped, rows, s.n_source, s.notes)
+    keep = idx.tolist()
+    columns = {k: [v[i] for i in keep] for k, v in s.columns.items()} if s.columns else None
+    return ImageSet(s.images[idx], s.labels[idx], s.classes, [s.prompts[i] for i in keep] if s.prompts else None,
+                    s.source, s.skipped, rows, s.n_source, s.notes, columns)
 
 
 def min_fraction(counts: list[int]) -> float:
