@@ -265,8 +265,9 @@ class SampleJob:
     def make(self, idx: list[int]) -> np.ndarray:
         """uint8 (len(idx), H, W) grey or (len(idx), H, W, 3) RGB images (idx already padded to the batch length)."""
         conds = [condition_for(i, self.req.spec, self.schema) for i in idx]
+        extra = {"negative_prompt": self.req.negative_prompt} if self.req.negative_prompt else {}
         batch = self.gen.sample(conds, [self.seed(i) for i in idx], steps=self.req.steps, guidance=self.req.guidance,
-                                sampler=self.req.sampler)
+                                sampler=self.req.sampler, **extra)
         return to_hwc(batch.images)
 
 

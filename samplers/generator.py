@@ -169,14 +169,19 @@ class LDMGenerator:
 
     @torch.no_grad()
     def sample(self, conditions: Sequence[Condition], seeds: Sequence[int], *, steps: int = 25,
-               guidance: float = 1.5, sampler: str = "dpmpp_2m", noise: torch.Tensor | None = None) -> SampleBatch:
-        """Generate one image per (condition, seed). Returns uint8 (B, 1, R, R) images."""
+               guidance: float = 1.5, sampler: str = "dpmpp_2m", noise: torch.Tensor | None = None,
+               negative_prompt: str = "") -> SampleBatch:
+        """Generate one image per (condition, seed). Returns uint8 (B, 1, R, R) images.
+
+        ``negative_prompt``: guidance pushes away from this text instead of from the null prompt (as diffusers'
+        ``negative_prompt`` does); it has no effect at guidance 1."""
         if len(conditions) != len(seeds):
             raise ValueError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
         c = self.chunk_size
         if c and len(seeds) > c:
             parts = [self.sample(conditions[i:i + c], seeds[i:i + c], steps=steps, guidance=guidance, sampler=sampler,
-                                 noise=None if noise is None else noise[i:i + c]) for i in range(0, len(seeds), c)]
+                                 noise=None if noise is None else noise[i:i + c], negative_prompt=negative_prompt)
+                     for i in range(0, len(seeds), c)]
             return SampleBatch(torch.cat([p.images for p in parts]), [x for p in parts for x in p.conditions],
                                list(seeds), parts[0].settings)
         solve = solvers.get(sampler).fn
@@ -184,7 +189,7 @@ class LDMGenerator:
         device, dtype = p.device, p.dtype
         prompts = [c.prompt or (self.schema.prompt_for(c.label) if c.label is not None else "") for c in conditions]
         cond = self.text_embeddings(prompts).to(device, dtype)
-        uncond = self.text_embeddings([""] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
+        uncond = self.text_embeddings([negative_prompt] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
         gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
         if self.is_flow:
             x0 = (self.initial_noise(seeds) if noise is None else noise).to(device, torch.float32)

@@ -64,13 +64,15 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
                batch_size="auto", seed: int = 0, fmt: str = "imagefolder", shard_size: int = 1000,
                dtype: str = "float32", compile: bool | None = None, channels_last: bool = False, chunk_size: int = 0,
                attention: str = "sdpa", device: str | None = None, overwrite: bool = False, shrink: bool = False,
-               allow_pickle: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> BulkResult:
+               allow_pickle: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+               negative_prompt: str = "") -> BulkResult:
     """``n`` labelled images of the export ``model`` into ``out`` (resumes or extends what is there)."""
     from synth.samplers.generator import auto_batch_size, should_compile
 
     if labels and prompts_file:
         raise ConfigError("pass either --labels or --prompts, not both")
     meta = read_artifact(model)
+    check_negative_prompt(negative_prompt, meta, guidance, log)
     schema = LabelSchema.from_json(meta["labels"])
     if isinstance(labels, ConditionSpec):  # already parsed (synth eval: balanced, without the normalisation note)
         spec = labels
@@ -87,7 +89,7 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
                       steps=steps if steps is not None else d.get("steps", 25),
                       guidance=guidance if guidance is not None else d.get("guidance", 1.5),
                       seed=seed, batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype,
-                      overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle)
+                      overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle, negative_prompt=negative_prompt)
     req = _legacy_label_order(req, schema)  # a set made before exact quotas keeps its labels (before the out check)
     _check_out_first(req, meta, dev, out, bs is not None)
     gen = load_generator(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
@@ -105,6 +107,21 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return run_bulk(req, gen, device=dev, progress=progress, log=log)
+
+
+def check_negative_prompt(text: str, meta: dict, guidance: float | None, log: Callable[[str], None]) -> None:
+    """A negative prompt needs a text-conditioned model, and guidance to act through."""
+    if not text:
+        return
+    if meta.get("kind") == "bridge" or meta.get("conditioner", "text") != "text":
+        raise ConfigError(f"--negative-prompt needs a text-conditioned model, but '{meta['path']}' is conditioned on "
+                          f"classes only (a '{meta.get('kind')}' export); drop --negative-prompt")
+    if "\n" in text or len(text) > 10_000:
+        raise ConfigError(f"--negative-prompt must be one line of text under 10,000 characters (got {len(text)} "
+                          f"characters); shorten it")
+    g = guidance if guidance is not None else meta.get("default_sampling", {}).get("guidance", 1.5)
+    if g == 1.0:
+        log("note: --negative-prompt has no effect at --guidance 1 (guidance is what steers away from it)")
 
 
 def translate_set(model: str | Path, input_: str | Path, source: str, target: str, out: str | Path, *,
@@ -145,4 +162,4 @@ def translate_set(model: str | Path, input_: str | Path, source: str, target: st
     return run_bulk(req, gen, device=dev, progress=progress, log=log, job=TranslateJob(req, data, gen))
 
 
-__all__ = ["batch_size_arg", "prepare_device", "sample_set", "translate_set"]
+__all__ = ["check_negative_prompt", "batch_size_arg", "prepare_device", "sample_set", "translate_set"]

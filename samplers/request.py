@@ -40,6 +40,7 @@ class BulkRequest:
     overwrite: bool = False
     shrink: bool = False  # allow a smaller --n than the folder holds: the images past it are deleted
     allow_pickle: bool = False  # load an export that also holds pickle weights (never unpickled; see load_generator)
+    negative_prompt: str = ""  # the text guidance steers away from (in place of the null prompt)
 
     def identity(self, meta: dict, schema: LabelSchema, device: str | torch.device = "cpu") -> dict:
         """Everything that decides the pixels and layout (never ``n`` or the process count).
@@ -50,6 +51,8 @@ class BulkRequest:
                  "sampler": self.sampler, "steps": self.steps, "guidance": self.guidance, "seed": self.seed,
                  "format": self.format, "shard_size": self.shard_size, "dtype": self.dtype,
                  "conditions": self.spec.to_json(schema)}
+        if self.negative_prompt:  # absent when unused: sets made before it existed keep their identity
+            ident["negative_prompt"] = self.negative_prompt
         return {**ident, **device_identity(device, self.batch_size)}
 
 

@@ -53,6 +53,8 @@ def metadata_row(index: int, cond: Condition, seed: int, req, schema: LabelSchem
     row = {"index": index, "label": None if cond.label is None else schema.classes[cond.label],
            "label_id": cond.label, "prompt": cond.prompt, "seed": seed, "sampler": req.sampler,
            "steps": req.steps, "guidance": req.guidance}
+    if getattr(req, "negative_prompt", ""):
+        row["negative_prompt"] = req.negative_prompt
     if req.format == "imagefolder":
         row = {"file_name": f"{shard_name(index // req.shard_size)}/{png_name(index)}", **row}
     return row
