@@ -14,6 +14,7 @@ from synth.config import ConfigError
 from synth.labels import LabelSchema
 from synth.samplers.bulk import (BulkRequest, BulkResult, ConditionSpec, _legacy_label_order, check_out, check_request, deterministic_kernels, dist_info,
                                  parse_label_spec, parse_prompt_file, run_bulk)
+from synth.sampleset.conditions import parse_prompt_manifest
 from synth.samplers.generator import ArtifactError, load_generator, read_artifact
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -65,7 +66,7 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
                dtype: str = "float32", compile: bool | None = None, channels_last: bool = False, chunk_size: int = 0,
                attention: str = "sdpa", device: str | None = None, overwrite: bool = False, shrink: bool = False,
                allow_pickle: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-               negative_prompt: str = "") -> BulkResult:
+               negative_prompt: str = "", prompts_split: str = "all") -> BulkResult:
     """``n`` labelled images of the export ``model`` into ``out`` (resumes or extends what is there)."""
     from synth.samplers.generator import auto_batch_size, should_compile
 
@@ -76,6 +77,10 @@ def sample_set(model: str | Path, out: str | Path, n: int, *, labels: "str | Con
     schema = LabelSchema.from_json(meta["labels"])
     if isinstance(labels, ConditionSpec):  # already parsed (synth eval: balanced, without the normalisation note)
         spec = labels
+    elif prompts_file and Path(prompts_file).suffix.lower() in (".csv", ".jsonl"):
+        labels_cfg = (meta.get("config") or {}).get("labels") or {}  # clean captions as training did
+        spec = parse_prompt_manifest(prompts_file, schema, prompts_split, clean=labels_cfg.get("clean_captions", True),
+                                     section=labels_cfg.get("report_section", "all"))
     elif prompts_file:
         spec = parse_prompt_file(prompts_file, schema)
     else:

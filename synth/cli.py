@@ -185,8 +185,11 @@ def train_bridge_cmd(config, run_dir, overrides):
                    "(torchrun's own parser claims --n).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--labels", default=None, help='Label weights, e.g. "normal=0.5,pneumonia=0.5" (default: uniform).')
-@click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="File with one prompt or label per line.")
+@click.option("--prompts", "prompts_file", default=None, type=click.Path(), help="File with one prompt or label per line, or a CSV/JSONL manifest whose 'prompt' (caption), 'label' and other "
+                   "columns make each image's condition and go into its metadata.")
 @click.option("--negative-prompt", default="", help="Text guidance steers away from (text models; needs --guidance > 1).")
+@click.option("--prompts-split", default="all", show_default=True, type=click.Choice(["all", "train", "val", "test"]),
+              help="With a --prompts manifest (.csv/.jsonl): only its rows of this split.")
 @click.option("--guidance", type=float, default=None, help="Classifier-free guidance w (1 = none); default: the model's.")
 @click.option("--steps", type=int, default=None, help="Solver steps; default: the model's.")
 @click.option("--sampler", default=None, help=f"{solvers.help_text()} (default: the model's).")
@@ -205,7 +208,7 @@ def train_bridge_cmd(config, run_dir, overrides):
               help="Run the network on chunks of this many images (cache-sized on CPU, e.g. 16); 0: whole batch.")
 @click.option("--attention", type=click.Choice(["sdpa", "xformers"]), default="sdpa", show_default=True)
 @_set_options
-def sample(model, n, out, labels, prompts_file, negative_prompt, guidance, steps, sampler, batch_size, seed, fmt,
+def sample(model, n, out, labels, prompts_file, negative_prompt, prompts_split, guidance, steps, sampler, batch_size, seed, fmt,
            shard_size, dtype, compile_, channels_last, chunk_size, attention, device, overwrite, shrink, allow_pickle,
            quiet):
     """Sample N labelled images to DIR, resumably; split across processes under torchrun."""
@@ -216,7 +219,8 @@ def sample(model, n, out, labels, prompts_file, negative_prompt, guidance, steps
                          sampler=sampler, batch_size=batch_size, seed=seed, fmt=fmt, shard_size=shard_size, dtype=dtype,
                          compile=compile_, channels_last=channels_last, chunk_size=chunk_size, attention=attention,
                          device=device, overwrite=overwrite, shrink=shrink, allow_pickle=allow_pickle,
-                         progress=not quiet, log=lambda m: click.echo(m, err=True), negative_prompt=negative_prompt)
+                         progress=not quiet, log=lambda m: click.echo(m, err=True), negative_prompt=negative_prompt,
+                         prompts_split=prompts_split)
         if res.manifest:
             click.echo(f"{res.manifest['n_done']} images in {out} ({res.generated} new, {res.images_per_s:.1f} images/s); "
                        f"counts {res.manifest['counts_per_label']}")

@@ -7,6 +7,8 @@ or rank), its labels from :mod:`synth.allocation`.  ``synth sample`` writes the 
 """
 from __future__ import annotations
 
+import json
+
 import math
 import numbers
 from dataclasses import dataclass
@@ -24,13 +26,22 @@ class ConditionSpec:
     labels: tuple[tuple[int, float], ...] = ()
     lines: tuple[tuple[int | None, str], ...] = ()  # (label or None, prompt) per line
     order: str = "quota"  # synth.allocation: "weyl" only for sets made before exact quotas
+    # per line of a prompts manifest: its caption, file and other columns (into each image's metadata)
+    sources: tuple[tuple[tuple[str, str], ...], ...] = ()
 
     def to_json(self, schema: LabelSchema) -> dict:
         if self.labels:
             weights = {"labels": {schema.classes[k]: w for k, w in self.labels}}
             # a set made before exact quotas has no key: it resumes with its own (weyl) labels
             return weights if self.order == "weyl" else {**weights, "label_order": self.order}
-        return {"prompts": [{"label": None if k is None else schema.classes[k], "prompt": p} for k, p in self.lines]}
+        out = {"prompts": [{"label": None if k is None else schema.classes[k], "prompt": p} for k, p in self.lines]}
+        if self.sources:
+            out["sources"] = [dict(s) for s in self.sources]
+        return out
+
+    def source_of(self, index: int) -> dict:
+        """The prompts-manifest row image ``index`` was made from ({} for labels and plain prompt files)."""
+        return dict(self.sources[index % len(self.sources)]) if self.sources else {}
 
 
 def split_label_spec(spec: str, schema: LabelSchema, error: type[Exception] = LabelError) -> list[tuple[str, float]]:
@@ -114,6 +125,42 @@ def parse_prompt_file(path: str | Path, schema: LabelSchema) -> ConditionSpec:
     if not lines:
         raise LabelError(f"prompts file '{p}' has no prompts; put one prompt or label per line")
     return ConditionSpec(lines=tuple(lines))
+
+
+def parse_prompt_manifest(path: str | Path, schema: LabelSchema, split: str = "all", clean: bool = True,
+                          section: str = "all") -> ConditionSpec:
+    """One condition per row of a CSV/JSONL manifest (``--prompts m.jsonl``): its ``prompt`` (the caption) through
+    the model's caption template with the row's other columns, cleaned as training cleaned it; its ``label`` when it
+    has one (a class of the model).  The caption, ``file_name`` and columns of each row go into the image's metadata,
+    so a set made from test captions is labelled by them.  ``split``: only rows of that split (``all``: every row)."""
+    from synth.captions import check_caption_template, render_captions
+    from synth.data.manifest import _csv_rows, _jsonl_rows, _manifest_text
+
+    p = Path(path)
+    if not p.is_file():
+        raise LabelError(f"prompts manifest '{p}' not found; pass a CSV/JSONL file with a 'prompt' column")
+    text = _manifest_text(p)
+    columns, raw = _csv_rows(p, text) if p.suffix.lower() == ".csv" else _jsonl_rows(p, text)
+    if "prompt" not in columns:
+        raise LabelError(f"prompts manifest '{p}' has no 'prompt' column (columns: {', '.join(map(str, columns))}); add "
+                         f"one holding each image's caption")
+    rows = [r for _, r in raw if split == "all" or str(r.get("split") or "train").strip().lower() == split]
+    if not rows:
+        raise LabelError(f"prompts manifest '{p}' has no rows" + (f" of split '{split}'" if split != "all" else ""))
+    text_of = lambda v: "" if v is None else (v.strip() if isinstance(v, str) else json.dumps(v))  # noqa: E731
+    others = [c for c in columns if c not in ("prompt", "label")]
+    check_caption_template(schema.caption_template, others, str(p))
+    labels = []
+    for r in rows:
+        name = text_of(r.get("label"))
+        labels.append(schema.index(name) if name else None)
+    cols = {c: [text_of(r.get(c)) for r in rows] for c in others}
+    captions = [text_of(r.get("prompt")) for r in rows]
+    names = [schema.classes[k] if k is not None else "" for k in labels]
+    prompts, _ = render_captions(schema.caption_template, captions, names, cols, deid=clean, section=section)
+    lines = tuple((k, pr or (schema.prompt_for(k) if k is not None else "")) for k, pr in zip(labels, prompts))
+    sources = tuple(tuple([("caption", captions[i])] + [(c, cols[c][i]) for c in others]) for i in range(len(rows)))
+    return ConditionSpec(lines=lines, sources=sources)
 
 
 def condition_for(index: int, spec: ConditionSpec, schema: LabelSchema) -> Condition:

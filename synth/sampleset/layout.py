@@ -55,6 +55,8 @@ def metadata_row(index: int, cond: Condition, seed: int, req, schema: LabelSchem
            "steps": req.steps, "guidance": req.guidance}
     if getattr(req, "negative_prompt", ""):
         row["negative_prompt"] = req.negative_prompt
+    for key, value in req.spec.source_of(index).items():  # a prompts manifest's caption and columns
+        row[key if key not in row and key != "file_name" else f"source_{key}"] = value
     if req.format == "imagefolder":
         row = {"file_name": f"{shard_name(index // req.shard_size)}/{png_name(index)}", **row}
     return row

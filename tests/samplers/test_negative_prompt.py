@@ -47,3 +47,27 @@ def test_negative_prompt_without_text_is_refused(tmp_path, tiny_export):
     sample_set(tiny_export, tmp_path / "g1", 2, steps=2, guidance=1.0, negative_prompt="x", progress=False,
                log=said.append)
     assert any("no effect at --guidance 1" in s for s in said)
+
+
+def test_prompts_from_a_manifest_label_each_image_by_its_row(tmp_path):
+    """--prompts m.jsonl: the caption through the model's caption template, and the row's columns in the metadata."""
+    from synth.trainers.ldm import train_ldm
+    from tests.conftest import tiny_cfg
+    from tests.synth.test_captions import _captioned
+
+    man = _captioned(tmp_path)
+    export = train_ldm(tiny_cfg(f"data.name={man}", "labels.caption_template={type}: {prompt}", "train.steps=1"),
+                       tmp_path / "run", log=lambda *a: None)
+    out = tmp_path / "set"
+    sample_set(export, out, 3, prompts_file=str(man), prompts_split="val", steps=2, batch_size=4, **quiet)
+    rows = [json.loads(x) for p in sorted(out.glob("**/metadata.jsonl")) for x in p.read_text().splitlines()]
+    src = [json.loads(x) for x in man.read_text().splitlines() if json.loads(x)["split"] == "val"]
+    assert [r["prompt"] for r in rows] == [f"{s['type']}: {' '.join(s['prompt'].split())}" for s in src + src[:1]]
+    assert [r["caption"] for r in rows] == [s["prompt"] for s in src + src[:1]]
+    assert rows[0]["plane"] == "Axial" and rows[0]["source_file_name"] == src[0]["file_name"]
+    assert rows[0]["label"] == src[0]["label"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "a mass", "plane": "Axial"}) + "\n")
+    with pytest.raises(Exception, match=r"names the column \{type\}.*\(it has: label, prompt, plane\)"):
+        sample_set(export, tmp_path / "s2", 2, prompts_file=str(bad), **quiet)
+    assert not (tmp_path / "s2").exists()
