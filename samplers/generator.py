@@ -26,12 +26,17 @@ from synth.config import ConfigError
 from synth.paths.diffusion import DiffusionPath
 from synth.paths.flow import FLOW
 from synth.seeds import derive_seed, generator_for
+from synth.textwindows import encode_windows, window_ids
 
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int) -> torch.Tensor:
-    """Prompts -> text embeddings (B, L, D) from the encoder's last hidden state."""
+def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int, windows: int = 1) -> torch.Tensor:
+    """Prompts -> text embeddings (B, W x L, D) from the encoder's last hidden state (``windows`` W:
+    :mod:`synth.textwindows`; 1 truncates to one window of L tokens)."""
+    p = next(text_encoder.parameters())
+    if windows > 1:
+        ids, _ = window_ids(tokenizer, prompts, max_length, windows)
+        return encode_windows(text_encoder, ids.to(p.device))
     ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
                     return_tensors="pt").input_ids
-    p = next(text_encoder.parameters())
     return text_encoder(ids.to(p.device))[0]
 
 
@@ -55,8 +60,9 @@ class LDMGenerator:
 
     def __init__(self, unet, text_encoder, tokenizer, codec, schema: LabelSchema, alphas_cumprod: torch.Tensor,
                  prediction_type: str, resolution: int, max_length: int, model_id: str = "in-memory",
-                 spacing: str = "linspace", path: str = "diffusion"):
+                 spacing: str = "linspace", path: str = "diffusion", windows: int = 1):
         self.unet, self.text_encoder, self.tokenizer, self.codec = unet, text_encoder, tokenizer, codec
+        self.windows = windows  # text windows of max_length tokens per prompt (synth.textwindows)
         self.schema, self.alphas_cumprod = schema, alphas_cumprod
         self.prediction_type, self.resolution, self.max_length = prediction_type, resolution, max_length
         self.model_id = model_id
@@ -112,7 +118,7 @@ class LDMGenerator:
         gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
                   meta["prediction_type"], meta["resolution"], meta["max_length"],
                   model_id=meta.get("model_id", meta["path"]),
-                  path=family)
+                  path=family, windows=int(meta.get("text_windows", 1)))
         return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
@@ -153,7 +159,7 @@ class LDMGenerator:
         """(B, L, D) embeddings, cached per distinct prompt (labels repeat a few prompts)."""
         missing = sorted({pr for pr in prompts if pr not in self._text_cache})
         if missing:
-            emb = encode_prompts(self.tokenizer, self.text_encoder, missing, self.max_length)
+            emb = encode_prompts(self.tokenizer, self.text_encoder, missing, self.max_length, self.windows)
             for pr, e in zip(missing, emb):
                 self._text_cache[pr] = e
         return torch.stack([self._text_cache[pr] for pr in prompts])

@@ -30,7 +30,9 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
     pipe.save_pretrained(tmp, safe_serialization=True)
     return finish_export(tmp, out, "ldm", codec, cfg, schema, train_subset,
                           {"family": cfg.train.path, "conditioner": "text", "prediction_type": cfg.train.prediction_type,
-                           "max_length": max_length},
+                           "max_length": max_length,
+                           # W > 1: prompts are W windows of max_length tokens, concatenated (synth.textwindows)
+                           **({"text_windows": cfg.model.text.windows} if cfg.model.text.windows > 1 else {})},
                           {"sampler": solvers.for_flow(cfg.sample.sampler) if cfg.train.path == "flow"
                            else cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance})
 

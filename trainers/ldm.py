@@ -30,6 +30,7 @@ from synth.models import (allows_pickle, build_noise_scheduler, build_text_encod
 from synth.seeds import image_seed
 from synth.trainers.checkpoints import latest_checkpoint
 from synth.captions import check_caption_template, render_captions
+from synth.textwindows import encode_windows, window_ids
 from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
 from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
@@ -92,13 +93,11 @@ def prompts_of(data: ImageSet, schema: LabelSchema, labels_cfg=None, say=None) -
     return [c or by_class[k] for c, k in zip(captions, labels)]
 
 
-def count_cut(tokenizer, prompts: list[str], max_length: int) -> int:
-    """How many distinct prompts are longer than the text encoder's window of ``max_length`` tokens."""
+def count_cut(tokenizer, prompts: list[str], max_length: int, windows: int = 1) -> int:
+    """How many distinct prompts are longer than ``windows`` windows of ``max_length`` tokens (start and end
+    tokens included in each window)."""
     uniq = sorted(set(prompts))
-    if not uniq:
-        return 0
-    lengths = [len(ids) for ids in tokenizer(uniq, truncation=False, verbose=False).input_ids]
-    return sum(n > max_length for n in lengths)
+    return window_ids(tokenizer, uniq, max_length, windows)[1] if uniq else 0
 
 
 def load_codec(cfg: Config, pretrained_vae=None, channels: int = 1):
@@ -328,16 +327,20 @@ class TrainingData:
     empty_id: int
 
 
-def prompt_tables(parts: LDMParts, prompts: list[str], text_encoder, cache_text: bool, device) -> tuple:
-    """(prompt_id (N,), text (P, L, D) or None, ids (P, L) or None, empty id) on ``device``."""
+def prompt_tables(parts: LDMParts, prompts: list[str], text_encoder, cache_text: bool, device,
+                  windows: int = 1) -> tuple:
+    """(prompt_id (N,), text (P, W x L, D) or None, ids (P, L) or (P, W, L) or None, empty id) on ``device``."""
     uniq = sorted(set(prompts) | {""})
     pos = {p: i for i, p in enumerate(uniq)}
     prompt_id = torch.tensor([pos[p] for p in prompts], dtype=torch.long, device=device)
-    ids = parts.tokenizer(uniq, padding="max_length", max_length=parts.max_length, truncation=True,
-                          return_tensors="pt").input_ids.to(device)
+    if windows > 1:
+        ids = window_ids(parts.tokenizer, uniq, parts.max_length, windows)[0].to(device)
+    else:
+        ids = parts.tokenizer(uniq, padding="max_length", max_length=parts.max_length, truncation=True,
+                              return_tensors="pt").input_ids.to(device)
     if cache_text:
         with torch.no_grad():
-            return prompt_id, text_encoder.to(device)(ids)[0].float(), None, pos[""]
+            return prompt_id, encode_windows(text_encoder.to(device), ids).float(), None, pos[""]
     return prompt_id, None, ids, pos[""]
 
 
@@ -357,7 +360,7 @@ def training_data(cfg: Config, run: Path, train: ImageSet, prompts: list[str], p
     else:
         images = place_data(train.images, device)
     cache_text = not train_text and cfg.train.cache_text
-    prompt_id, text, ids, empty = prompt_tables(parts, prompts, text_encoder, cache_text, device)
+    prompt_id, text, ids, empty = prompt_tables(parts, prompts, text_encoder, cache_text, device, cfg.model.text.windows)
     if text is not None:
         say(f"cached {len(text)} distinct prompt embeddings")
     return TrainingData(images, mean, std, prompt_id, text, ids, empty)
@@ -394,10 +397,12 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if parts is None:
         parts = build_parts(cfg, run, schema, corpus, save=False, channels=train.channels)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
-    cut = count_cut(parts.tokenizer, prompts, parts.max_length)
+    windows = cfg.model.text.windows
+    cut = count_cut(parts.tokenizer, prompts, parts.max_length, windows)
+    span = f"window of {parts.max_length} tokens" if windows == 1 else f"{windows} windows of {parts.max_length} tokens"
     if cut:
-        say(f"{cut} of {len(set(prompts))} distinct prompts are longer than the text encoder's window of "
-            f"{parts.max_length} tokens and are cut to it")
+        say(f"{cut} of {len(set(prompts))} distinct prompts are longer than the text encoder's {span} and are cut to it"
+            + (" (model.text.windows > 1 encodes longer prompts in pieces)" if windows == 1 else ""))
     train_text = cfg.train.text_lr is not None
     text_encoder.requires_grad_(train_text)
     if not train_text:
@@ -454,7 +459,7 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     def make_gen(model, te) -> LDMGenerator:
         return LDMGenerator(model, te, parts.tokenizer, codec, schema, noise_sched.alphas_cumprod.cpu(),
                             cfg.train.prediction_type, cfg.data.resolution, parts.max_length, model_id=str(run),
-                            path=cfg.train.path)
+                            path=cfg.train.path, windows=cfg.model.text.windows)
 
     def after_step(step: int, f: Fitted):
         if cfg.train.sample_every and step % cfg.train.sample_every == 0:

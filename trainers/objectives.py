@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from synth.paths.diffusion import DiffusionPath
+from synth.textwindows import encode_windows
 
 
 class DiffusionObjective(torch.nn.Module):
@@ -24,9 +25,9 @@ class DiffusionObjective(torch.nn.Module):
     def forward(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 ids: torch.Tensor | None = None) -> torch.Tensor:
         """x, noise: (B, c, h, w) clean latents and their noise; t: (B,) int timesteps;
-        text (B, L, D) cached embeddings, or ids (B, L) token ids for the text encoder -> (B,) loss."""
+        text (B, L, D) cached embeddings, or ids (B, L) or (B, W, L) token ids for the text encoder -> (B,) loss."""
         if text is None:
-            text = self.text_encoder(ids)[0]
+            text = encode_windows(self.text_encoder, ids)
         pred = self.unet(self.path.add_noise(x, noise, t), t, encoder_hidden_states=text).sample
         target = self.path.target(x, noise, t)
         per = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

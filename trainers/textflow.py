@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from synth.paths.flow import FLOW
+from synth.textwindows import encode_windows
 
 
 class TextFlowObjective(torch.nn.Module):
@@ -26,7 +27,7 @@ class TextFlowObjective(torch.nn.Module):
                 ids: torch.Tensor | None = None) -> torch.Tensor:
         """x data, noise: (B, c, h, w); t: (B,) float in [0, 1]; text (B, L, D) embeddings or ids (B, L) -> (B,)."""
         if text is None:
-            text = self.text_encoder(ids)[0]
+            text = encode_windows(self.text_encoder, ids)
         x_t = FLOW.interpolate(noise, x, t)
         pred = self.unet(x_t, FLOW.network_time(t), encoder_hidden_states=text).sample
         return F.mse_loss(pred.float(), FLOW.target(noise, x).float(), reduction="none").mean(dim=(1, 2, 3))

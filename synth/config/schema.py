@@ -143,6 +143,8 @@ class TextConfig:
     num_heads: int = positive(4)
     max_length: int = positive(24)
     vocab_size: int = positive(1000)
+    # prompts longer than max_length: 1 cuts them; W > 1 encodes up to W windows and concatenates them (synth.textwindows)
+    windows: int = positive(1)
 
 
 @dataclass(frozen=True)
