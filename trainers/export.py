@@ -14,8 +14,9 @@ from synth import solvers
 
 
 def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int,
-               train_subset: dict | None = None) -> Path:
-    """Write the pipeline folder atomically (temp folder + rename)."""
+               train_subset: dict | None = None, extra=None) -> Path:
+    """Write the pipeline folder atomically (temp folder + rename); ``extra(tmp)`` adds files before the weights
+    are hashed (a LoRA run's ``lora/`` adapters)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     out = Path(out)
@@ -28,6 +29,8 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    if extra is not None:
+        extra(tmp)
     return finish_export(tmp, out, "ldm", codec, cfg, schema, train_subset,
                           {"family": cfg.train.path, "conditioner": "text", "prediction_type": cfg.train.prediction_type,
                            "max_length": max_length,

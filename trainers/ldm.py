@@ -33,6 +33,7 @@ from synth.captions import check_caption_template, render_captions
 from synth.textwindows import encode_windows, window_ids
 from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
 from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
+from synth.trainers.lora import add_adapters, merged, save_adapters
 from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
 
 
@@ -404,9 +405,14 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         say(f"{cut} of {len(set(prompts))} distinct prompts are longer than the text encoder's {span} and are cut to it"
             + (" (model.text.windows > 1 encodes longer prompts in pieces)" if windows == 1 else ""))
     train_text = cfg.train.text_lr is not None
+    if cfg.train.lora_text_encoder and not train_text:
+        raise ConfigError("train.lora_text_encoder=true trains text-encoder adapters, which need a learning rate: "
+                          "set train.text_lr (e.g. 1e-4)")
     text_encoder.requires_grad_(train_text)
     if not train_text:
         text_encoder.eval()
+    if cfg.train.lora_rank:
+        add_adapters(cfg, unet, text_encoder, say)
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_text:
@@ -477,8 +483,13 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if main:
         final_unet = fitted.averaged("unet")
         final_te = fitted.averaged("text_encoder") if train_text else text_encoder
+        extra = None
+        if cfg.train.lora_rank:  # the export holds the merged model; lora/ the adapters alone, in diffusers' format
+            lora_unet, lora_te = final_unet, final_te
+            extra = lambda tmp: save_adapters(tmp / "lora", lora_unet, lora_te, cfg.train.lora_text_encoder)  # noqa: E731
+            final_unet, final_te = merged(final_unet), (merged(final_te) if cfg.train.lora_text_encoder else final_te)
         export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length,
-                   rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)))
+                   rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)), extra)
         preview_grid(make_gen(final_unet, final_te), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

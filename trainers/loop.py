@@ -218,7 +218,8 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     groups = param_groups(task)
     optimizer = torch.optim.AdamW(groups, betas=(tc.adam_beta1, tc.adam_beta2), weight_decay=tc.weight_decay)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(tc.lr_schedule, tc.warmup_steps, tc.steps))
-    named = {f"{n}.{pn}": p for n, m in task.trained.items() for pn, p in m.named_parameters()}
+    # only what trains: a LoRA run's frozen base needs no second copy
+    named = {f"{n}.{pn}": p for n, m in task.trained.items() for pn, p in m.named_parameters() if p.requires_grad}
     ema = EMA(named, tc.ema_decay, tc.ema_warmup) if tc.ema_decay > 0 else None
     resume = latest_checkpoint(run)
     start = 0

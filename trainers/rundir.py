@@ -17,6 +17,7 @@ from synth.trainers.checkpoints import checkpoint_dir, latest_checkpoint, quaran
 # (see :func:`check_global_batch`): that is how a job moves to another process count.
 RESUME_BREAKING = ("data.name", "data.resolution", "data.channels", "data.max_items", "data.fraction", "data.seed",
                    "data.carve", "data.unlabelled", "train.unlabelled_share", "train.new_parts_lr",
+                   "train.lora_rank", "train.lora_alpha", "train.lora_text_encoder",
                    "labels", "model",
                    "train.path", "train.prediction_type", "train.num_train_timesteps",
                    "train.beta_schedule", "train.seed", "train.text_lr", "train.ema_decay")

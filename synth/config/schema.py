@@ -173,6 +173,11 @@ class TrainConfig:
     batch_size: int = positive(32)
     lr: float = positive(1e-3)
     text_lr: float | None = positive(None, " (or null to freeze the text encoder)")  # None: text encoder frozen
+    # LoRA fine-tuning of a pretrained text model: adapter rank (null: full fine-tuning), alpha (null: = rank), and
+    # whether the text encoder gets adapters too (it then trains at train.text_lr)
+    lora_rank: int | None = positive(None, " (or null for full fine-tuning)")
+    lora_alpha: float | None = positive(None, " (or null for the rank)")
+    lora_text_encoder: bool = False
     # fine-tuning a synth export: the learning rate of the parts it did not have (the class-embedding table)
     new_parts_lr: float | None = positive(None, " (or null for train.lr)")
     weight_decay: float = non_negative(0.0)
