@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.acceptance.harness import BRIDGE, TINY, Case, nothing, sets
+from tests.acceptance.harness import BRIDGE, TINY, Case, nothing, sets, write
 
 
 def _bridge_args(c, d: Path, *extra: str) -> list[str]:
@@ -82,3 +82,56 @@ def pool_cases() -> list[Case]:
                                        *sets(TINY + ["eval.arms=[real,pseudo]"])],
              "error", r"'pseudo'.*eval\.unlabelled_pool is none; set eval\.unlabelled_pool=rest"),
     ]
+
+
+def _captions(c, d: Path, long: bool = False) -> Path:
+    """A tiny manifest of captioned phantoms (one caption of 10,000 characters when ``long``)."""
+    import json
+
+    from tests.acceptance.harness import grey, png_bytes, write
+
+    rows = []
+    for i in range(8):
+        write(d / f"{i}.png", png_bytes(grey(i)))
+        text = ("opacity " * 1250) if (long and i == 0) else f"A  small opacity {i}."
+        rows.append({"file_name": f"{i}.png", "label": "a" if i % 2 else "b", "prompt": text, "type": "CT",
+                     "split": "val" if i >= 6 else "train"})
+    return write(d / "m.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def text_cases() -> list[Case]:
+    """Issue 18's bad inputs on captions, LoRA and sampling with text."""
+    ldm = lambda c, d, s, *x: ["train", "ldm", "--run", str(d / "run"),  # noqa: E731
+                               *sets(TINY + [f"data.name={s}", "train.steps=1", *x])]
+    return [
+        Case("text-template-missing-column", "cli", "labels.caption_template names a column the manifest lacks",
+             _captions, lambda c, d, s: ldm(c, d, s, "labels.caption_template={plane}: {prompt}"),
+             "error", r"names the column \{plane\}, which .* does not have \(it has: label, prompt, type\)"),
+        Case("text-caption-10000-chars", "cli", "a caption of 10,000 characters",
+             lambda c, d: _captions(c, d, long=True), lambda c, d, s: ldm(c, d, s), "ok",
+             r"1 of \d+ distinct prompts are longer than the text encoder's window", replaced=("run/*", "run/**/*")),
+        Case("text-lora-rank-0", "cli", "train.lora_rank=0", _captions,
+             lambda c, d, s: ldm(c, d, s, "train.lora_rank=0"), "error", r"train\.lora_rank must be > 0"),
+        Case("text-lora-no-attention", "cli", "LoRA on a UNet without attention layers", _captions,
+             lambda c, d, s: ldm(c, d, s, "train.lora_rank=4", "model.unet.attention_levels=[false,false]"),
+             "error", r"no attention layers to adapt"),
+        Case("text-negative-prompt-bridge", "cli", "--negative-prompt with a class-only (bridge) model", nothing,
+             lambda c, d, s: ["sample", "--model", str(c.bridge_export), "--n", "2", "--out", str(d / "out"),
+                              "--negative-prompt", "noise", "--quiet"],
+             "error", r"--negative-prompt needs a text-conditioned model"),
+        Case("text-prompts-manifest-columns", "cli", "--prompts manifest without the column the model's template names",
+             lambda c, d: write(d / "p.jsonl", '{"prompt": "a mass"}\n'),
+             _prompts_mismatch,
+             "error", r"names the column \{type\}"),
+    ]
+
+
+def _prompts_mismatch(c, d: Path, s) -> list[str]:
+    """A text model whose caption template names {type}, sampled with a prompts manifest that has no type column."""
+    from tests.acceptance.harness import must_succeed
+
+    man = _captions(c, d / "data")
+    must_succeed(["train", "ldm", "--run", str(d / "tm"), *sets(TINY + [f"data.name={man}", "train.steps=1",
+                                                                       "labels.caption_template={type}: {prompt}"])])
+    return ["sample", "--model", str(d / "tm" / "export"), "--n", "2", "--out", str(d / "out"), "--prompts", str(s),
+            "--quiet"]
