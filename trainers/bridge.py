@@ -193,7 +193,7 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
             preview_domains(make_gen(f.averaged("unet")), cfg, run / "samples" / f"step-{step:08d}.png")
 
     task = Task("bridge", FlowObjective(unet), {"unet": unet}, [("unet", cfg.train.lr)], len(rows.data), draw, batch,
-                after_step=after_step, indices=rows.indices(cfg.train), lr_overrides=new_parts_lrs(cfg, foundation))
+                after_step=after_step, indices=rows.indices(cfg.train), lr_overrides=new_parts_lrs(cfg, foundation, say))
     fitted = fit(task, cfg.train, accelerator, run, say)
 
     # --- export ---------------------------------------------------------------------------

@@ -257,16 +257,21 @@ def training_rows(cfg, train, say) -> TrainingRows:
     """Load ``data.unlabelled`` (if any) beside the labelled ``train`` set and say what each batch will hold."""
     from synth.data import load_pool, with_pool
 
+    share = cfg.train.unlabelled_share
+    if share == 0 and str(cfg.data.unlabelled).strip().lower() != "none":
+        say("note: train.unlabelled_share=0 draws nothing from data.unlabelled: the pool is not loaded")
+        return TrainingRows(train, len(train), None)
     pool = load_pool(cfg.data, train)
     if pool is None:
         return TrainingRows(train, len(train), None)
     for note in pool.notes:
         say(note)
-    share = cfg.train.unlabelled_share
-    g = cfg.train.batch_size * cfg.train.grad_accum
+    import os
+
+    g = cfg.train.batch_size * cfg.train.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
     n_lab, n_unl = pool_counts(g, share)
     say(f"unlabelled pool: {len(pool)} images from {pool.record['source']} ({pool.record['kind']}), trained under the "
-        f"null condition; each batch of {g} per process holds about {n_unl} pool and {n_lab} labelled images "
-        f"(train.unlabelled_share={share:g})" + ("; share 0 leaves the pool unused" if share == 0 else "")
+        f"null condition; each step's global batch of {g} holds {n_unl} pool and {n_lab} labelled images "
+        f"(train.unlabelled_share={share:g})"
         + ("; share 1 never shows a labelled image (a foundation pre-training)" if share == 1 else ""))
     return TrainingRows(with_pool(train, pool), len(train), pool)

@@ -31,6 +31,9 @@ def foundation_meta(cfg: Config, trainer: str) -> dict | None:
     p = Path(str(cfg.model.pretrained or "")).expanduser()
     if not cfg.model.pretrained or not p.is_dir() or not ((p / ARTIFACT_FILE).is_file()
                                                           or (p / "export" / ARTIFACT_FILE).is_file()):
+        if cfg.model.pretrained and trainer == "bridge":  # a bridge starts only from a synth bridge export
+            raise ConfigError(f"model.pretrained '{p}' is not a synth bridge export (no {ARTIFACT_FILE} in it or in its "
+                              f"export/); pass the run folder or export of a finished 'synth train bridge', or unset it")
         return None
     meta = read_artifact(p)
     kind = meta.get("kind", "ldm")
@@ -141,8 +144,10 @@ def load_bridge_foundation(meta: dict, domains: list[str], cfg: Config, channels
     return gen.codec, unet
 
 
-def new_parts_lrs(cfg: Config, meta: dict | None) -> dict[str, float]:
+def new_parts_lrs(cfg: Config, meta: dict | None, say=None) -> dict[str, float]:
     """``Task.lr_overrides`` of a fine-tuned bridge: the class-embedding table at ``train.new_parts_lr``."""
+    if cfg.train.new_parts_lr is not None and meta is None and say is not None:
+        say("note: train.new_parts_lr applies when fine-tuning a synth bridge export (model.pretrained); ignored here")
     if meta is None or cfg.train.new_parts_lr is None:
         return {}
     return {"unet.class_embedding.": cfg.train.new_parts_lr}

@@ -124,7 +124,7 @@ def load_codec(cfg: Config, pretrained_vae=None, channels: int = 1):
 
 
 def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], save: bool = True,
-                channels: int = 1) -> LDMParts:
+                channels: int = 1, foundation: dict | None = None) -> LDMParts:
     """Load (pretrained) or build (scratch) the models; scratch tokenizers persist in the run.
 
     Tokenizer training is deterministic, so every rank builds it and only the main one saves.
@@ -133,8 +133,14 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
 
     res = cfg.data.resolution
     if cfg.model.pretrained:
+        source = cfg.model.pretrained
+        if foundation is not None:  # a synth export (or its run folder): its weights checked against synth.json first
+            from synth.samplers.artifact import verify_export
+
+            verify_export(foundation, allows_pickle(cfg.model))
+            source = foundation["path"]
         try:
-            comps = load_pretrained(cfg.model.pretrained, allow_pickle=allows_pickle(cfg.model))
+            comps = load_pretrained(source, allow_pickle=allows_pickle(cfg.model))
         except (OSError, FileNotFoundError) as e:
             raise ConfigError(f"cannot load model.pretrained '{cfg.model.pretrained}': {str(e).splitlines()[0]}") from None
         codec = load_codec(cfg, comps["vae"], channels) if cfg.model.codec == "vae" else PixelCodec(channels)
@@ -145,7 +151,7 @@ def build_parts(cfg: Config, run: Path, schema: LabelSchema, corpus: list[str], 
         if unet.config.in_channels != expected:
             raise ConfigError(f"pretrained UNet takes {unet.config.in_channels} channels but the {codec.kind} codec gives "
                               f"{expected}; set model.codec to match the checkpoint")
-        return LDMParts(unet, comps["text_encoder"], tok, codec, schema, max_length, f"pretrained:{cfg.model.pretrained}")
+        return LDMParts(unet, comps["text_encoder"], tok, codec, schema, max_length, f"pretrained:{source}")
     torch.manual_seed(cfg.train.seed)  # initial weights are a function of the seed
     codec = load_codec(cfg, channels=channels)
     tok_dir = run / "tokenizer"
@@ -394,9 +400,10 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         check_foundation_channels(foundation, train.channels)
     corpus = sorted(set(prompts) | {schema.prompt_for(k) for k in range(schema.num_classes)})
     # rank 0 builds (and saves the tokenizer) first; the others then load what it saved
-    parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True, channels=train.channels))
+    parts = r.once(lambda: build_parts(cfg, run, schema, corpus, save=True, channels=train.channels,
+                                       foundation=foundation))
     if parts is None:
-        parts = build_parts(cfg, run, schema, corpus, save=False, channels=train.channels)
+        parts = build_parts(cfg, run, schema, corpus, save=False, channels=train.channels, foundation=foundation)
     unet, text_encoder, codec = parts.unet, parts.text_encoder, parts.codec
     windows = cfg.model.text.windows
     cut = count_cut(parts.tokenizer, prompts, parts.max_length, windows)
@@ -413,6 +420,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
         text_encoder.eval()
     if cfg.train.lora_rank:
         add_adapters(cfg, unet, text_encoder, say)
+    if cfg.train.new_parts_lr is not None:
+        say("note: train.new_parts_lr applies to a bridge's new class embeddings; a text model adds none (ignored)")
     if cfg.train.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if train_text:

@@ -168,6 +168,9 @@ def _validate_eval(e: EvalConfig) -> None:
         if not (isinstance(r, (int, float)) and 0 < r <= 100):
             raise ConfigError(f"eval.syn_real_ratios: {show(r)} is not a synthetic:real ratio in (0, 100] (e.g. 0.5 = one "
                               f"synthetic image per two real)")
+    if str(e.unlabelled_pool or "none").strip().lower() == "source":
+        raise ConfigError("eval.unlabelled_pool is none, rest or a path (source is a data.unlabelled value); pass the "
+                          "unlabelled images' path, or rest")
     no_pool = str(e.unlabelled_pool or "none").strip().lower() == "none"
     if no_pool and "pool" in e.generators:
         raise ConfigError("eval.generators has 'pool' but eval.unlabelled_pool is none; set eval.unlabelled_pool=rest "

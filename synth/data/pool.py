@@ -105,6 +105,9 @@ def _read_pool(p: Path, data_cfg, own: bool) -> tuple[torch.Tensor, list[str]]:
     """Decode the pool at ``p``: (uint8 (M, C, R, R), notes).  ``own``: only what the source marks unlabelled."""
     size, on_error, ch = data_cfg.resolution, data_cfg.on_error, getattr(data_cfg, "channels", "auto")
     what = "data.name" if own else "data.unlabelled"
+    if own and not p.exists():
+        raise DataError(f"data.unlabelled=source reads the images data.name marks unlabelled, but '{p}' is not a file or "
+                        f"folder (a MedMNIST name has none); use data.unlabelled=rest or a path to unlabelled images")
     if not p.exists():
         raise DataError(f"{what} '{p}' does not exist; pass an .npz, an image folder or a manifest of unlabelled "
                         f"images, or data.unlabelled=rest | source | none")
@@ -167,18 +170,28 @@ def _check_channels(pool: UnlabelledPool, train: ImageSet, data_cfg) -> None:
 
 
 def _check_test_overlap(pool: UnlabelledPool, data_cfg) -> None:
-    """Refuse a pool that holds test images (by content): a generator that saw them would leak the test set into
-    every synthetic image an evaluation scores on it."""
-    if not has_test_split(data_cfg):
-        return  # nothing to leak into (a source without a test split reads its training images as "test")
-    test = load_split(dataclasses.replace(data_cfg, val_max_items=None), "test")
-    seen = {bytes(row.numpy().tobytes()): j for j, row in enumerate(test.images)}
-    hits = [(i, seen[b]) for i, b in enumerate(bytes(r.numpy().tobytes()) for r in pool.images) if b in seen]
-    if hits:
-        i, j = hits[0]
-        raise DataError(f"the unlabelled pool '{pool.record['source']}' shares {len(hits)} image(s) with the test split "
-                        f"of '{data_cfg.name}' (pool image {i} = test image {j}); remove them from the pool, since a "
-                        f"generator that has seen test images makes every evaluation on them dishonest")
+    """Refuse a pool that holds test or validation images (by content): a generator that saw them would leak the
+    held-out images into every synthetic image an evaluation scores (or early-stops) on them.  The ``rest`` of a
+    training split is only noted: duplicates across a data set's own splits are the data set's, not the pool's."""
+    plain = dataclasses.replace(data_cfg, val_max_items=None)
+    splits = (["test"] if has_test_split(data_cfg) else []) + ["val"]  # no test split: "test" would read train
+    mine = [bytes(r.numpy().tobytes()) for r in pool.images]
+    for split in splits:
+        held = load_split(plain, split)
+        seen = {bytes(row.numpy().tobytes()): j for j, row in enumerate(held.images)}
+        hits = [(i, seen[b]) for i, b in enumerate(mine) if b in seen]
+        if hits and pool.record["kind"] == "rest":
+            # the data set itself repeats these images across its splits: the labelled subset and any real-data
+            # run share the same leak, so it is named, not refused
+            pool.notes.append(f"note: {len(hits)} image(s) of the training split's rest are byte-identical to "
+                              f"{split} images of '{data_cfg.name}' (a duplicate in the data set itself, e.g. pool image "
+                              f"{hits[0][0]} = {split} image {hits[0][1]})")
+        elif hits:
+            i, j = hits[0]
+            name = "test" if split == "test" else "validation"
+            raise DataError(f"the unlabelled pool '{pool.record['source']}' shares {len(hits)} image(s) with the {name} "
+                            f"split of '{data_cfg.name}' (pool image {i} = {name} image {j}); remove them from the pool, "
+                            f"since a generator that has seen held-out images makes every evaluation on them dishonest")
 
 
 def has_test_split(data_cfg) -> bool:

@@ -93,7 +93,7 @@ def plan_cells(e: EvalConfig) -> list[Cell]:
     for f in e.fractions:
         # the rest of the split is empty at fraction 1: no pool to generate from or to pseudo-label
         no_pool = str(e.unlabelled_pool).strip().lower() == "rest" and f >= 1.0
-        gens = [g for g in e.generators if not (no_pool and g == "pool")] or ["labelled"]
+        gens = [g for g in e.generators if not (no_pool and g == "pool")]  # none left: no synthetic arm at f
         for rc in e.recipes:
             for seed in range(e.classifier_seeds):
                 if "real" in e.arms:
@@ -325,6 +325,8 @@ class Protocol:
             manifest = read_set_manifest(d)
             check_subset(manifest, splits, str(d))  # before reading any image
             check_pool(manifest, self.unlabelled(f).record if generator == "pool" else None, str(d))
+            check_foundations(manifest, splits.subset, self.unlabelled(f).record if generator == "pool" else None,
+                              str(d))
             quality = None
             if self.e.quality_threshold > 0:
                 self.filter_set(f, d)
@@ -376,6 +378,10 @@ class Protocol:
         cells = plan_cells(self.e)
         todo = [c for c in cells if c.key() not in done]
         self.log(f"augmentation protocol: {len(cells)} classifiers, {len(cells) - len(todo)} already done")
+        if str(self.e.unlabelled_pool).strip().lower() == "rest" and any(f >= 1.0 for f in self.e.fractions):
+            self.log("note: at fraction 1 the rest of the training split is empty: no pool generator and no "
+                     "pseudo-labelling arm there" + ("" if "labelled" in self.e.generators else
+                                                     ", and no synthetic arm (eval.generators has no 'labelled')"))
         n_done = 0
         for f in sorted({c.fraction for c in todo}):
             batch = [c for c in todo if c.fraction == f]
@@ -418,6 +424,33 @@ def check_pool(manifest: dict, expected: dict | None, where: str) -> None:
         raise EvalError(f"{where}: its generator saw {seen}, not the study's eval.unlabelled_pool ({expected.get('n')} "
                         f"images from {expected.get('source')}); delete that generator and its set (under generators/ and "
                         f"synthetic/) so the study retrains them on that pool, or set eval.unlabelled_pool to the pool it saw")
+
+
+def check_foundations(manifest: dict, subset: dict, expected_pool: dict | None, where: str) -> None:
+    """A fine-tuned generator carries what its foundation (and the foundation's own foundation ...) saw: each of them
+    must have seen the classifier's labelled subset (or none of it) and no pool but the study's."""
+    rec = ((manifest.get("model") or {}).get("train_subset") or {}).get("foundation")
+    depth = 0
+    while rec:
+        depth += 1
+        seen = rec.get("train_subset") or {}
+        if not seen:
+            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which records no training "
+                            f"subset, so the study cannot check what it saw; pre-train the foundation with this version")
+        pool = seen.get("unlabelled")
+        labels_seen = not (pool and float(pool.get("share", 0)) >= 1.0)  # a pool-only foundation saw no label
+        if labels_seen and seen.get("indices_sha256") != subset["indices_sha256"]:
+            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which saw another labelled "
+                            f"subset ({seen.get('n')} images, fraction {seen.get('fraction')}) than the classifier "
+                            f"({subset['n']} images): the synthetic images would carry labels the classifier lacks; "
+                            f"pre-train the foundation on this fraction's subset or on the pool alone")
+        if pool and (expected_pool is None or pool.get("sha256") != expected_pool.get("sha256")):
+            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which trained on an "
+                            f"unlabelled pool ({pool.get('n')} images from {pool.get('source')}) that this arm does not "
+                            f"declare; evaluate it as a pool generator with that pool as eval.unlabelled_pool")
+        rec = seen.get("foundation")
+        if depth > 32:
+            break
 
 
 def pseudo_label(splits: RealSplits, unlabelled, e: EvalConfig, recipe: str, record: Path,
@@ -534,7 +567,9 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
             seen = seen_with_pool(cfg, f, splits)
         images, labels, _ = synthetic_tensors(d, classes, quality)
         rep = fidelity_report(seen, splits.test, images, labels, classes, net, fid_reference=full)
-        rep["memorisation_reference"] = "labelled subset + unlabelled pool" if seen is not splits.train else "labelled subset"
+        rep["memorisation_reference"] = ("labelled subset + unlabelled pool" if seen is not splits.train else
+                                         "labelled subset" + (" (the pool's labels are unknown: not included)"
+                                                              if d.name.endswith("-pool") else ""))
         rep["cache_key"] = key
         rep_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(cache, rep)

@@ -169,3 +169,28 @@ def test_ratio_sweep_runs_at_the_sweep_fraction_and_no_pool_arms_at_full_data():
     assert len({c.ratio for c in cells if c.arm == "mixed" and c.fraction == 0.25}) == 1
     full = [c for c in cells if c.fraction == 1.0]
     assert full and not [c for c in full if c.arm == "pseudo" or c.generator == "pool"]  # the rest is empty there
+
+
+def test_a_fine_tuned_generator_answers_for_its_foundation():
+    from synth.evaluation.protocol import check_foundations
+
+    mine = {"indices_sha256": "aaaa", "n": 10}
+    pool = {"kind": "rest", "n": 90, "sha256": "pppp", "source": "x"}
+
+    def made(foundation):
+        return {"model": {"train_subset": {"indices_sha256": "aaaa", "foundation": foundation}}}
+
+    check_foundations(made({"path": "f", "train_subset": {"indices_sha256": "aaaa"}}), mine, None, "s")
+    with pytest.raises(EvalError, match=r"saw another labelled subset \(100 images, fraction 1.0\)"):
+        check_foundations(made({"path": "f", "train_subset": {"indices_sha256": "bbbb", "n": 100, "fraction": 1.0}}),
+                          mine, None, "s")
+    only_pool = {"path": "f", "train_subset": {"indices_sha256": "bbbb", "unlabelled": {**pool, "share": 1.0}}}
+    check_foundations(made(only_pool), mine, pool, "s")  # saw no label, and the study's pool: fine for a pool arm
+    with pytest.raises(EvalError, match=r"trained on an unlabelled pool .* that this arm does not declare"):
+        check_foundations(made(only_pool), mine, None, "s")
+    deep = {"path": "g", "train_subset": {"indices_sha256": "aaaa", "foundation": {"path": "h", "train_subset": {
+        "indices_sha256": "cccc", "n": 5, "fraction": 0.5}}}}
+    with pytest.raises(EvalError, match=r"fine-tuned from 'h'"):
+        check_foundations(made(deep), mine, None, "s")
+    with pytest.raises(ConfigError, match=r"eval.unlabelled_pool is none, rest or a path"):
+        load_config(None, ["eval.unlabelled_pool=source"])

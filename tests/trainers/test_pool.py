@@ -95,7 +95,11 @@ def test_pool_paths_manifests_folders_and_npz_keys(tmp_path):
     assert train.classes == ["a", "b"]
     assert len(load_pool(cfg.data, train)) == 5
     # a flat folder (any depth) as a path pool
-    assert len(load_pool(dataclasses.replace(cfg.data, unlabelled=str(tmp_path / "ds" / "unlabelled")), train)) == 5
+    import shutil
+
+    shutil.move(tmp_path / "ds" / "unlabelled", tmp_path / "elsewhere")  # beside the data, not inside it
+    assert len(load_pool(dataclasses.replace(cfg.data, unlabelled=str(tmp_path / "elsewhere")), train)) == 5
+    shutil.move(tmp_path / "elsewhere", tmp_path / "ds" / "unlabelled")
     # a manifest whose empty-label rows are the pool
     man = tmp_path / "ds" / "m.csv"
     man.write_text("file_name,label\n" + "".join(f"a/{i}.png,a\nb/{i}.png,b\n" for i in range(4))
@@ -250,3 +254,24 @@ def test_a_text_model_fine_tunes_a_synth_text_export(tmp_path, tiny_export):
     with pytest.raises(ConfigError, match=r"set train.path=diffusion"):
         train_ldm(tiny_cfg("train.steps=2", f"model.pretrained={tiny_export}", "train.path=flow"), tmp_path / "f2",
                   **quiet)
+
+
+def test_review_fixes_pretrained_and_held_out_overlap(tmp_path, tiny_export):
+    """A bridge's model.pretrained that is no synth export is refused (never a silent scratch run); a text model
+    fine-tunes a synth run folder (hashes checked); a pool holding validation images is refused."""
+    from synth.trainers.ldm import train_ldm
+
+    two = two_domains(tmp_path / "two.npz")
+    with pytest.raises(ConfigError, match=r"is not a synth bridge export .*or unset it"):
+        train_bridge(tiny_cfg(f"data.name={two}", *TWO, "train.steps=1", f"model.pretrained={tmp_path / 'typo'}"),
+                     tmp_path / "r", **quiet)
+    export = train_ldm(tiny_cfg("train.steps=1", f"model.pretrained={tiny_export.parent}"), tmp_path / "ft", **quiet)
+    assert json.loads((export / "synth.json").read_text())["train_subset"]["foundation"]["path"] == str(tiny_export)
+    z = dict(np.load(two))
+    leak = tmp_path / "leak.npz"
+    np.savez(leak, train_images=np.concatenate([255 - z["train_images"][:4], z["val_images"][2:3]]))
+    cfg = tiny_cfg(f"data.name={two}", *TWO)
+    with pytest.raises(DataError, match=r"shares 1 image\(s\) with the validation split .*pool image 4 = validation image 2"):
+        load_pool(dataclasses.replace(cfg.data, unlabelled=str(leak)), load_split(cfg.data, "train"))
+    with pytest.raises(DataError, match=r"a MedMNIST name has none\); use data.unlabelled=rest"):
+        load_pool(dataclasses.replace(cfg.data, name="pneumoniamnist", unlabelled="source"), load_split(cfg.data, "train"))
