@@ -188,10 +188,13 @@ _FREE = {"data.cache_dir", "data.download", "data.on_error", "data.val_max_items
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
+    """Dotted keys of a config dict, its nested sections (model.unet, model.text, ...) included, so a field added to
+    a section by a newer version reads as absent from an older study, not as a change of the whole section."""
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("data", "labels", "model", "train", "sample", "eval") and not prefix:
-            out.update(_flat(v, k + "."))
+        section = (not prefix and k in ("data", "labels", "model", "train", "sample", "eval")) or prefix == "model."
+        if isinstance(v, dict) and section:
+            out.update(_flat(v, prefix + k + "."))
         else:
             out[prefix + k] = v
     return out

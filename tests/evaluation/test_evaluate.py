@@ -194,3 +194,18 @@ def test_a_fine_tuned_generator_answers_for_its_foundation():
         check_foundations(made(deep), mine, None, "s")
     with pytest.raises(ConfigError, match=r"eval.unlabelled_pool is none, rest or a path"):
         load_config(None, ["eval.unlabelled_pool=source"])
+
+
+def test_a_study_resumes_after_a_section_gains_a_field(tmp_path):
+    """A newer version adds model.text.windows: an older study's settings must still match (issue 17 found it)."""
+    from synth.config import config_to_dict
+    from synth.evaluation.protocol import check_study_settings
+    from synth.io import atomic_write_json
+
+    cfg = load_config(None, EVAL)
+    old = config_to_dict(cfg)
+    del old["model"]["text"]["windows"]
+    atomic_write_json(tmp_path / "eval-config.json", old)
+    check_study_settings(tmp_path, cfg)  # no refusal
+    with pytest.raises(EvalError, match=r"model.text.hidden_size: 64 -> 32"):
+        check_study_settings(tmp_path, load_config(None, EVAL + ["model.text.hidden_size=32"]))
