@@ -304,9 +304,13 @@ def write_report(args, results: dict, t_all: float) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the code paths, not the speed")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="where gpu_check.md/.json go (default: benchmarks/results; with --tiny runs/gpu-check-tiny, "
+                         "so a CPU check never overwrites the committed GPU table)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these sections (by number, e.g. 1 5)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / ("runs/gpu-check-tiny" if args.tiny else "benchmarks/results")
     sz = sizes(args.tiny)
     tmp = Path(tempfile.mkdtemp(prefix="synth-gpu-check-"))
     sections = [
