@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import re
 import string
+from typing import TYPE_CHECKING
 
 from synth.errors import SynthError
 from synth.messages import clip_repr
+from synth.textwindows import window_ids
+
+if TYPE_CHECKING:
+    from synth.data import ImageSet
+    from synth.labels import LabelSchema
 
 # de-identification placeholders of public report sets: MIMIC's [** ... **] and ___, IU X-ray's XXXX
 _DEID = re.compile(r"\[\*\*.*?\*\*\]|\bX{2,}\b|_{3,}")
@@ -92,5 +98,28 @@ def render_captions(template: str, captions: list[str], labels: list[str], colum
     return out, empty
 
 
-__all__ = ["CaptionError", "SECTIONS", "clean_caption", "report_section", "template_fields", "check_caption_template",
+def prompts_of(data: ImageSet, schema: LabelSchema, labels_cfg=None, say=None) -> list[str]:
+    """One prompt per image: its caption through ``labels.caption_template`` (cleaned, :mod:`synth.captions`) when
+    it has one, else its class prompt; rows without a caption are counted in a note."""
+    by_class = [schema.prompt_for(k) for k in range(schema.num_classes)]
+    labels = [int(x) for x in data.labels]
+    if not data.prompts:
+        return [by_class[k] for k in labels]
+    check_caption_template(schema.caption_template, list(data.columns or {}), data.source)
+    captions, empty = render_captions(schema.caption_template, data.prompts, [schema.classes[k] for k in labels],
+                                      data.columns or {}, deid=getattr(labels_cfg, "clean_captions", True),
+                                      section=getattr(labels_cfg, "report_section", "all"))
+    if empty and say is not None:
+        say(f"{empty} of {len(captions)} training images have no caption (after cleaning): they train under their "
+            f"class prompt")
+    return [c or by_class[k] for c, k in zip(captions, labels)]
+
+def count_cut(tokenizer, prompts: list[str], max_length: int, windows: int = 1) -> int:
+    """How many distinct prompts are longer than ``windows`` windows of ``max_length`` tokens (start and end
+    tokens included in each window)."""
+    uniq = sorted(set(prompts))
+    return window_ids(tokenizer, uniq, max_length, windows)[1] if uniq else 0
+
+
+__all__ = ["prompts_of", "count_cut", "CaptionError", "SECTIONS", "clean_caption", "report_section", "template_fields", "check_caption_template",
            "render_captions"]

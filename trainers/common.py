@@ -255,10 +255,10 @@ class TrainingRows:
 
 def training_rows(cfg, train, say) -> TrainingRows:
     """Load ``data.unlabelled`` (if any) beside the labelled ``train`` set and say what each batch will hold."""
-    from synth.data import load_pool, with_pool
+    from synth.data import load_pool, pool_kind, with_pool
 
     share = cfg.train.unlabelled_share
-    if share == 0 and str(cfg.data.unlabelled).strip().lower() != "none":
+    if share == 0 and pool_kind(cfg.data.unlabelled) != "none":
         say("note: train.unlabelled_share=0 draws nothing from data.unlabelled: the pool is not loaded")
         return TrainingRows(train, len(train), None)
     pool = load_pool(cfg.data, train)

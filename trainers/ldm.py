@@ -29,7 +29,7 @@ from synth.models import (allows_pickle, build_noise_scheduler, build_text_encod
                           load_pretrained, unet_from_config)
 from synth.seeds import image_seed
 from synth.trainers.checkpoints import latest_checkpoint
-from synth.captions import check_caption_template, render_captions
+from synth.captions import count_cut, prompts_of
 from synth.textwindows import encode_windows, window_ids
 from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
 from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
@@ -75,30 +75,6 @@ def check_labels(data: ImageSet, schema: LabelSchema, split: str, named: bool = 
         if unseen:  # the classes came from the data itself: labels.classes is not the user's to fix
             raise ConfigError(f"class '{unseen[0]}' of '{data.source}' has no training image ({len(unseen)} such); "
                               f"add images of it to the training data")
-
-
-def prompts_of(data: ImageSet, schema: LabelSchema, labels_cfg=None, say=None) -> list[str]:
-    """One prompt per image: its caption through ``labels.caption_template`` (cleaned, :mod:`synth.captions`) when
-    it has one, else its class prompt; rows without a caption are counted in a note."""
-    by_class = [schema.prompt_for(k) for k in range(schema.num_classes)]
-    labels = [int(x) for x in data.labels]
-    if not data.prompts:
-        return [by_class[k] for k in labels]
-    check_caption_template(schema.caption_template, list(data.columns or {}), data.source)
-    captions, empty = render_captions(schema.caption_template, data.prompts, [schema.classes[k] for k in labels],
-                                      data.columns or {}, deid=getattr(labels_cfg, "clean_captions", True),
-                                      section=getattr(labels_cfg, "report_section", "all"))
-    if empty and say is not None:
-        say(f"{empty} of {len(captions)} training images have no caption (after cleaning): they train under their "
-            f"class prompt")
-    return [c or by_class[k] for c, k in zip(captions, labels)]
-
-
-def count_cut(tokenizer, prompts: list[str], max_length: int, windows: int = 1) -> int:
-    """How many distinct prompts are longer than ``windows`` windows of ``max_length`` tokens (start and end
-    tokens included in each window)."""
-    uniq = sorted(set(prompts))
-    return window_ids(tokenizer, uniq, max_length, windows)[1] if uniq else 0
 
 
 def load_codec(cfg: Config, pretrained_vae=None, channels: int = 1):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from synth.data.base import pool_kind
 from synth.config.schema import EVAL_ARMS, EVAL_GENERATORS, EVAL_RECIPES, MAX_RESOLUTION, Config, ConfigError, EvalConfig, LabelsConfig, ModelConfig, rules
 from synth.messages import show
 
@@ -168,10 +169,10 @@ def _validate_eval(e: EvalConfig) -> None:
         if not (isinstance(r, (int, float)) and 0 < r <= 100):
             raise ConfigError(f"eval.syn_real_ratios: {show(r)} is not a synthetic:real ratio in (0, 100] (e.g. 0.5 = one "
                               f"synthetic image per two real)")
-    if str(e.unlabelled_pool or "none").strip().lower() == "source":
+    if pool_kind(e.unlabelled_pool) == "source":
         raise ConfigError("eval.unlabelled_pool is none, rest or a path (source is a data.unlabelled value); pass the "
                           "unlabelled images' path, or rest")
-    no_pool = str(e.unlabelled_pool or "none").strip().lower() == "none"
+    no_pool = pool_kind(e.unlabelled_pool) == "none"
     if no_pool and "pool" in e.generators:
         raise ConfigError("eval.generators has 'pool' but eval.unlabelled_pool is none; set eval.unlabelled_pool=rest "
                           "(or a path to unlabelled images)")

@@ -26,7 +26,7 @@ loader takes a path) and :mod:`~synth.data.text` (safe names in messages).
 Every name is importable from ``synth.data``.
 """
 
-from synth.data.base import (DataError, MixedChannelsError, ImageSet, MAX_CLASS_INDEX)  # noqa: F401
+from synth.data.base import (DataError, MixedChannelsError, ImageSet, MAX_CLASS_INDEX, POOL_KINDS, pool_kind)  # noqa: F401
 from synth.data.text import (show, describe, path_inside, file_name_problem, escape_problem, escaping_entry)  # noqa: F401
 from synth.data.images import (EXIF_ORIENTATION, IMAGE_EXTS, MAGIC, BMP_DIB_SIZES, sniff_format, image_files,
                                unused_note, to_grey, channel_layout, GREY_TOLERANCE, COLOUR_SHARE, has_alpha,
@@ -40,4 +40,4 @@ from synth.data.manifest import (SPLIT_NAMES, JSONL_EXAMPLE, ManifestRow, Manife
 from synth.data.registry import SOURCES, Source, open_source, register_source, source_for  # noqa: F401
 from synth.data.splits import (min_fraction, fraction_subset, subset_record, random_carve_indices, carve_applies,
                                val_quota, carve_indices, load_split, _load_path, fingerprint)  # noqa: F401
-from synth.data.pool import UnlabelledPool, load_pool, pool_kind, with_pool, content_hash, POOL_NPZ_KEY  # noqa: F401
+from synth.data.pool import UnlabelledPool, load_pool, with_pool, content_hash, POOL_NPZ_KEY  # noqa: F401

@@ -54,3 +54,12 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 MAX_CLASS_INDEX = 9999  # a larger numeric label is an ID column or a typo, and would make that many classes
+
+
+POOL_KINDS = ("none", "rest", "source")
+
+
+def pool_kind(value: str | None) -> str:
+    """``none`` | ``rest`` | ``source`` | ``path`` for a ``data.unlabelled`` (or ``eval.unlabelled_pool``) value."""
+    v = str(value or "none").strip()
+    return v.lower() if v.lower() in POOL_KINDS else "path"

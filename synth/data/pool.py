@@ -26,14 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synth.data.base import DataError, ImageSet
+from synth.data.base import DataError, ImageSet, pool_kind
 from synth.data.images import image_files, prepare, stack_images, unused_note
 from synth.data.manifest import unlabelled_manifest_files
 from synth.data.sources import UNLABELLED_DIR, _read_files, check_memory
 from synth.data.splits import _subset, load_split, subset_record
 
 POOL_NPZ_KEY = "unlabelled_images"
-KINDS = ("none", "rest", "source")
 
 
 @dataclass
@@ -48,12 +47,6 @@ class UnlabelledPool:
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
-
-
-def pool_kind(value: str | None) -> str:
-    """``none`` | ``rest`` | ``source`` | ``path`` for a ``data.unlabelled`` value."""
-    v = (value or "none").strip()
-    return v.lower() if v.lower() in KINDS else "path"
 
 
 def content_hash(images: torch.Tensor) -> str:

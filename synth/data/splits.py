@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from synth.data.base import DataError, ImageSet
+from synth.data.base import DataError, ImageSet, pool_kind
 from synth.data.images import hwc_list, stack_images
 from synth.data.phantoms import colour_phantom_set, phantom_set
 from synth.data.registry import open_source, source_for
@@ -173,7 +173,7 @@ def _load_path(p: Path, split: str, data_cfg, classes) -> ImageSet:
     src = source_for(p)
     size, on_error, ch = data_cfg.resolution, data_cfg.on_error, getattr(data_cfg, "channels", "auto")
     read = src.read
-    if str(getattr(data_cfg, "unlabelled", "none")).strip().lower() == "source" and src.name in ("manifest", "image folder"):
+    if pool_kind(getattr(data_cfg, "unlabelled", "none")) == "source" and src.name in ("manifest", "image folder"):
         # the source's unlabelled rows / folder are the pool (synth.data.pool), not labelled images
         read = load_manifest if src.name == "manifest" else load_image_folder
         read = functools.partial(read, skip_unlabelled=True)

@@ -16,12 +16,16 @@ import dataclasses
 import importlib.util
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from synth.classifier import ClassifierError, SmallCNN, load_classifier, save_classifier
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
 from synth.trainers.classifier import train_classifier
+
+if TYPE_CHECKING:
+    from synth.config import Config
 
 FEATURE_FORMAT = "synth-fidelity-features-v1"
 
@@ -307,5 +311,59 @@ def closest_pairs_png(path, syn_images: torch.Tensor, train_images: torch.Tensor
     atomic_save_with(path, lambda p: fig.savefig(p, format="png", dpi=110))
 
 
-__all__ = ["feature_net", "fidelity_report", "FidelityError", "check_inception_weights", "full_split_config",
+def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[str], None]) -> dict:
+    """Label fidelity, diversity, FID/KID and privacy of each planned synthetic set, next to its usefulness.
+
+    One yardstick for all: the extractor is trained once on the full real training split and FID/KID
+    compare against that split (FID depends on the reference's size); memorisation and privacy compare
+    against what each generator was trained on.  Reports go to ``<out>/fidelity/<set>/`` and are reused
+    only while the extractor, the set and the filter are the ones they were made with.
+    """
+    import json
+
+    from synth.data import load_split
+    from synth.evaluation.pools import seen_with_pool
+    from synth.evaluation.real import EvalError, real_splits, synthetic_tensors
+
+    sets = [d for d in sets if (d / "manifest.json").is_file()]
+    if not sets:
+        return {}
+    data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
+    net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log,
+                                     classes=list(cfg.labels.classes) or None)
+    full = load_split(data, "train", cfg.labels.classes or None)
+    if classes != full.classes:
+        raise EvalError(f"the feature extractor's classes {classes} are not the data's {full.classes}; "
+                        f"delete {out / 'features.safetensors'} to retrain it")
+    quality = "keep" if cfg.eval.quality_threshold > 0 else None
+    res = {}
+    for d in sets:
+        manifest = json.loads((d / "manifest.json").read_text())
+        key = {"extractor": info.get("weights_sha256"), "set": (manifest.get("model") or {}).get("weights_sha256"),
+               "n_done": manifest.get("n_done"), "quality": cfg.eval.quality_threshold, "reference": "full-train"}
+        rep_dir = out / "fidelity" / d.name
+        cache = rep_dir / "fidelity.json"
+        if cache.is_file() and json.loads(cache.read_text()).get("cache_key") == key:
+            res[d.name] = json.loads(cache.read_text())
+            continue
+        f = float(d.name.split("-")[0][1:])
+        splits = real_splits(cfg, f)  # memorisation and privacy against what THIS generator was trained on
+        seen = splits.train
+        if d.name.endswith("-pool"):  # ... which for a pool generator includes the pool: it must not copy it either
+            seen = seen_with_pool(cfg, f, splits)
+        images, labels, _ = synthetic_tensors(d, classes, quality)
+        rep = fidelity_report(seen, splits.test, images, labels, classes, net, fid_reference=full)
+        rep["memorisation_reference"] = ("labelled subset + unlabelled pool" if seen is not splits.train else
+                                         "labelled subset" + (" (the pool's labels are unknown: not included)"
+                                                              if d.name.endswith("-pool") else ""))
+        rep["cache_key"] = key
+        rep_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, rep)
+        atomic_write_text(rep_dir / "fidelity.md", markdown(rep))
+        closest_pairs_png(rep_dir / "closest-pairs.png", images, seen.images, rep["closest_pairs"])
+        res[d.name] = rep
+    return res
+
+
+__all__ = ["fidelity_of_sets", "feature_net", "fidelity_report", "FidelityError", "check_inception_weights", "full_split_config",
            "markdown", "closest_pairs_png"]

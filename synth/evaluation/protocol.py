@@ -30,10 +30,12 @@ import torch
 from synth import solvers
 from synth.classifier import SmallCNN
 from synth.config import Config, EvalConfig, config_to_dict
-from synth.data import DataError, load_split
-from synth.io import atomic_write_json, atomic_write_text
+from synth.data import DataError, pool_kind
+from synth.io import atomic_write_json
 from synth.evaluation.arms import Pool, fit_classifier, light_geometric, run_arm, scores, single_thread  # noqa: F401
 from synth.evaluation.real import EvalError, RealSplits, check_subset, real_splits, synthetic_tensors
+from synth.evaluation.fidelity import fidelity_of_sets
+from synth.evaluation.pools import check_foundations, check_pool, pseudo_label
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +94,7 @@ def plan_cells(e: EvalConfig) -> list[Cell]:
     main_w = e.guidance[0]
     for f in e.fractions:
         # the rest of the split is empty at fraction 1: no pool to generate from or to pseudo-label
-        no_pool = str(e.unlabelled_pool).strip().lower() == "rest" and f >= 1.0
+        no_pool = pool_kind(e.unlabelled_pool) == "rest" and f >= 1.0
         gens = [g for g in e.generators if not (no_pool and g == "pool")]  # none left: no synthetic arm at f
         for rc in e.recipes:
             for seed in range(e.classifier_seeds):
@@ -381,7 +383,7 @@ class Protocol:
         cells = plan_cells(self.e)
         todo = [c for c in cells if c.key() not in done]
         self.log(f"augmentation protocol: {len(cells)} classifiers, {len(cells) - len(todo)} already done")
-        if str(self.e.unlabelled_pool).strip().lower() == "rest" and any(f >= 1.0 for f in self.e.fractions):
+        if pool_kind(self.e.unlabelled_pool) == "rest" and any(f >= 1.0 for f in self.e.fractions):
             self.log("note: at fraction 1 the rest of the training split is empty: no pool generator and no "
                      "pseudo-labelling arm there" + ("" if "labelled" in self.e.generators else
                                                      ", and no synthetic arm (eval.generators has no 'labelled')"))
@@ -412,81 +414,6 @@ def _one_thread() -> None:
 def _run_cell(job: tuple, e: EvalConfig) -> tuple[Cell, dict]:
     c, splits, syn = job
     return c, run_arm(c.arm, splits, syn, c.ratio, e, c.seed, c.recipe)
-
-
-def check_pool(manifest: dict, expected: dict | None, where: str) -> None:
-    """Refuse a synthetic set whose generator saw another unlabelled pool than the study declares (or one when
-    the study declares none): its images would carry knowledge the protocol does not account for."""
-    rec = ((manifest.get("model") or {}).get("train_subset") or {}).get("unlabelled")
-    if expected is None and rec:
-        raise EvalError(f"{where}: its generator also trained on an unlabelled pool ({rec.get('n')} images from "
-                        f"{rec.get('source')}) but this arm's generator must see the labelled subset only; retrain "
-                        f"it without data.unlabelled or evaluate it as a pool generator (eval.generators: [pool])")
-    if expected is not None and (not rec or rec.get("sha256") != expected.get("sha256")):
-        seen = f"{rec.get('n')} images from {rec.get('source')}" if rec else "no pool"
-        raise EvalError(f"{where}: its generator saw {seen}, not the study's eval.unlabelled_pool ({expected.get('n')} "
-                        f"images from {expected.get('source')}); delete that generator and its set (under generators/ and "
-                        f"synthetic/) so the study retrains them on that pool, or set eval.unlabelled_pool to the pool it saw")
-
-
-def check_foundations(manifest: dict, subset: dict, expected_pool: dict | None, where: str) -> None:
-    """A fine-tuned generator carries what its foundation (and the foundation's own foundation ...) saw: each of them
-    must have seen the classifier's labelled subset (or none of it) and no pool but the study's."""
-    rec = ((manifest.get("model") or {}).get("train_subset") or {}).get("foundation")
-    depth = 0
-    while rec:
-        depth += 1
-        seen = rec.get("train_subset") or {}
-        if not seen:
-            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which records no training "
-                            f"subset, so the study cannot check what it saw; pre-train the foundation with this version")
-        pool = seen.get("unlabelled")
-        labels_seen = not (pool and float(pool.get("share", 0)) >= 1.0)  # a pool-only foundation saw no label
-        if labels_seen and seen.get("indices_sha256") != subset["indices_sha256"]:
-            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which saw another labelled "
-                            f"subset ({seen.get('n')} images, fraction {seen.get('fraction')}) than the classifier "
-                            f"({subset['n']} images): the synthetic images would carry labels the classifier lacks; "
-                            f"pre-train the foundation on this fraction's subset or on the pool alone")
-        if pool and (expected_pool is None or pool.get("sha256") != expected_pool.get("sha256")):
-            raise EvalError(f"{where}: its generator was fine-tuned from '{rec.get('path')}', which trained on an "
-                            f"unlabelled pool ({pool.get('n')} images from {pool.get('source')}) that this arm does not "
-                            f"declare; evaluate it as a pool generator with that pool as eval.unlabelled_pool")
-        rec = seen.get("foundation")
-        if depth > 32:
-            break
-
-
-def pseudo_label(splits: RealSplits, unlabelled, e: EvalConfig, recipe: str, record: Path,
-                 log: Callable[[str], None]) -> Pool:
-    """Train a teacher of ``recipe`` on the labelled subset, label the pool, keep confident images.
-
-    The teacher's seed is fixed (30_011) so every student of a fraction sees the same pseudo-labelled pool; the
-    kept count per class (and, for ``rest``, the pseudo-labels' accuracy against the hidden labels) goes to
-    ``record``."""
-    from synth.evaluation.arms import predict_proba
-
-    k = len(splits.train.classes)
-    t0 = time.process_time()
-    with single_thread():
-        teacher, _ = fit_classifier(Pool(splits.train.images, splits.train.labels), None, 0.0, splits.val, k, e,
-                                    seed=30_011, steps=e.classifier_steps, lr=e.classifier_lr, recipe=recipe)
-        probs = predict_proba(teacher, unlabelled.images)
-    conf, labels = probs.max(1)
-    keep = conf >= e.pseudo_threshold
-    counts = torch.bincount(labels[keep], minlength=k).tolist()
-    if not keep.any():
-        raise EvalError(f"the pseudo-labelling teacher labels no pool image with confidence >= eval.pseudo_threshold="
-                        f"{e.pseudo_threshold:g}; lower the threshold")
-    info = {"n_pool": len(unlabelled), "n_kept": int(keep.sum()), "kept_per_class": dict(zip(splits.train.classes, counts)),
-            "threshold": e.pseudo_threshold, "teacher_cpu_s": time.process_time() - t0}
-    hidden = getattr(unlabelled, "hidden_labels", None)
-    if hidden is not None:
-        info["pseudo_label_accuracy"] = float((labels[keep] == hidden[keep]).float().mean())
-    atomic_write_json(record, info)
-    log(f"pseudo-labelling ({recipe}): kept {info['n_kept']} of {len(unlabelled)} pool images "
-        + ", ".join(f"{c}: {n}" for c, n in info["kept_per_class"].items())
-        + (f"; accuracy vs hidden labels {info['pseudo_label_accuracy']:.3f}" if "pseudo_label_accuracy" in info else ""))
-    return Pool(unlabelled.images[keep], labels[keep])
 
 
 def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
@@ -529,70 +456,6 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
         write_report(summary, cfg, Path(report))
     log("wrote " + ", ".join(str(p) for p in paths))
     return summary
-
-
-def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[str], None]) -> dict:
-    """Label fidelity, diversity, FID/KID and privacy of each planned synthetic set, next to its usefulness.
-
-    One yardstick for all: the extractor is trained once on the full real training split and FID/KID
-    compare against that split (FID depends on the reference's size); memorisation and privacy compare
-    against what each generator was trained on.  Reports go to ``<out>/fidelity/<set>/`` and are reused
-    only while the extractor, the set and the filter are the ones they were made with.
-    """
-    from synth.evaluation.fidelity import closest_pairs_png, feature_net, fidelity_report
-    from synth.evaluation.fidelity import markdown as fidelity_md
-
-    sets = [d for d in sets if (d / "manifest.json").is_file()]
-    if not sets:
-        return {}
-    data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
-    net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log,
-                                     classes=list(cfg.labels.classes) or None)
-    full = load_split(data, "train", cfg.labels.classes or None)
-    if classes != full.classes:
-        raise EvalError(f"the feature extractor's classes {classes} are not the data's {full.classes}; "
-                        f"delete {out / 'features.safetensors'} to retrain it")
-    quality = "keep" if cfg.eval.quality_threshold > 0 else None
-    res = {}
-    for d in sets:
-        manifest = json.loads((d / "manifest.json").read_text())
-        key = {"extractor": info.get("weights_sha256"), "set": (manifest.get("model") or {}).get("weights_sha256"),
-               "n_done": manifest.get("n_done"), "quality": cfg.eval.quality_threshold, "reference": "full-train"}
-        rep_dir = out / "fidelity" / d.name
-        cache = rep_dir / "fidelity.json"
-        if cache.is_file() and json.loads(cache.read_text()).get("cache_key") == key:
-            res[d.name] = json.loads(cache.read_text())
-            continue
-        f = float(d.name.split("-")[0][1:])
-        splits = real_splits(cfg, f)  # memorisation and privacy against what THIS generator was trained on
-        seen = splits.train
-        if d.name.endswith("-pool"):  # ... which for a pool generator includes the pool: it must not copy it either
-            seen = seen_with_pool(cfg, f, splits)
-        images, labels, _ = synthetic_tensors(d, classes, quality)
-        rep = fidelity_report(seen, splits.test, images, labels, classes, net, fid_reference=full)
-        rep["memorisation_reference"] = ("labelled subset + unlabelled pool" if seen is not splits.train else
-                                         "labelled subset" + (" (the pool's labels are unknown: not included)"
-                                                              if d.name.endswith("-pool") else ""))
-        rep["cache_key"] = key
-        rep_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(cache, rep)
-        atomic_write_text(rep_dir / "fidelity.md", fidelity_md(rep))
-        closest_pairs_png(rep_dir / "closest-pairs.png", images, seen.images, rep["closest_pairs"])
-        res[d.name] = rep
-    return res
-
-
-def seen_with_pool(cfg: Config, f: float, splits: RealSplits):
-    """The labelled subset and the unlabelled pool a pool generator trained on, as one ImageSet (pool rows keep
-    their hidden labels where the pool is the rest of the split; otherwise the labelled subset alone)."""
-    from synth.data import ImageSet, load_pool
-
-    pool = load_pool(dataclasses.replace(cfg.data, fraction=f, unlabelled=cfg.eval.unlabelled_pool), splits.train)
-    if pool is None or pool.hidden_labels is None:
-        return splits.train
-    t = splits.train
-    return ImageSet(torch.cat([t.images, pool.images]), torch.cat([t.labels, pool.hidden_labels]), t.classes,
-                    source=t.source)
 
 
 __all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",

@@ -35,7 +35,7 @@ def _fine_tune(c, d: Path, *extra: str) -> list[str]:
 
 
 def _pool_differs(c, d: Path, s):
-    from synth.evaluation.protocol import check_pool
+    from synth.evaluation.pools import check_pool
 
     mine = {"kind": "rest", "source": "pneumoniamnist", "n": 4473, "sha256": "4023a2f4d07ce31c"}
     theirs = {"kind": "path", "source": "/data/other-hospital", "n": 9000, "sha256": "0123456789abcdef"}

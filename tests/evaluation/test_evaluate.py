@@ -135,7 +135,7 @@ def test_pool_plan_has_controls_recipes_and_ratio_sweeps():
 
 def test_pool_study_end_to_end(tmp_path):
     """Pool generators, the duplicate-real control, pseudo-labelling and both recipes, then the pool report."""
-    from synth.evaluation.protocol import check_pool
+    from synth.evaluation.pools import check_pool
 
     out = tmp_path / "study"
     cli("eval", "augment", "--out", str(out), "--report", str(tmp_path / "pool"), *args(*POOL), timeout=900)
@@ -172,7 +172,7 @@ def test_ratio_sweep_runs_at_the_sweep_fraction_and_no_pool_arms_at_full_data():
 
 
 def test_a_fine_tuned_generator_answers_for_its_foundation():
-    from synth.evaluation.protocol import check_foundations
+    from synth.evaluation.pools import check_foundations
 
     mine = {"indices_sha256": "aaaa", "n": 10}
     pool = {"kind": "rest", "n": 90, "sha256": "pppp", "source": "x"}
