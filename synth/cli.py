@@ -15,6 +15,9 @@ import click  # noqa: E402
 from synth.config import load_config, read_yaml  # noqa: E402
 
 PRESETS = Path(__file__).parent / "presets"
+from synth.evaluation.text import DEFAULT_ATTRIBUTES, DEFAULT_SWAPS  # noqa: E402
+
+T_DEFAULTS = (DEFAULT_ATTRIBUTES, DEFAULT_SWAPS)
 
 
 def _user_errors():
@@ -338,6 +341,51 @@ def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out)
 
     res = _run(fidelity_cli, set_dir, data, resolution, fraction, features, list(overrides), out)
     click.echo(res)
+
+
+@eval_.command("text")
+@click.option("--model", "models", multiple=True, required=True,
+              help="A text model's export or run folder (synth train ldm); repeat to compare models on one footing.")
+@click.option("--data", required=True, help="A manifest with captions, train and test rows and attribute columns.")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Work folder: judges, the text judge and generated images are cached there (running again reuses them).")
+@click.option("--report", type=click.Path(dir_okay=False), default=None,
+              help="Also write REPORT.md/.json/.png (e.g. benchmarks/results/medpix-text).")
+@click.option("--attribute", "attributes", multiple=True, metavar="NAME[=COLUMN][:A|B|...]",
+              help=f"A judged attribute (default: {' '.join(T_DEFAULTS[0])}).")
+@click.option("--swap", "swaps", multiple=True, metavar="NAME:A|B",
+              help=f"A compositional swap (default: {' '.join(T_DEFAULTS[1])}).")
+@click.option("--seeds", type=int, default=2, show_default=True, help="Images per test caption.")
+@click.option("--max-captions", type=int, default=None, help="Only the first N test captions (quicker).")
+@click.option("--k", type=int, default=10, show_default=True, help="R-precision: the caption ranked among K.")
+@click.option("--steps", type=int, default=None, help="Sampling steps (default: the model's).")
+@click.option("--guidance", type=float, default=None, help="Guidance (default: the model's).")
+@click.option("--sampler", default=None, help="Sampler (default: the model's).")
+@click.option("--judge-steps", type=int, default=600, show_default=True)
+@click.option("--clip-steps", type=int, default=1500, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def eval_text(models, data, out, report, attributes, swaps, seeds, max_captions, k, steps, guidance, sampler,
+              judge_steps, clip_steps, seed, batch_size, device):
+    """Do images follow their text? Attribute judges, a small CLIP, compositional swaps, a text-encoder probe."""
+    from synth.evaluation.text_report import targets
+    from synth.evaluation.text_run import evaluate_text
+
+    for name, v in (("--seeds", seeds), ("--judge-steps", judge_steps), ("--clip-steps", clip_steps),
+                    ("--batch-size", batch_size), ("--steps", steps or 1)):
+        if v < 1:
+            click.echo(f"error: {name} must be >= 1 (got {v})", err=True)
+            sys.exit(2)
+    import shlex
+
+    command = "synth " + shlex.join(sys.argv[1:])
+    summary = _run(evaluate_text, list(models), data, out, attributes=attributes or T_DEFAULTS[0],
+                   swaps=swaps or T_DEFAULTS[1], seeds=seeds, max_rows=max_captions, steps=steps, guidance=guidance,
+                   sampler=sampler, k=k, judge_steps=judge_steps, clip_steps=clip_steps, seed=seed, batch=batch_size,
+                   device=device, report=report, command=command)
+    for t in targets(summary):
+        click.echo(f"{t['model']}: {t['target']}: {t['value']:.3f} -> {t['met']}")
 
 
 @main.command("inspect")

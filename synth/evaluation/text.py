@@ -1,0 +1,271 @@
+"""``synth eval text``: do generated images follow their text?  (issue 18 item 6)
+
+Four measures, each beside the ceiling that real images reach:
+
+- **attribute fidelity**: judges (:class:`synth.classifier.SmallCNN`) trained on the real training images for
+  manifest columns (``type``, ``plane``, the class ``label``); images generated from held-out test captions are
+  judged against their row's values, and the judges' accuracy on the real test images is the ceiling;
+- **image-text agreement**: a small CLIP trained offline on the training split (:mod:`.textclip`): similarity of
+  each image to its caption, and R-precision (its caption ranked first among ``k``);
+- **compositional swaps**: the same seed with one attribute of the caption swapped (CT <-> MR ...) in the columns
+  and in the caption's words: the share of images whose judged attribute follows the swap;
+- **the text encoder's knowledge**: a linear probe of its pooled caption embeddings (free text only, no template)
+  for the class, before and after the model's training.
+
+Every image is made from a per-(row, seed) seed, so the numbers are a pure function of the model, the data and
+the options; generated images are cached in ``out`` (keyed by the weights' hash and everything that made them).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+import torch
+
+from synth.data import ImageSet
+from synth.evaluation.real import EvalError
+
+DEFAULT_ATTRIBUTES = ("type", "plane:Axial|Coronal|Sagittal", "location=label")
+DEFAULT_SWAPS = ("type:CT|MR", "plane:Axial|Coronal", "location:Head|Thorax")
+MIN_JUDGED = 10  # a value with fewer training images gets no judge class (it is too rare to learn or to score)
+# caption words that say an attribute value; a swap writes the other value's first word in their place
+SYNONYMS = {"mr": ("MRI", "MR"), "ct": ("CT",), "head": ("head", "brain"), "thorax": ("thorax", "chest"),
+            "axial": ("axial",), "coronal": ("coronal",), "sagittal": ("sagittal",)}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A judged attribute: ``name`` in reports, ``column`` of the manifest (``label``: the class), ``values`` the
+    judge's classes (empty: every value with >= MIN_JUDGED training images)."""
+
+    name: str
+    column: str
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Swap:
+    """Swap attribute ``name`` between values ``a`` and ``b`` in rows holding either."""
+
+    name: str
+    a: str
+    b: str
+
+
+def parse_attribute(spec: str) -> Attribute:
+    """``NAME[=COLUMN][:V1|V2|...]`` -> Attribute (``location=label``, ``plane:Axial|Coronal|Sagittal``)."""
+    head, _, values = spec.partition(":")
+    name, _, column = head.partition("=")
+    name, column = name.strip(), (column or name).strip()
+    vals = tuple(v.strip() for v in values.split("|") if v.strip()) if values else ()
+    if not name or not re.fullmatch(r"[\w.-]+", name) or not column or (values and len(vals) < 2):
+        raise EvalError(f"--attribute '{spec}' is not NAME[=COLUMN][:V1|V2|...]; e.g. --attribute type or "
+                        f"--attribute location=label or --attribute plane:Axial|Coronal")
+    return Attribute(name, column, vals)
+
+
+def parse_swap(spec: str, attributes: list[Attribute]) -> Swap:
+    """``NAME:A|B`` (NAME an --attribute) -> Swap."""
+    name, _, pair = spec.partition(":")
+    vals = [v.strip() for v in pair.split("|")]
+    known = {a.name for a in attributes}
+    if len(vals) != 2 or not all(vals) or vals[0] == vals[1]:
+        raise EvalError(f"--swap '{spec}' is not NAME:A|B with two different values; e.g. --swap type:CT|MR")
+    if name.strip() not in known:
+        raise EvalError(f"--swap '{spec}' names '{name.strip()}', which is no --attribute (they are: "
+                        f"{', '.join(sorted(known))}); add --attribute {name.strip()} or fix the name")
+    return Swap(name.strip(), vals[0], vals[1])
+
+
+def values_of(s: ImageSet, column: str) -> list[str]:
+    """Each image's value of ``column`` (N,): the class name for ``label``, else the manifest column's text."""
+    if column == "label":
+        return [s.classes[int(k)] for k in s.labels]
+    cols = s.columns or {}
+    if column not in cols:
+        raise EvalError(f"the data has no column '{column}' (it has: label{''.join(', ' + c for c in cols)}); "
+                        f"fix --attribute or use a manifest with that column")
+    return list(cols[column])
+
+
+def judge_classes(attr: Attribute, train_values: list[str]) -> list[str]:
+    """The judge's classes: ``attr.values`` (each must occur in training), else the values seen >= MIN_JUDGED times."""
+    counts = {v: train_values.count(v) for v in set(train_values)}
+    if attr.values:
+        missing = [v for v in attr.values if counts.get(v, 0) == 0]
+        if missing:
+            raise EvalError(f"--attribute {attr.name}: value(s) {', '.join(missing)} never occur in column "
+                            f"'{attr.column}' of the training split; use its values ({', '.join(sorted(counts))})")
+        return list(attr.values)
+    keep = sorted(v for v, n in counts.items() if n >= MIN_JUDGED and v)
+    if len(keep) < 2:
+        raise EvalError(f"--attribute {attr.name}: column '{attr.column}' has fewer than 2 values with >= {MIN_JUDGED} "
+                        f"training images; name the values (--attribute {attr.name}:A|B) or drop it")
+    return keep
+
+
+def _replace_word(text: str, words: tuple[str, ...], new: str) -> str:
+    pattern = r"\b(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + r")\b"
+    return re.sub(pattern, new, text, flags=re.IGNORECASE)
+
+
+def swap_words(text: str, a: str, b: str) -> str:
+    """``text`` with the words saying value ``a`` replaced by ``b``'s first word and vice versa (whole words,
+    any case; :data:`SYNONYMS`, else the value itself): 'MRI of the head' with (CT, MR) -> 'CT of the head'."""
+    wa, wb = SYNONYMS.get(a.lower(), (a,)), SYNONYMS.get(b.lower(), (b,))
+    marker = "\x00SWAP\x00"  # a -> marker -> b, so b's words turned into a's are not turned back
+    return _replace_word(_replace_word(text, wa, marker), wb, wa[0]).replace(marker, wb[0])
+
+
+def swapped_rows(test: ImageSet, attr: Attribute, swap: Swap) -> tuple[list[int], ImageSet, list[str]]:
+    """Rows of ``test`` holding ``swap.a`` or ``swap.b`` in the attribute's column, as an ImageSet whose column
+    (or class), caption words and values are swapped; -> (row indices, the swapped set, the new values)."""
+    vals = values_of(test, attr.column)
+    rows = [i for i, v in enumerate(vals) if v in (swap.a, swap.b)]
+    new = [swap.b if vals[i] == swap.a else swap.a for i in rows]
+    idx = torch.tensor(rows, dtype=torch.long)
+    prompts = [swap_words(test.prompts[i] or "", swap.a, swap.b) for i in rows] if test.prompts else None
+    cols = {c: [v[i] for i in rows] for c, v in (test.columns or {}).items()}
+    labels = test.labels[idx].clone() if rows else test.labels[:0]
+    if attr.column == "label":
+        labels = torch.tensor([test.classes.index(v) for v in new], dtype=torch.long)
+    else:
+        cols[attr.column] = new
+    return rows, replace(test, images=test.images[idx], labels=labels, prompts=prompts, columns=cols), new
+
+
+def image_seed(seed: int, row: int, k: int) -> int:
+    """The seed of the k-th image of test row ``row``: a swap reuses it, so only the text differs."""
+    from synth.seeds import derive_seed
+
+    return derive_seed(seed, "eval-text", row, k)
+
+
+@torch.no_grad()
+def predict(net, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Judge predictions (N,) for uint8 images (N, C, H, W)."""
+    from synth.io import to_float
+
+    return torch.cat([net(to_float(images[i:i + batch])).argmax(1) for i in range(0, len(images), batch)])
+
+
+def attribute_accuracy(pred: torch.Tensor, values: list[str], classes: list[str]) -> dict:
+    """Share of images whose judged class equals their value, over images whose value the judge knows;
+    pred (M,) class ids, values (M,) texts."""
+    keep = [i for i, v in enumerate(values) if v in classes]
+    hits = [int(pred[i]) == classes.index(values[i]) for i in keep]
+    return {"accuracy": sum(hits) / len(hits) if hits else float("nan"), "n": len(hits)}
+
+
+def majority_share(values: list[str], classes: list[str]) -> float:
+    """The accuracy of always answering the most common judged value (the chance line beside each accuracy)."""
+    known = [v for v in values if v in classes]
+    return max(known.count(c) for c in classes) / len(known) if known else float("nan")
+
+
+def generate(gen, prompts: list[str], labels: list[int | None], seeds: list[int], *, steps: int, guidance: float,
+             sampler: str, batch: int, cache: Path, log: Callable[[str], None]) -> torch.Tensor:
+    """uint8 images (N, C, R, R), one per (prompt, seed): from ``cache`` when it holds exactly these, else made in
+    batches of ``batch`` and saved there atomically."""
+    from synth.io import atomic_save_with
+    from synth.labels import Condition
+
+    record = {"weights": gen.weights_sha256, "prompts": prompts, "labels": labels, "seeds": seeds, "steps": steps,
+              "guidance": guidance, "sampler": sampler, "windows": getattr(gen, "windows", 1)}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
+    path = cache / f"images-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return torch.from_numpy(z["images"].copy())
+        except (OSError, ValueError, KeyError):
+            pass  # damaged: made again
+    out = []
+    for i in range(0, len(prompts), batch):
+        conds = [Condition(label=k, prompt=p) for k, p in zip(labels[i:i + batch], prompts[i:i + batch])]
+        out.append(gen.sample(conds, seeds[i:i + batch], steps=steps, guidance=guidance, sampler=sampler).images)
+        log(f"  generated {min(i + batch, len(prompts))}/{len(prompts)}")
+    images = torch.cat(out)
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a bare temp name
+            np.savez(f, images=images.numpy())
+
+    atomic_save_with(path, save)
+    return images
+
+
+def caption_texts(s: ImageSet) -> list[str]:
+    """Each image's free-text caption, cleaned (no template, no columns): what the CLIP and the probe read."""
+    from synth.captions import clean_caption
+
+    return [clean_caption(p or "") for p in (s.prompts or [""] * len(s))]
+
+
+@torch.no_grad()
+def pooled_text(text_encoder, tokenizer, captions: list[str], max_length: int, batch: int = 128) -> torch.Tensor:
+    """Mean of the encoder's last hidden states over each caption's real tokens (first window): (N, hidden)."""
+    out = []
+    for i in range(0, len(captions), batch):
+        enc = tokenizer(captions[i:i + batch], padding="max_length", truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        h = text_encoder(enc.input_ids).last_hidden_state.float()
+        m = enc.attention_mask.unsqueeze(-1).float()
+        out.append((h * m).sum(1) / m.sum(1).clamp(min=1))
+    return torch.cat(out)
+
+
+def linear_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 num_classes: int, l2: float = 1e-2) -> float:
+    """Test accuracy of a multinomial logistic regression (standardised features, L2 ``l2``, full-batch L-BFGS:
+    deterministic) fitted on x_train (N, D), y_train (N,)."""
+    mu, sd = x_train.mean(0), x_train.std(0).clamp(min=1e-6)
+    a, b = (x_train - mu) / sd, (x_test - mu) / sd
+    w = torch.zeros(a.shape[1], num_classes, requires_grad=True)
+    bias = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, bias], lr=1, max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(a @ w + bias, y_train) + l2 * (w ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(((b @ w + bias).argmax(1) == y_test).float().mean())
+
+
+def text_encoder_before(meta: dict, tokenizer):
+    """The model's text encoder before image training -> (encoder or None, where it came from).
+
+    From scratch: rebuilt from the recorded config and seed exactly as the trainer built it (the trainer seeds
+    torch, then builds codec, tokenizer and text encoder; loading a codec draws no random numbers).
+    Fine-tuned: the pretrained folder's encoder, when it is still there."""
+    from synth.config.parse import config_from_dict
+    from synth.models import build_text_encoder, load_pretrained
+
+    cfg = config_from_dict(meta.get("config") or {})
+    if cfg.model.pretrained:
+        try:
+            return load_pretrained(cfg.model.pretrained)["text_encoder"].eval(), f"pretrained {cfg.model.pretrained}"
+        except Exception as e:  # noqa: BLE001 - a moved folder costs only the 'before' half of the probe
+            return None, f"pretrained {cfg.model.pretrained} cannot be loaded ({str(e).splitlines()[0][:120]})"
+    t = cfg.model.text
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.train.seed)
+        enc = build_text_encoder(len(tokenizer), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
+    return enc.eval(), f"its initial weights (seed {cfg.train.seed}, from scratch)"
+
+
+def labels_config(meta: dict) -> SimpleNamespace:
+    """The model's labels settings (caption cleaning, report section) as training read them."""
+    labels = (meta.get("config") or {}).get("labels") or {}
+    return SimpleNamespace(clean_captions=labels.get("clean_captions", True),
+                           report_section=labels.get("report_section", "all"))

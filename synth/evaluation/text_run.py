@@ -1,0 +1,264 @@
+"""``synth eval text`` end to end: judges and the CLIP trained once on the real training split (cached in ``out``),
+then for each model its images from the test captions, their swaps, and its text encoder's probe."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from synth.data import DataError, ImageSet
+from synth.evaluation import text as T
+from synth.evaluation import textclip as C
+from synth.evaluation.real import EvalError
+
+
+def _load(data: str, resolution: int, split: str, classes: list[str] | None) -> ImageSet:
+    """One split of ``data`` at ``resolution`` (no subsetting, no validation cap), classes numbered as given."""
+    from synth.config import load_config
+    from synth.data import load_split
+
+    cfg = load_config(None, [f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
+    try:
+        s = load_split(cfg.data, split, classes=classes)
+    except DataError as e:
+        raise EvalError(str(e)) from None
+    if len(s) == 0:
+        raise EvalError(f"--data {data} has no {split} images; synth eval text needs a manifest with train and test "
+                        f"rows (a 'split' column)")
+    return s
+
+
+def _head(s: ImageSet, n: int | None) -> ImageSet:
+    """The first ``n`` rows of ``s`` (all when None): a quicker, still deterministic evaluation."""
+    if n is None or n >= len(s):
+        return s
+    cols = {c: v[:n] for c, v in (s.columns or {}).items()}
+    return replace(s, images=s.images[:n], labels=s.labels[:n], prompts=(s.prompts or [])[:n] or None, columns=cols)
+
+
+def _models(models: list[str]) -> list[dict]:
+    """Each model's checked synth.json; text models only, one resolution and channel count."""
+    from synth.samplers.artifact import read_artifact
+
+    metas = [read_artifact(m) for m in models]
+    for m, meta in zip(models, metas):
+        if meta.get("kind", "ldm") != "ldm":
+            raise EvalError(f"{m} holds a '{meta['kind']}' model (classes or domains, no text); synth eval text "
+                            f"measures text-conditioned models (synth train ldm)")
+    if len({(m["resolution"], m.get("channels", 1)) for m in metas}) > 1:
+        raise EvalError("the --model exports differ in resolution or channels; compare models of one kind")
+    return metas
+
+
+def _tags(metas: list[dict]) -> list[str]:
+    """A short unique name per model: its run folder's name."""
+    tags = []
+    for meta in metas:
+        p = Path(meta["path"])
+        base = p.parent.name if p.name == "export" else p.name
+        tag, n = base, 2
+        while tag in tags:
+            tag, n = f"{base}-{n}", n + 1
+        tags.append(tag)
+    return tags
+
+
+def train_judges(train: ImageSet, test: ImageSet, attributes: list[T.Attribute], out: Path, steps: int, seed: int,
+                 log) -> dict:
+    """{name: {"net", "classes", "ceiling", "majority", "n"}}: one judge per attribute, trained on the real
+    training images whose value it knows, with its accuracy on the real test images (the ceiling)."""
+    from synth.trainers.classifier import cached_classifier
+
+    judges = {}
+    for attr in attributes:
+        tv = T.values_of(train, attr.column)
+        classes = T.judge_classes(attr, tv)
+        keep = [i for i, v in enumerate(tv) if v in classes]
+        idx = torch.tensor(keep, dtype=torch.long)
+        data = ImageSet(train.images[idx], torch.tensor([classes.index(tv[i]) for i in keep]), classes,
+                        source=f"{train.source}:{attr.column}")
+        net = cached_classifier(out / "judges" / f"{attr.name}.safetensors", data, steps=steps, seed=seed,
+                                role=f"judge of {attr.name}", log=log)
+        values = T.values_of(test, attr.column)
+        ceiling = T.attribute_accuracy(T.predict(net, test.images), values, classes)
+        judges[attr.name] = {"net": net, "classes": classes, "ceiling": ceiling["accuracy"], "n": ceiling["n"],
+                             "majority": T.majority_share(values, classes), "train_n": len(keep)}
+        log(f"judge of {attr.name} ({'/'.join(classes)}, {len(keep)} training images): {ceiling['accuracy']:.3f} on "
+            f"the real test images")
+    return judges
+
+
+def train_text_judge(train: ImageSet, out: Path, steps: int, seed: int, log):
+    """The small CLIP of the training split's captions, reused from ``out/clip`` while its record matches."""
+    from synth.data import fingerprint
+
+    caps = T.caption_texts(train)
+    record = {"data": fingerprint(train), "captions": hashlib.sha256(json.dumps(caps).encode()).hexdigest(),
+              "steps": steps, "seed": seed}
+    got = C.load_clip(out / "clip", record)
+    if got is not None:
+        return got
+    t0 = time.perf_counter()
+    model, tok = C.train_clip(train.images, caps, steps=steps, seed=seed, log=log)
+    C.save_clip(model, tok, out / "clip", record)
+    log(f"text judge (CLIP): trained on {len(train)} image-caption pairs ({time.perf_counter() - t0:.0f}s)")
+    return model, tok
+
+
+def grid_rows(test: ImageSet, n: int = 6) -> list[int]:
+    """Up to ``n`` test rows for the picture: the first row of each class in turn, then the next ones."""
+    by_class: dict[int, list[int]] = {}
+    for i, k in enumerate(test.labels.tolist()):
+        by_class.setdefault(k, []).append(i)
+    rows, depth = [], 0
+    while len(rows) < min(n, len(test)):
+        for k in sorted(by_class):
+            if depth < len(by_class[k]) and len(rows) < n:
+                rows.append(by_class[k][depth])
+        depth += 1
+    return rows
+
+
+def _repeat(xs: list, n: int) -> list:
+    return [x for x in xs for _ in range(n)]
+
+
+def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
+    """Every measure for one model: attribute fidelity, CLIP scores, swaps, probe."""
+    from synth.captions import prompts_of
+    from synth.labels import LabelSchema
+    from synth.samplers.generator import load_generator
+
+    o = ctx["opts"]
+    gen = load_generator(meta["path"], device=o["device"])
+    schema = LabelSchema.from_json(meta["labels"])
+    d = meta.get("default_sampling", {})
+    steps, guidance = o["steps"] or d.get("steps", 25), o["guidance"] if o["guidance"] is not None else d.get("guidance", 1.5)
+    sampler = o["sampler"] or d.get("sampler", "dpmpp_2m")
+    test = ctx["test"]
+    if list(test.classes) != list(schema.classes):  # numbered as the model numbers them
+        test = _head(_load(ctx["data"], meta["resolution"], "test", list(schema.classes)), o["max_rows"])
+    lc, S = T.labels_config(meta), o["seeds"]
+    cache = ctx["out"] / "models" / tag
+
+    def make(s: ImageSet, rows: list[int]) -> torch.Tensor:
+        prompts = prompts_of(s, schema, lc)
+        seeds = [T.image_seed(o["seed"], r, k) for r in rows for k in range(S)]
+        return T.generate(gen, _repeat(prompts, S), _repeat([int(x) for x in s.labels], S), seeds, steps=steps,
+                          guidance=guidance, sampler=sampler, batch=o["batch"], cache=cache, log=log)
+
+    t0 = time.perf_counter()
+    log(f"{tag}: {len(test)} test captions x {S} seed(s), {sampler} {steps} steps, guidance {guidance}")
+    images = make(test, list(range(len(test))))
+    ctx["grid"][tag] = images.view(len(test), S, *images.shape[1:])[ctx["grid_rows"]]
+    res = {"path": meta["path"], "sampling": {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": S},
+           "windows": int(meta.get("text_windows", 1)), "max_length": int(meta["max_length"]), "attributes": {},
+           "swaps": {}}
+    for name, j in ctx["judges"].items():
+        attr = ctx["attributes"][name]
+        acc = T.attribute_accuracy(T.predict(j["net"], images), _repeat(T.values_of(test, attr.column), S), j["classes"])
+        res["attributes"][name] = {**acc, "share_of_ceiling": acc["accuracy"] / j["ceiling"] if j["ceiling"] else None}
+    clip, ctok = ctx["clip"]
+    emb = C.embed_images(clip, images)
+    res["clip"] = C.r_precision(emb, ctx["caption_emb"], _repeat(list(range(len(test))), S), ctx["candidates"])
+    for sw in ctx["swaps"]:
+        attr, j = ctx["attributes"][sw.name], ctx["judges"][sw.name]
+        rows, swapped, new = T.swapped_rows(test, attr, sw)
+        if not rows:
+            res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = {"accuracy": float("nan"), "n": 0}
+            continue
+        moved = make(swapped, rows)
+        follows = T.attribute_accuracy(T.predict(j["net"], moved), _repeat(new, S), j["classes"])
+        picks = [r * S + k for r in rows for k in range(S)]
+        before = T.attribute_accuracy(T.predict(j["net"], images[picks]),
+                                      _repeat([T.values_of(test, attr.column)[r] for r in rows], S), j["classes"])
+        res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = {**follows, "unswapped_follow": before["accuracy"]}
+    res["probe"] = probe(meta, gen, ctx)
+    res["seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def probe(meta: dict, gen, ctx: dict) -> dict:
+    """Linear-probe accuracy (test captions) of the text encoder's pooled caption embeddings for the class,
+    after training (the export's encoder) and before (:func:`text.text_encoder_before`)."""
+    train, test = ctx["train"], ctx["test"]
+    caps_tr, caps_te = T.caption_texts(train), T.caption_texts(test)
+    ytr = torch.tensor([int(x) for x in train.labels])
+    yte = torch.tensor([train.classes.index(test.classes[int(x)]) for x in test.labels])
+
+    def acc(encoder) -> float:
+        enc = encoder.float().cpu()
+        return T.linear_probe(T.pooled_text(enc, gen.tokenizer, caps_tr, gen.max_length), ytr,
+                              T.pooled_text(enc, gen.tokenizer, caps_te, gen.max_length), yte, len(train.classes))
+
+    before, where = T.text_encoder_before(meta, gen.tokenizer)
+    cfg = (meta.get("config") or {}).get("train") or {}
+    return {"after": acc(gen.text_encoder), "before": acc(before) if before is not None else None, "before_is": where,
+            "text_lr": cfg.get("text_lr"), "majority": T.majority_share([test.classes[int(x)] for x in test.labels],
+                                                                         list(train.classes))}
+
+
+def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T.DEFAULT_ATTRIBUTES,
+                  swaps=T.DEFAULT_SWAPS, seeds: int = 2, max_rows: int | None = None, steps: int | None = None,
+                  guidance: float | None = None, sampler: str | None = None, k: int = 10, judge_steps: int = 600,
+                  clip_steps: int = 1500, seed: int = 0, batch: int = 64, device: str = "cpu",
+                  report: str | Path | None = None, command: str | None = None,
+                  log: Callable[[str], None] = print) -> dict:
+    """The report of ``synth eval text`` (a dict; also written to ``out/report.json``)."""
+    from synth.io import atomic_write_json
+    from synth.labels import LabelSchema
+
+    if seeds < 1 or k < 2 or (max_rows is not None and max_rows < k):
+        raise EvalError(f"need --seeds >= 1, --k >= 2 and --max-captions >= --k (got {seeds}, {k}, {max_rows})")
+    out = Path(out)
+    metas = _models(models)
+    attrs = [T.parse_attribute(a) for a in attributes]
+    if len({a.name for a in attrs}) != len(attrs):
+        raise EvalError("two --attribute options share a name; give each its own")
+    sw = [T.parse_swap(s, attrs) for s in swaps]
+    res, classes = metas[0]["resolution"], list(LabelSchema.from_json(metas[0]["labels"]).classes)
+    train = _load(data, res, "train", classes)
+    test = _head(_load(data, res, "test", classes), max_rows)
+    if train.channels != metas[0].get("channels", 1):
+        raise EvalError(f"--data {data} holds {train.channels}-channel images but the model makes "
+                        f"{metas[0].get('channels', 1)}-channel ones; evaluate against the data it was trained on")
+    log(f"data: {len(train)} training / {len(test)} test images with captions from {data}")
+    caps = T.caption_texts(test)
+    if not any(caps):
+        raise EvalError(f"the test images of --data {data} have no captions; synth eval text needs a manifest whose "
+                        f"'prompt' column holds each image's caption")
+    try:
+        candidates = C.distractors(caps, k, seed)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    judges = train_judges(train, test, attrs, out, judge_steps, seed, log)
+    clip = train_text_judge(train, out, clip_steps, seed, log)
+    caption_emb = C.embed_captions(clip[0], clip[1], caps)
+    real = C.r_precision(C.embed_images(clip[0], test.images), caption_emb, list(range(len(test))), candidates)
+    log(f"text judge on the real test images: R-precision@1 among {k} {real['r_precision']:.3f}")
+    ctx = {"opts": {"device": device, "steps": steps, "guidance": guidance, "sampler": sampler, "max_rows": max_rows,
+                    "seeds": seeds, "seed": seed, "batch": batch},
+           "data": data, "train": train, "test": test, "out": out, "judges": judges,
+           "attributes": {a.name: a for a in attrs}, "swaps": sw, "clip": clip, "caption_emb": caption_emb,
+           "candidates": candidates, "grid": {}, "grid_rows": grid_rows(test)}
+    summary = {"data": data, "resolution": res, "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,
+              "judges": {n: {x: j[x] for x in ("classes", "ceiling", "majority", "n", "train_n")} for n, j in judges.items()},
+              "clip_real": real, "swaps": [f"{s.name}:{s.a}|{s.b}" for s in sw],
+              "models": {}}
+    for meta, tag in zip(metas, _tags(metas)):
+        summary["models"][tag] = evaluate_model(meta, tag, ctx, log)
+        atomic_write_json(out / "report.json", summary)  # each model's numbers survive a crash in the next
+    if report is not None:
+        from synth.evaluation.text_report import write_text_report
+
+        rows = ctx["grid_rows"]
+        grid = {"captions": [caps[r] for r in rows], "real": test.images[rows], "generated": ctx["grid"],
+                "title": f"Test captions of {Path(data).name}: real image | generated images (each column a seed)"}
+        for p in write_text_report(summary, Path(report), grid, command):
+            log(f"wrote {p}")
+    return summary

@@ -1,0 +1,178 @@
+"""A small in-domain image-text contrastive model (CLIP, trained offline on the real training split) and the
+scores ``synth eval text`` reads from it: caption similarity and R-precision (the right caption ranked first
+among ``k``).  Nothing is downloaded: the tokenizer is a BPE learned from the training captions, the image
+tower is :class:`synth.classifier.SmallCNN`, the text tower a two-layer transformer."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synth.classifier import SmallCNN
+from synth.io import to_float
+
+CLIP_MAX_LENGTH = 77
+
+
+class CaptionTower(nn.Module):
+    """Token ids (B, L) and mask (B, L) -> (B, dim) unit vectors: embeddings + transformer, mean over real tokens."""
+
+    def __init__(self, vocab_size: int, width: int = 128, layers: int = 2, heads: int = 4,
+                 max_length: int = CLIP_MAX_LENGTH, dim: int = 128):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, width)
+        self.positions = nn.Parameter(torch.zeros(max_length, width))
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.1, batch_first=True, norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.proj = nn.Linear(width, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.tokens(ids) + self.positions[: ids.shape[1]]
+        h = self.body(h, src_key_padding_mask=~mask)
+        m = mask.unsqueeze(-1).float()
+        return F.normalize(self.proj((h * m).sum(1) / m.sum(1).clamp(min=1)), dim=-1)
+
+
+class SmallCLIP(nn.Module):
+    """Image tower (uint8 (B, C, H, W) -> (B, dim)) and caption tower, both unit-normalised, with a learned
+    temperature; ~0.7M parameters at the defaults."""
+
+    def __init__(self, vocab_size: int, in_channels: int = 1, dim: int = 128):
+        super().__init__()
+        self.image = SmallCNN(dim, in_channels=in_channels)
+        self.text = CaptionTower(vocab_size, dim=dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+
+    def embed_images(self, x: torch.Tensor) -> torch.Tensor:
+        """float images (B, C, H, W) in [-1, 1] -> (B, dim)."""
+        return F.normalize(self.image(x), dim=-1)
+
+
+def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Captions -> ids (N, L) and a boolean mask (N, L), cut at the tokenizer's length (L <= 77)."""
+    enc = tokenizer(list(captions), padding="longest", truncation=True, max_length=CLIP_MAX_LENGTH,
+                    return_tensors="pt")
+    return enc.input_ids, enc.attention_mask.bool()
+
+
+def same_caption_targets(captions: list[str]) -> torch.Tensor:
+    """(B, B) row-normalised targets: every image of a caption is a positive of every copy of that caption
+    (the images of one clinical case often share one caption; they are not each other's negatives)."""
+    ids = {c: k for k, c in enumerate(dict.fromkeys(captions))}
+    g = torch.tensor([ids[c] for c in captions])
+    t = (g[:, None] == g[None, :]).float()
+    return t / t.sum(1, keepdim=True)
+
+
+def train_clip(images: torch.Tensor, captions: list[str], *, steps: int = 1500, batch_size: int = 128,
+               lr: float = 1e-3, seed: int = 0, log=None) -> tuple[SmallCLIP, object]:
+    """Fit a :class:`SmallCLIP` on uint8 images (N, C, H, W) and their captions (N,); returns it (eval mode) and
+    its tokenizer (a BPE of 2,000 tokens learned from ``captions``)."""
+    from synth.models import build_tokenizer
+    from synth.seeds import step_generator
+    from synth.trainers.classifier import random_shift
+    from synth.trainers.common import batch_indices
+
+    tok = build_tokenizer(captions, 2000, CLIP_MAX_LENGTH)
+    ids, mask = tokenize(tok, captions)
+    torch.manual_seed(seed)
+    model = SmallCLIP(len(tok), images.shape[1])
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = batch_indices(step, len(images), min(batch_size, len(images)), seed)
+        x = random_shift(to_float(images[idx]), 3, step_generator(seed, step, stream=98))
+        img, txt = model.embed_images(x), model.text(ids[idx], mask[idx])
+        logits = model.logit_scale.exp().clamp(max=100) * img @ txt.T
+        target = same_caption_targets([captions[i] for i in idx.tolist()])
+        loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log and (step + 1) % 250 == 0:
+            log(f"text judge (CLIP) step {step + 1}/{steps} loss {loss.item():.3f} ({time.perf_counter() - t0:.0f}s)")
+    return model.eval().requires_grad_(False), tok
+
+
+@torch.no_grad()
+def embed_captions(model: SmallCLIP, tokenizer, captions: list[str], batch: int = 256) -> torch.Tensor:
+    """Captions (N,) -> (N, dim) unit vectors."""
+    out = []
+    for i in range(0, len(captions), batch):
+        ids, mask = tokenize(tokenizer, captions[i:i + batch])
+        out.append(model.text(ids, mask))
+    return torch.cat(out) if out else torch.zeros(0, model.text.proj.out_features)
+
+
+@torch.no_grad()
+def embed_images(model: SmallCLIP, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> (N, dim) unit vectors."""
+    return torch.cat([model.embed_images(to_float(images[i:i + batch])) for i in range(0, len(images), batch)])
+
+
+def distractors(captions: list[str], k: int, seed: int) -> list[list[int]]:
+    """For each row i, ``k - 1`` other rows (seeded, row i's own draw) whose caption text differs from row i's:
+    the candidates R-precision ranks row i's caption against."""
+    rows = []
+    for i, c in enumerate(captions):
+        others = [j for j, d in enumerate(captions) if d != c]
+        if len(others) < k - 1:
+            raise ValueError(f"R-precision among {k} needs {k - 1} different captions; only {len(others)} differ "
+                             f"from row {i}'s; pass more rows or a smaller k")
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        pick = torch.randperm(len(others), generator=g)[: k - 1]
+        rows.append([others[j] for j in pick.tolist()])
+    return rows
+
+
+def r_precision(image_emb: torch.Tensor, caption_emb: torch.Tensor, rows: list[int], candidates: list[list[int]]) -> dict:
+    """image_emb (M, D) of M images, each of test row ``rows[m]``; caption_emb (N, D) of the N test captions;
+    ``candidates[i]``: row i's distractor rows.  -> R-precision@1 (own caption strictly most similar among
+    1 + len(distractors)) and the mean cosine similarity of each image to its own caption."""
+    hits, sims = [], []
+    for m, i in enumerate(rows):
+        own = float(image_emb[m] @ caption_emb[i])
+        other = (caption_emb[candidates[i]] @ image_emb[m]).max().item()
+        hits.append(own > other)
+        sims.append(own)
+    n = len(hits)
+    return {"r_precision": sum(hits) / max(n, 1), "similarity": sum(sims) / max(n, 1), "n": n,
+            "k": 1 + (len(candidates[0]) if candidates else 0)}
+
+
+def save_clip(model: SmallCLIP, tokenizer, folder: Path, record: dict) -> None:
+    """Weights (safetensors), tokenizer and the record that says what they were trained on, into ``folder``."""
+    from safetensors.torch import save_file
+
+    from synth.io import atomic_write_text
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "clip.safetensors"))
+    atomic_write_text(folder / "clip.json", json.dumps({**record, "vocab_size": len(tokenizer),
+                                                        "in_channels": model.image.in_channels}, indent=1))
+
+
+def load_clip(folder: Path, record: dict) -> tuple[SmallCLIP, object] | None:
+    """The CLIP saved in ``folder`` when its record matches ``record``; None otherwise (missing, damaged, stale)."""
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer
+
+    try:
+        saved = json.loads((folder / "clip.json").read_text())
+        if any(saved.get(k) != v for k, v in record.items()):
+            return None
+        model = SmallCLIP(saved["vocab_size"], saved["in_channels"])
+        model.load_state_dict(load_file(str(folder / "clip.safetensors")))
+        return model.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(folder / "tokenizer")
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None  # retrained by the caller

@@ -1,0 +1,207 @@
+"""synth eval text (issue 18 item 6): attribute judges, the small CLIP, swaps, the text-encoder probe."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synth.data import ImageSet
+from synth.evaluation import text as T
+from synth.evaluation import textclip as C
+from synth.evaluation.real import EvalError
+from tests.conftest import tiny_cfg
+
+
+def test_attribute_and_swap_specs_parse_and_refuse_with_the_fix():
+    assert T.parse_attribute("type") == T.Attribute("type", "type", ())
+    assert T.parse_attribute("location=label") == T.Attribute("location", "label", ())
+    assert T.parse_attribute("plane:Axial|Coronal") == T.Attribute("plane", "plane", ("Axial", "Coronal"))
+    with pytest.raises(EvalError, match=r"is not NAME\[=COLUMN\]"):
+        T.parse_attribute("plane:Axial")
+    attrs = [T.parse_attribute(a) for a in T.DEFAULT_ATTRIBUTES]
+    assert T.parse_swap("type:CT|MR", attrs) == T.Swap("type", "CT", "MR")
+    with pytest.raises(EvalError, match=r"names 'sex', which is no --attribute .* add --attribute sex"):
+        T.parse_swap("sex:male|female", attrs)
+    with pytest.raises(EvalError, match=r"two different values"):
+        T.parse_swap("type:CT|CT", attrs)
+
+
+def test_swapping_words_is_whole_word_any_case_and_both_ways():
+    assert T.swap_words("MRI of the head; CT prior", "CT", "MR") == "CT of the head; MRI prior"
+    assert T.swap_words("Axial T2 image, coronal reformat", "Axial", "Coronal") == "coronal T2 image, axial reformat"
+    assert T.swap_words("Brain mass. Chest clear.", "Head", "Thorax") == "thorax mass. head clear."
+    assert T.swap_words("OCTOPUS ACT", "CT", "MR") == "OCTOPUS ACT"  # parts of words are no words
+
+
+def _set(n=6):
+    cols = {"type": ["CT", "MR"] * (n // 2), "plane": ["Axial"] * n}
+    return ImageSet(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 4, 4).clone(),
+                    torch.tensor([0, 1, 2] * (n // 3)), ["Head", "Thorax", "Spine"],
+                    prompts=[f"CT of the head {i}" for i in range(n)], columns=cols)
+
+
+def test_swapped_rows_move_the_column_or_the_class_and_keep_the_images():
+    s = _set()
+    rows, moved, new = T.swapped_rows(s, T.Attribute("type", "type"), T.Swap("type", "CT", "MR"))
+    assert rows == list(range(6)) and new == ["MR", "CT"] * 3 and moved.columns["type"] == new
+    assert moved.prompts[0] == "MRI of the head 0" and torch.equal(moved.images, s.images)
+    rows, moved, new = T.swapped_rows(s, T.Attribute("location", "label"), T.Swap("location", "Head", "Thorax"))
+    assert rows == [0, 1, 3, 4] and new == ["Thorax", "Head"] * 2
+    assert moved.labels.tolist() == [1, 0, 1, 0] and moved.prompts[0] == "CT of the thorax 0"
+    assert moved.columns["type"] == ["CT", "MR", "MR", "CT"]  # other columns follow the kept rows
+
+
+def test_judge_classes_take_named_values_or_the_common_ones():
+    vals = ["Axial"] * 20 + ["Coronal"] * 12 + ["Drawing"] * 2
+    assert T.judge_classes(T.Attribute("plane", "plane"), vals) == ["Axial", "Coronal"]
+    with pytest.raises(EvalError, match=r"value\(s\) Sagittal never occur"):
+        T.judge_classes(T.Attribute("plane", "plane", ("Axial", "Sagittal")), vals)
+    assert T.attribute_accuracy(torch.tensor([0, 1, 1, 0]), ["Axial", "Coronal", "Axial", "Drawing"],
+                                ["Axial", "Coronal"]) == {"accuracy": 2 / 3, "n": 3}
+    assert T.majority_share(["a", "a", "b", "x"], ["a", "b"]) == 2 / 3
+
+
+def test_r_precision_ranks_own_caption_against_different_ones():
+    caps = ["a", "a", "b", "c", "d"]
+    cand = C.distractors(caps, 3, seed=0)
+    assert all(caps[j] != caps[i] for i, js in enumerate(cand) for j in js) and all(len(js) == 2 for js in cand)
+    assert cand == C.distractors(caps, 3, seed=0) and cand != C.distractors(caps, 3, seed=1)
+    emb = torch.eye(5)
+    emb[1] = emb[0]  # the two images of caption "a" share its embedding
+    perfect = C.r_precision(emb, emb, [0, 1, 2, 3, 4], cand)
+    assert perfect["r_precision"] == 1.0 and perfect["similarity"] == 1.0 and perfect["k"] == 3
+    wrong = C.r_precision(emb[[2, 3, 4, 0, 1]], emb, [0, 1, 2, 3, 4], cand)
+    assert wrong["r_precision"] < 1.0
+    with pytest.raises(ValueError, match="needs 4 different captions"):
+        C.distractors(caps, 5, seed=0)
+    t = C.same_caption_targets(caps)
+    assert torch.allclose(t.sum(1), torch.ones(5)) and t[0, 1] == 0.5 and t[2, 2] == 1.0
+
+
+def test_linear_probe_reads_separable_features_and_not_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(200) % 4
+    x = torch.randn(200, 16, generator=g) * 0.1
+    x[torch.arange(200), y] += 1.0
+    assert T.linear_probe(x[:150], y[:150], x[150:], y[150:], 4) == 1.0
+    noise = torch.randn(200, 16, generator=g)
+    assert T.linear_probe(noise[:150], y[:150], noise[150:], y[150:], 4) < 0.6
+
+
+WORDS = {("CT", "Head"): "CT of the head", ("MR", "Head"): "MRI of the brain",
+         ("CT", "Thorax"): "CT of the chest", ("MR", "Thorax"): "MRI of the thorax"}
+
+
+def _image(kind: str, where: str, rng) -> np.ndarray:
+    """16x16: CT bright, MR dark; head a disc, thorax two lobes."""
+    yy, xx = np.mgrid[:16, :16]
+    mask = ((yy - 8) ** 2 + (xx - 8) ** 2 < 30) if where == "Head" else (
+        ((yy - 8) ** 2 + (xx - 4) ** 2 < 10) | ((yy - 8) ** 2 + (xx - 12) ** 2 < 10))
+    base = 200 if kind == "CT" else 90
+    return np.clip(mask * base + rng.normal(0, 8, (16, 16)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def captioned(tmp_path_factory):
+    """A manifest of 72 captioned 16 px images (type CT/MR, plane Axial/Coronal/Sagittal, label Head/Thorax), train + test."""
+    root = tmp_path_factory.mktemp("captioned")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(72):
+        kind, where, plane = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2], ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
+        Image.fromarray(_image(kind, where, rng)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
+                     "prompt": f"{WORDS[kind, where]}, case {i % 7}.", "split": "test" if i >= 56 else "train"})
+    (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "m.jsonl"
+
+
+@pytest.fixture(scope="module")
+def text_model(captioned, tmp_path_factory):
+    from synth.trainers.ldm import train_ldm
+
+    cfg = tiny_cfg(f"data.name={captioned}", "labels.caption_template={type}, {plane}: {prompt}", "train.steps=3",
+                   "train.text_lr=0.001", "model.text.windows=2")
+    return train_ldm(cfg, tmp_path_factory.mktemp("text-model") / "run", log=lambda *a: None)
+
+
+def test_the_probe_rebuilds_the_encoder_the_trainer_started_from(captioned, tmp_path):
+    from synth.config.parse import config_to_dict
+    from synth.labels import LabelSchema
+    from synth.trainers.ldm import build_parts
+
+    cfg = tiny_cfg(f"data.name={captioned}", "train.steps=1", "train.text_lr=0.001", "train.seed=7")
+    meta = {"config": json.loads(json.dumps(config_to_dict(cfg)))}
+    parts = build_parts(cfg, tmp_path, LabelSchema(["Head", "Thorax"]), ["CT of the head", "MRI"], save=True)
+    before, where = T.text_encoder_before(meta, parts.tokenizer)
+    assert "seed 7" in where
+    assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), parts.text_encoder.state_dict().values()))
+
+
+def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(captioned, text_model, tmp_path, monkeypatch):
+    from synth.evaluation.text_report import targets
+    from synth.evaluation.text_run import evaluate_text
+
+    said = []
+    rep = evaluate_text([str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2, judge_steps=60,
+                        clip_steps=30, report=tmp_path / "rep" / "medpix-text", log=said.append)
+    assert rep["test_n"] == 16 and rep["train_n"] == 50  # 56 less the validation carve, as training saw it
+    assert rep["judges"]["type"]["classes"] == ["CT", "MR"] and rep["judges"]["type"]["ceiling"] >= 0.9
+    m = rep["models"]["run"]
+    assert m["windows"] == 2 and m["attributes"]["type"]["n"] == 32
+    for name in ("type", "plane", "location"):
+        assert 0 <= m["attributes"][name]["accuracy"] <= 1
+    assert m["clip"]["n"] == 32 and m["clip"]["k"] == 4 and 0 <= m["clip"]["r_precision"] <= 1
+    assert m["swaps"]["type:CT|MR"]["n"] == 32 and m["swaps"]["location:Head|Thorax"]["n"] == 32
+    p = m["probe"]
+    assert p["text_lr"] == 0.001 and p["before"] is not None and p["after"] is not None and "from scratch" in p["before_is"]
+    assert {t["target"].split(" ")[0] for t in targets(rep)} >= {"attribute", "R-precision@1", "swap", "text-encoder"}
+    for ext in ("md", "json", "png"):
+        assert (tmp_path / "rep" / f"medpix-text.{ext}").is_file()
+    md = (tmp_path / "rep" / "medpix-text.md").read_text()
+    assert "real test images (ceiling)" in md and "## Targets" in md
+    # a second run reuses judges, CLIP and images: nothing is sampled again
+    from synth.samplers.generator import LDMGenerator
+
+    monkeypatch.setattr(LDMGenerator, "sample", lambda *a, **k: pytest.fail("sampled again"))
+    again = evaluate_text([str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2, judge_steps=60,
+                          clip_steps=30, log=said.append)
+    assert again["models"]["run"]["attributes"] == m["attributes"] and again["models"]["run"]["clip"] == m["clip"]
+
+
+def test_eval_text_refuses_bad_requests_in_one_line(captioned, text_model, tmp_path, tiny_export):
+    from synth.evaluation.text_run import evaluate_text
+
+    with pytest.raises(EvalError, match="needs 16 different captions"):
+        evaluate_text([str(text_model)], str(captioned), tmp_path, k=17, judge_steps=5, clip_steps=2,
+                      log=lambda *a: None)
+    with pytest.raises(EvalError, match=r"no column 'sex' \(it has: label, type, plane"):
+        evaluate_text([str(text_model)], str(captioned), tmp_path, attributes=["sex"], swaps=[], judge_steps=5,
+                      log=lambda *a: None)
+    with pytest.raises(EvalError, match="have no captions; synth eval text needs a manifest"):
+        evaluate_text([str(tiny_export)], "phantom", tmp_path, judge_steps=5, log=lambda *a: None)
+
+
+def test_an_oracle_generator_scores_at_the_ceiling_and_follows_every_swap(captioned, text_model, tmp_path, monkeypatch):
+    """Images drawn from what each prompt says (type from the template, location from the caption's words): every
+    measure must then see a generator that follows its text, so rows, seeds and swaps are wired right."""
+    from synth.evaluation import text_run
+
+    def oracle(gen, prompts, labels, seeds, **kw):
+        rng = np.random.default_rng(0)
+        out = []
+        for p in prompts:
+            where = "Head" if any(w in p.lower() for w in ("head", "brain")) else "Thorax"
+            out.append(torch.from_numpy(_image(p.split(",")[0], where, rng))[None])
+        return torch.stack(out)
+
+    monkeypatch.setattr(text_run.T, "generate", oracle)
+    rep = text_run.evaluate_text([str(text_model)], str(captioned), tmp_path, seeds=2, k=4, judge_steps=150,
+                                 clip_steps=30, swaps=["type:CT|MR", "location:Head|Thorax"], log=lambda *a: None)
+    m = rep["models"]["run"]
+    for name in ("type", "location"):
+        assert rep["judges"][name]["ceiling"] == 1.0 and m["attributes"][name]["accuracy"] == 1.0
+        assert m["attributes"][name]["share_of_ceiling"] == 1.0
+    assert m["swaps"]["type:CT|MR"]["accuracy"] == 1.0 and m["swaps"]["location:Head|Thorax"]["accuracy"] == 1.0
+    assert m["swaps"]["type:CT|MR"]["unswapped_follow"] == 1.0
