@@ -361,13 +361,15 @@ def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out)
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the model's).")
 @click.option("--guidance", type=float, default=None, help="Guidance (default: the model's).")
 @click.option("--sampler", default=None, help="Sampler (default: the model's).")
+@click.option("--judge-resolution", type=int, default=None,
+              help="Judges and the text judge read images area-averaged to this size (default: the model's).")
 @click.option("--judge-steps", type=int, default=600, show_default=True)
-@click.option("--clip-steps", type=int, default=1500, show_default=True)
+@click.option("--clip-steps", type=int, default=600, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 def eval_text(models, data, out, report, attributes, swaps, seeds, max_captions, k, steps, guidance, sampler,
-              judge_steps, clip_steps, seed, batch_size, device):
+              judge_resolution, judge_steps, clip_steps, seed, batch_size, device):
     """Do images follow their text? Attribute judges, a small CLIP, compositional swaps, a text-encoder probe."""
     from synth.evaluation.text_report import targets
     from synth.evaluation.text_run import evaluate_text
@@ -377,13 +379,16 @@ def eval_text(models, data, out, report, attributes, swaps, seeds, max_captions,
         if v < 1:
             click.echo(f"error: {name} must be >= 1 (got {v})", err=True)
             sys.exit(2)
+    if judge_resolution is not None and judge_resolution < 16:
+        click.echo(f"error: --judge-resolution must be >= 16 (the judges' smallest input; got {judge_resolution})", err=True)
+        sys.exit(2)
     import shlex
 
     command = "synth " + shlex.join(sys.argv[1:])
     summary = _run(evaluate_text, list(models), data, out, attributes=attributes or T_DEFAULTS[0],
                    swaps=swaps or T_DEFAULTS[1], seeds=seeds, max_rows=max_captions, steps=steps, guidance=guidance,
                    sampler=sampler, k=k, judge_steps=judge_steps, clip_steps=clip_steps, seed=seed, batch=batch_size,
-                   device=device, report=report, command=command)
+                   device=device, judge_resolution=judge_resolution, report=report, command=command)
     for t in targets(summary):
         click.echo(f"{t['model']}: {t['target']}: {t['value']:.3f} -> {t['met']}")
 

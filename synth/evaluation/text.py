@@ -147,6 +147,15 @@ def image_seed(seed: int, row: int, k: int) -> int:
     return derive_seed(seed, "eval-text", row, k)
 
 
+def judge_view(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """uint8 (N, C, R, R) -> uint8 (N, C, size, size) by area averaging (unchanged when size is None or >= R):
+    judges and the CLIP read this view, so on CPUs they train in minutes; their ceiling is measured on it too."""
+    if size is None or size >= images.shape[-1] or len(images) == 0:
+        return images
+    x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
 def predict(net, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     """Judge predictions (N,) for uint8 images (N, C, H, W)."""
@@ -161,6 +170,28 @@ def attribute_accuracy(pred: torch.Tensor, values: list[str], classes: list[str]
     keep = [i for i, v in enumerate(values) if v in classes]
     hits = [int(pred[i]) == classes.index(values[i]) for i in keep]
     return {"accuracy": sum(hits) / len(hits) if hits else float("nan"), "n": len(hits)}
+
+
+def swap_scores(pred_before: torch.Tensor, pred_after: torch.Tensor, old: list[str], new: list[str],
+                classes: list[str]) -> dict:
+    """How swapped images follow the swap; pred_before/after (M,) judged class ids of the same seeds before and
+    after the swap, old/new (M,) the values asked for.
+
+    ``accuracy``: the mean over the two directions (a -> b, b -> a) of the share judged as the new value, so a
+    generator that ignores the text (always one value) scores 0.5, not the share of one direction;
+    ``strict``: judged as asked both before and after (the image really changed);
+    ``unswapped_follow``: judged as asked before the swap."""
+    keep = [i for i in range(len(new)) if new[i] in classes and old[i] in classes]
+    after = [int(pred_after[i]) == classes.index(new[i]) for i in keep]
+    before = [int(pred_before[i]) == classes.index(old[i]) for i in keep]
+    per_dir = {}
+    for i, ok in zip(keep, after):
+        per_dir.setdefault(f"{old[i]}->{new[i]}", []).append(ok)
+    shares = {d: sum(v) / len(v) for d, v in per_dir.items()}
+    n = len(keep)
+    return {"accuracy": sum(shares.values()) / len(shares) if shares else float("nan"), "directions": shares,
+            "strict": sum(a and b for a, b in zip(after, before)) / n if n else float("nan"),
+            "unswapped_follow": sum(before) / n if n else float("nan"), "n": n}
 
 
 def majority_share(values: list[str], classes: list[str]) -> float:

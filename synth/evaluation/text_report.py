@@ -79,11 +79,15 @@ def markdown(report: dict, command: str | None = None) -> str:
     for t, m in report["models"].items():
         lines.append(f"| {t} | {_f(m['clip']['r_precision'])} | {_f(m['clip']['similarity'])} |")
     lines += ["", "## Compositional swaps (same seed, one attribute swapped in the columns and the caption's words)", "",
-              "| swap | " + " | ".join(f"{t}: follows the swap (judged as asked before the swap)" for t in tags) + " |",
-              "|---|" + "---|" * len(tags)]
+              "Follows: the share judged as the new value, averaged over both directions (a generator that ignores "
+              "the text scores 0.5); strict: judged as asked both before and after the swap.", "",
+              "| swap | " + " | ".join(f"{t}: follows / strict / as asked before the swap (per direction)" for t in tags)
+              + " |", "|---|" + "---|" * len(tags)]
     for key in report["swaps"]:
-        cells = [f"{_f(m['swaps'][key]['accuracy'])} ({_f(m['swaps'][key].get('unswapped_follow'))}), n "
-                 f"{m['swaps'][key]['n']}" for m in report["models"].values()]
+        cells = [f"{_f(m['swaps'][key]['accuracy'])} / {_f(m['swaps'][key].get('strict'))} / "
+                 f"{_f(m['swaps'][key].get('unswapped_follow'))} "
+                 f"({', '.join(f'{d} {_f(v)}' for d, v in m['swaps'][key].get('directions', {}).items())}), "
+                 f"n {m['swaps'][key]['n']}" for m in report["models"].values()]
         lines.append(f"| {_cell(key)} | " + " | ".join(cells) + " |")
     lines += ["", "## The text encoder's knowledge (linear probe of pooled caption embeddings for the class)", "",
               "| model | text windows x tokens | text_lr | probe before | probe after | majority class | before is |",

@@ -69,7 +69,7 @@ def _tags(metas: list[dict]) -> list[str]:
 
 
 def train_judges(train: ImageSet, test: ImageSet, attributes: list[T.Attribute], out: Path, steps: int, seed: int,
-                 log) -> dict:
+                 log, view=lambda x: x) -> dict:
     """{name: {"net", "classes", "ceiling", "majority", "n"}}: one judge per attribute, trained on the real
     training images whose value it knows, with its accuracy on the real test images (the ceiling)."""
     from synth.trainers.classifier import cached_classifier
@@ -80,12 +80,12 @@ def train_judges(train: ImageSet, test: ImageSet, attributes: list[T.Attribute],
         classes = T.judge_classes(attr, tv)
         keep = [i for i, v in enumerate(tv) if v in classes]
         idx = torch.tensor(keep, dtype=torch.long)
-        data = ImageSet(train.images[idx], torch.tensor([classes.index(tv[i]) for i in keep]), classes,
+        data = ImageSet(view(train.images[idx]), torch.tensor([classes.index(tv[i]) for i in keep]), classes,
                         source=f"{train.source}:{attr.column}")
-        net = cached_classifier(out / "judges" / f"{attr.name}.safetensors", data, steps=steps, seed=seed,
+        net = cached_classifier(out / f"{attr.name}.safetensors", data, steps=steps, seed=seed,
                                 role=f"judge of {attr.name}", log=log)
         values = T.values_of(test, attr.column)
-        ceiling = T.attribute_accuracy(T.predict(net, test.images), values, classes)
+        ceiling = T.attribute_accuracy(T.predict(net, view(test.images)), values, classes)
         judges[attr.name] = {"net": net, "classes": classes, "ceiling": ceiling["accuracy"], "n": ceiling["n"],
                              "majority": T.majority_share(values, classes), "train_n": len(keep)}
         log(f"judge of {attr.name} ({'/'.join(classes)}, {len(keep)} training images): {ceiling['accuracy']:.3f} on "
@@ -93,19 +93,20 @@ def train_judges(train: ImageSet, test: ImageSet, attributes: list[T.Attribute],
     return judges
 
 
-def train_text_judge(train: ImageSet, out: Path, steps: int, seed: int, log):
+def train_text_judge(train: ImageSet, out: Path, steps: int, seed: int, log, view=lambda x: x):
     """The small CLIP of the training split's captions, reused from ``out/clip`` while its record matches."""
     from synth.data import fingerprint
 
     caps = T.caption_texts(train)
+    images = view(train.images)
     record = {"data": fingerprint(train), "captions": hashlib.sha256(json.dumps(caps).encode()).hexdigest(),
-              "steps": steps, "seed": seed}
-    got = C.load_clip(out / "clip", record)
+              "steps": steps, "seed": seed, "size": int(images.shape[-1])}
+    got = C.load_clip(out, record)
     if got is not None:
         return got
     t0 = time.perf_counter()
-    model, tok = C.train_clip(train.images, caps, steps=steps, seed=seed, log=log)
-    C.save_clip(model, tok, out / "clip", record)
+    model, tok = C.train_clip(images, caps, steps=steps, seed=seed, log=log)
+    C.save_clip(model, tok, out, record)
     log(f"text judge (CLIP): trained on {len(train)} image-caption pairs ({time.perf_counter() - t0:.0f}s)")
     return model, tok
 
@@ -161,10 +162,11 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
            "swaps": {}}
     for name, j in ctx["judges"].items():
         attr = ctx["attributes"][name]
-        acc = T.attribute_accuracy(T.predict(j["net"], images), _repeat(T.values_of(test, attr.column), S), j["classes"])
+        acc = T.attribute_accuracy(T.predict(j["net"], ctx["view"](images)), _repeat(T.values_of(test, attr.column), S),
+                                   j["classes"])
         res["attributes"][name] = {**acc, "share_of_ceiling": acc["accuracy"] / j["ceiling"] if j["ceiling"] else None}
     clip, ctok = ctx["clip"]
-    emb = C.embed_images(clip, images)
+    emb = C.embed_images(clip, ctx["view"](images))
     res["clip"] = C.r_precision(emb, ctx["caption_emb"], _repeat(list(range(len(test))), S), ctx["candidates"])
     for sw in ctx["swaps"]:
         attr, j = ctx["attributes"][sw.name], ctx["judges"][sw.name]
@@ -173,11 +175,11 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
             res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = {"accuracy": float("nan"), "n": 0}
             continue
         moved = make(swapped, rows)
-        follows = T.attribute_accuracy(T.predict(j["net"], moved), _repeat(new, S), j["classes"])
+        old = [T.values_of(test, attr.column)[r] for r in rows]
         picks = [r * S + k for r in rows for k in range(S)]
-        before = T.attribute_accuracy(T.predict(j["net"], images[picks]),
-                                      _repeat([T.values_of(test, attr.column)[r] for r in rows], S), j["classes"])
-        res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = {**follows, "unswapped_follow": before["accuracy"]}
+        res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = T.swap_scores(
+            T.predict(j["net"], ctx["view"](images[picks])), T.predict(j["net"], ctx["view"](moved)),
+            _repeat(old, S), _repeat(new, S), j["classes"])
     res["probe"] = probe(meta, gen, ctx)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
@@ -206,7 +208,8 @@ def probe(meta: dict, gen, ctx: dict) -> dict:
 def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T.DEFAULT_ATTRIBUTES,
                   swaps=T.DEFAULT_SWAPS, seeds: int = 2, max_rows: int | None = None, steps: int | None = None,
                   guidance: float | None = None, sampler: str | None = None, k: int = 10, judge_steps: int = 600,
-                  clip_steps: int = 1500, seed: int = 0, batch: int = 64, device: str = "cpu",
+                  clip_steps: int = 600, seed: int = 0, batch: int = 64, device: str = "cpu",
+                  judge_resolution: int | None = None,
                   report: str | Path | None = None, command: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """The report of ``synth eval text`` (a dict; also written to ``out/report.json``)."""
@@ -236,17 +239,21 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
         candidates = C.distractors(caps, k, seed)
     except ValueError as e:
         raise EvalError(str(e)) from None
-    judges = train_judges(train, test, attrs, out, judge_steps, seed, log)
-    clip = train_text_judge(train, out, clip_steps, seed, log)
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return T.judge_view(x, judge_resolution)
+
+    judges = train_judges(train, test, attrs, out / f"judges-{int(view(test.images[:1]).shape[-1])}px", judge_steps,
+                          seed, log, view)
+    clip = train_text_judge(train, out / f"clip-{int(view(test.images[:1]).shape[-1])}px", clip_steps, seed, log, view)
     caption_emb = C.embed_captions(clip[0], clip[1], caps)
-    real = C.r_precision(C.embed_images(clip[0], test.images), caption_emb, list(range(len(test))), candidates)
+    real = C.r_precision(C.embed_images(clip[0], view(test.images)), caption_emb, list(range(len(test))), candidates)
     log(f"text judge on the real test images: R-precision@1 among {k} {real['r_precision']:.3f}")
     ctx = {"opts": {"device": device, "steps": steps, "guidance": guidance, "sampler": sampler, "max_rows": max_rows,
                     "seeds": seeds, "seed": seed, "batch": batch},
            "data": data, "train": train, "test": test, "out": out, "judges": judges,
            "attributes": {a.name: a for a in attrs}, "swaps": sw, "clip": clip, "caption_emb": caption_emb,
-           "candidates": candidates, "grid": {}, "grid_rows": grid_rows(test)}
-    summary = {"data": data, "resolution": res, "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,
+           "candidates": candidates, "grid": {}, "grid_rows": grid_rows(test), "view": view}
+    summary = {"data": data, "resolution": res, "judge_resolution": int(view(test.images[:1]).shape[-1]), "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,
               "judges": {n: {x: j[x] for x in ("classes", "ceiling", "majority", "n", "train_n")} for n, j in judges.items()},
               "clip_real": real, "swaps": [f"{s.name}:{s.a}|{s.b}" for s in sw],
               "models": {}}

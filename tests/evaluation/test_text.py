@@ -204,4 +204,20 @@ def test_an_oracle_generator_scores_at_the_ceiling_and_follows_every_swap(captio
         assert rep["judges"][name]["ceiling"] == 1.0 and m["attributes"][name]["accuracy"] == 1.0
         assert m["attributes"][name]["share_of_ceiling"] == 1.0
     assert m["swaps"]["type:CT|MR"]["accuracy"] == 1.0 and m["swaps"]["location:Head|Thorax"]["accuracy"] == 1.0
-    assert m["swaps"]["type:CT|MR"]["unswapped_follow"] == 1.0
+    assert m["swaps"]["type:CT|MR"]["unswapped_follow"] == 1.0 and m["swaps"]["type:CT|MR"]["strict"] == 1.0
+
+
+def test_the_judges_view_averages_areas_and_keeps_smaller_images():
+    x = torch.tensor([[0, 2, 10, 10], [2, 0, 10, 10], [255, 255, 1, 1], [255, 255, 1, 2]], dtype=torch.uint8)[None, None]
+    assert T.judge_view(x, 2).tolist() == [[[[1, 10], [255, 1]]]]
+    assert T.judge_view(x, 8) is x and T.judge_view(x, None) is x
+
+
+def test_a_generator_that_ignores_the_swap_scores_one_half_not_the_share_of_one_direction():
+    old, new = ["CT"] * 8 + ["MR"] * 2, ["MR"] * 8 + ["CT"] * 2
+    always_mr = torch.ones(10, dtype=torch.long)  # judged MR whatever the text says
+    s = T.swap_scores(always_mr, always_mr, old, new, ["CT", "MR"])
+    assert s["accuracy"] == 0.5 and s["directions"] == {"CT->MR": 1.0, "MR->CT": 0.0} and s["strict"] == 0.0
+    follows = torch.tensor([1] * 8 + [0] * 2)
+    s = T.swap_scores(1 - follows, follows, old, new, ["CT", "MR"])
+    assert s["accuracy"] == 1.0 and s["strict"] == 1.0 and s["unswapped_follow"] == 1.0 and s["n"] == 10
