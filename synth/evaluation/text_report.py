@@ -63,7 +63,17 @@ def markdown(report: dict, command: str | None = None) -> str:
              f"row's caption through the model's caption template, with a per-(row, seed) seed.", ""]
     if command:
         lines += ["Command:", "", "```", command, "```", ""]
-    lines += ["## Attribute fidelity (judges trained on the real training images)", "",
+    lines += ["## Models", "", "| model | family, codec | caption template | text windows x tokens | steps x batch | lr / "
+              "text_lr | sampling |", "|---|---|---|---|---|---|---|"]
+    for t, m in report["models"].items():
+        tr, sp = m.get("training") or {}, m["sampling"]
+        lines.append(f"| {t} | {tr.get('path')}, {tr.get('codec')}{', from ' + str(tr['pretrained']) if tr.get('pretrained') else ''} "
+                     f"| `{tr.get('caption_template')}` | {m['windows']} x {m['max_length']} | {tr.get('steps')} x "
+                     f"{tr.get('batch_size')} | {tr.get('lr')} / {tr.get('text_lr')} | {sp['sampler']}, {sp['steps']} "
+                     f"steps, guidance {sp['guidance']}, {sp['seeds']} seed(s) per caption |")
+    lines += ["", f"Judges and the text judge read images at {report.get('judge_resolution', report['resolution'])} px "
+              f"(area-averaged); their ceilings are measured on the same view.", "",
+              "## Attribute fidelity (judges trained on the real training images)", "",
               "| attribute | judge classes | real test images (ceiling) | majority class | "
               + " | ".join(f"{t} (share of ceiling)" for t in tags) + " |",
               "|---|---|---|---|" + "---|" * len(tags)]

@@ -125,6 +125,15 @@ def grid_rows(test: ImageSet, n: int = 6) -> list[int]:
     return rows
 
 
+def training_of(meta: dict) -> dict:
+    """What the report says about how a model was trained (from its recorded config)."""
+    cfg = meta.get("config") or {}
+    t, m, lab = cfg.get("train") or {}, cfg.get("model") or {}, cfg.get("labels") or {}
+    return {"steps": t.get("steps"), "batch_size": t.get("batch_size"), "lr": t.get("lr"), "text_lr": t.get("text_lr"),
+            "path": t.get("path", "diffusion"), "codec": m.get("codec"), "pretrained": m.get("pretrained"),
+            "caption_template": lab.get("caption_template")}
+
+
 def _repeat(xs: list, n: int) -> list:
     return [x for x in xs for _ in range(n)]
 
@@ -159,7 +168,7 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     ctx["grid"][tag] = images.view(len(test), S, *images.shape[1:])[ctx["grid_rows"]]
     res = {"path": meta["path"], "sampling": {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": S},
            "windows": int(meta.get("text_windows", 1)), "max_length": int(meta["max_length"]), "attributes": {},
-           "swaps": {}}
+           "swaps": {}, "training": training_of(meta)}
     for name, j in ctx["judges"].items():
         attr = ctx["attributes"][name]
         acc = T.attribute_accuracy(T.predict(j["net"], ctx["view"](images)), _repeat(T.values_of(test, attr.column), S),
