@@ -375,8 +375,8 @@ def eval_text(models, data, out, report, attributes, swaps, seeds, max_captions,
     from synth.evaluation.text_run import evaluate_text
 
     for name, v in (("--seeds", seeds), ("--judge-steps", judge_steps), ("--clip-steps", clip_steps),
-                    ("--batch-size", batch_size), ("--steps", steps or 1)):
-        if v < 1:
+                    ("--batch-size", batch_size), ("--steps", steps)):
+        if v is not None and v < 1:
             click.echo(f"error: {name} must be >= 1 (got {v})", err=True)
             sys.exit(2)
     if judge_resolution is not None and judge_resolution < 16:

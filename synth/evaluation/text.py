@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,7 +190,9 @@ def swap_scores(pred_before: torch.Tensor, pred_after: torch.Tensor, old: list[s
         per_dir.setdefault(f"{old[i]}->{new[i]}", []).append(ok)
     shares = {d: sum(v) / len(v) for d, v in per_dir.items()}
     n = len(keep)
+    # one direction only (the rows hold one of the two values): no text-blind baseline of 0.5; the report says so
     return {"accuracy": sum(shares.values()) / len(shares) if shares else float("nan"), "directions": shares,
+            "both_directions": len(shares) == 2,
             "strict": sum(a and b for a, b in zip(after, before)) / n if n else float("nan"),
             "unswapped_follow": sum(before) / n if n else float("nan"), "n": n}
 
@@ -209,14 +212,19 @@ def generate(gen, prompts: list[str], labels: list[int | None], seeds: list[int]
 
     record = {"weights": gen.weights_sha256, "prompts": prompts, "labels": labels, "seeds": seeds, "steps": steps,
               "guidance": guidance, "sampler": sampler, "windows": getattr(gen, "windows", 1)}
+    p = next(gen.unet.parameters())
+    if p.device.type != "cpu" or p.dtype != torch.float32:  # GPU or half-precision bytes differ: their own key
+        record["device"], record["dtype"] = p.device.type, str(p.dtype)
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     path = cache / f"images-{key}.npz"
     if path.is_file():
         try:
             with np.load(path, allow_pickle=False) as z:
-                return torch.from_numpy(z["images"].copy())
-        except (OSError, ValueError, KeyError):
-            pass  # damaged: made again
+                cached = torch.from_numpy(z["images"].copy())
+            if len(cached) == len(prompts):
+                return cached
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            pass  # damaged or short: made again
     out = []
     for i in range(0, len(prompts), batch):
         conds = [Condition(label=k, prompt=p) for k, p in zip(labels[i:i + batch], prompts[i:i + batch])]
@@ -278,16 +286,28 @@ def text_encoder_before(meta: dict, tokenizer):
 
     From scratch: rebuilt from the recorded config and seed exactly as the trainer built it (the trainer seeds
     torch, then builds codec, tokenizer and text encoder; loading a codec draws no random numbers).
-    Fine-tuned: the pretrained folder's encoder, when it is still there."""
-    from synth.config.parse import config_from_dict
-    from synth.models import build_text_encoder, load_pretrained
+    Fine-tuned: only the ``text_encoder/`` of what it started from (a synth export, whose recorded foundation
+    path is preferred, or a diffusers folder), when that is still there; pickle weights only where the model's
+    config allowed them.  A model without a recorded config gives None."""
+    from transformers import CLIPTextModel
 
-    cfg = config_from_dict(meta.get("config") or {})
+    from synth.config.parse import config_from_dict
+    from synth.models import _pretrained_kwargs, allows_pickle, build_text_encoder
+
+    if not meta.get("config"):
+        return None, "unknown (the export records no training config)"
+    cfg = config_from_dict(meta["config"])
     if cfg.model.pretrained:
+        found = ((meta.get("train_subset") or {}).get("foundation") or {}).get("path")
+        source = str(found or cfg.model.pretrained)
+        kw = _pretrained_kwargs(allows_pickle(cfg.model))
+        if Path(source).expanduser().is_dir():
+            kw["local_files_only"] = True
         try:
-            return load_pretrained(cfg.model.pretrained)["text_encoder"].eval(), f"pretrained {cfg.model.pretrained}"
+            enc = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
+            return enc.eval(), f"pretrained {source}"
         except Exception as e:  # noqa: BLE001 - a moved folder costs only the 'before' half of the probe
-            return None, f"pretrained {cfg.model.pretrained} cannot be loaded ({str(e).splitlines()[0][:120]})"
+            return None, f"pretrained {source} cannot be loaded ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
     t = cfg.model.text
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)

@@ -48,7 +48,7 @@ def targets(report: dict) -> list[dict]:
                 rows.append({"model": tag, "target": f"swap {key} follows >= {SWAP_TARGETS[name]:.0%}",
                              "value": s["accuracy"], "met": _met(s["accuracy"], SWAP_TARGETS[name])})
         p = m["probe"]
-        if p["before"] is not None:
+        if p.get("text_lr") and p.get("after") is not None and p.get("before") is not None:  # a frozen encoder cannot learn
             rows.append({"model": tag, "target": "text-encoder probe after > before", "value": p["after"] - p["before"],
                          "met": "met" if p["after"] > p["before"] else "missed"})
     return rows
@@ -68,7 +68,7 @@ def markdown(report: dict, command: str | None = None) -> str:
     for t, m in report["models"].items():
         tr, sp = m.get("training") or {}, m["sampling"]
         lines.append(f"| {t} | {tr.get('path')}, {tr.get('codec')}{', from ' + str(tr['pretrained']) if tr.get('pretrained') else ''} "
-                     f"| `{tr.get('caption_template')}` | {m['windows']} x {m['max_length']} | {tr.get('steps')} x "
+                     f"| `{_cell(tr.get('caption_template'))}` | {m['windows']} x {m['max_length']} | {tr.get('steps')} x "
                      f"{tr.get('batch_size')} | {tr.get('lr')} / {tr.get('text_lr')} | {sp['sampler']}, {sp['steps']} "
                      f"steps, guidance {sp['guidance']}, {sp['seeds']} seed(s) per caption |")
     lines += ["", f"Judges and the text judge read images at {report.get('judge_resolution', report['resolution'])} px "
@@ -97,15 +97,18 @@ def markdown(report: dict, command: str | None = None) -> str:
         cells = [f"{_f(m['swaps'][key]['accuracy'])} / {_f(m['swaps'][key].get('strict'))} / "
                  f"{_f(m['swaps'][key].get('unswapped_follow'))} "
                  f"({', '.join(f'{d} {_f(v)}' for d, v in m['swaps'][key].get('directions', {}).items())}), "
-                 f"n {m['swaps'][key]['n']}" for m in report["models"].values()]
+                 f"n {m['swaps'][key]['n']}{'' if m['swaps'][key].get('both_directions', True) else ', ONE direction only'}"
+                 for m in report["models"].values()]
         lines.append(f"| {_cell(key)} | " + " | ".join(cells) + " |")
     lines += ["", "## The text encoder's knowledge (linear probe of pooled caption embeddings for the class)", "",
-              "| model | text windows x tokens | text_lr | probe before | probe after | majority class | before is |",
-              "|---|---|---|---|---|---|---|"]
+              "Distinct captions only (free text, no template, first window); test captions that also occur in "
+              "training are left out.", "",
+              "| model | text windows x tokens | text_lr | probe before | probe after | majority class | test captions "
+              "| before is |", "|---|---|---|---|---|---|---|---|"]
     for t, m in report["models"].items():
         p = m["probe"]
         lines.append(f"| {t} | {m['windows']} x {m['max_length']} | {p['text_lr']} | {_f(p['before'])} | "
-                     f"{_f(p['after'])} | {_f(p['majority'])} | {p['before_is']} |")
+                     f"{_f(p['after'])} | {_f(p.get('majority'))} | {p.get('n', 'n/a')} | {_cell(p['before_is'])} |")
     lines += ["", "## Targets", "", "| model | target | value | |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {_cell(r['target'])} | {_f(r['value'])} | {r['met']} |" for r in targets(report)]
     return "\n".join(lines) + "\n"
@@ -149,6 +152,17 @@ def grid_png(path: Path, captions: list[str], real: torch.Tensor, generated: dic
     plt.close(fig)
 
 
+def _no_nan(x):
+    """``x`` with every NaN float as None: strict JSON that any reader parses."""
+    if isinstance(x, float) and math.isnan(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_no_nan(v) for v in x]
+    return x
+
+
 def write_text_report(report: dict, base: Path, grid: dict | None = None, command: str | None = None) -> list[Path]:
     """``base``.md, ``base``.json and (with ``grid``: grid_png's arguments) ``base``.png."""
     from synth.io import atomic_write_text
@@ -163,6 +177,6 @@ def write_text_report(report: dict, base: Path, grid: dict | None = None, comman
         text += f"\n![test captions: real and generated images]({png.name})\n"
         written.append(png)
     atomic_write_text(md, text)
-    atomic_write_text(js, json.dumps({**report, "targets": targets(report), "command": command}, indent=1,
-                                     default=str) + "\n")
+    atomic_write_text(js, json.dumps(_no_nan({**report, "targets": targets(report), "command": command}), indent=1,
+                                     default=str, allow_nan=False) + "\n")
     return written

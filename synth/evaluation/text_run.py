@@ -17,12 +17,22 @@ from synth.evaluation import textclip as C
 from synth.evaluation.real import EvalError
 
 
-def _load(data: str, resolution: int, split: str, classes: list[str] | None) -> ImageSet:
-    """One split of ``data`` at ``resolution`` (no subsetting, no validation cap), classes numbered as given."""
+def _load(data: str, resolution: int, split: str, classes: list[str] | None, recorded: dict | None = None) -> ImageSet:
+    """One split of ``data`` at ``resolution`` (no subsetting, no validation cap), classes numbered as given.
+
+    ``recorded``: the model's recorded ``data`` settings (channels, on_error, val_fraction, carve, seed ...) so the
+    split is read as training read it; the source, resolution and caps are this evaluation's."""
     from synth.config import load_config
     from synth.data import load_split
 
-    cfg = load_config(None, [f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
+    from synth.config import ConfigError
+
+    keep = ("channels", "on_error", "val_fraction", "carve", "seed")
+    sets = [f"data.{k}={json.dumps(v)}" for k, v in (recorded or {}).items() if k in keep and v is not None]
+    try:
+        cfg = load_config(None, [*sets, f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
+    except ConfigError:  # a recorded value this version reads otherwise: read the split with the defaults
+        cfg = load_config(None, [f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
     try:
         s = load_split(cfg.data, split, classes=classes)
     except DataError as e:
@@ -33,12 +43,31 @@ def _load(data: str, resolution: int, split: str, classes: list[str] | None) -> 
     return s
 
 
-def _head(s: ImageSet, n: int | None) -> ImageSet:
-    """The first ``n`` rows of ``s`` (all when None): a quicker, still deterministic evaluation."""
+def _head(s: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
+    """``n`` rows of ``s`` (all when None): a quicker, still deterministic evaluation.  Classes take turns (a
+    seeded order within each), so a manifest sorted by class still gives every class its share; rows keep
+    their order in ``s``."""
     if n is None or n >= len(s):
         return s
-    cols = {c: v[:n] for c, v in (s.columns or {}).items()}
-    return replace(s, images=s.images[:n], labels=s.labels[:n], prompts=(s.prompts or [])[:n] or None, columns=cols)
+    by_class: dict[int, list[int]] = {}
+    for i, k in enumerate(s.labels.tolist()):
+        by_class.setdefault(int(k), []).append(i)
+    g = torch.Generator().manual_seed(seed)
+    queues = {k: [rows[j] for j in torch.randperm(len(rows), generator=g).tolist()] for k, rows in sorted(by_class.items())}
+    picked: list[int] = []
+    while len(picked) < n:
+        for k in sorted(queues):
+            if queues[k] and len(picked) < n:
+                picked.append(queues[k].pop(0))
+    return _rows(s, sorted(picked))
+
+
+def _rows(s: ImageSet, rows: list[int]) -> ImageSet:
+    """The images of ``s`` at ``rows`` (in that order), with their labels, prompts and columns."""
+    idx = torch.tensor(rows, dtype=torch.long)
+    return replace(s, images=s.images[idx], labels=s.labels[idx],
+                   prompts=[s.prompts[i] for i in rows] if s.prompts else None,
+                   columns={c: [v[i] for i in rows] for c, v in (s.columns or {}).items()})
 
 
 def _models(models: list[str]) -> list[dict]:
@@ -152,7 +181,8 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     sampler = o["sampler"] or d.get("sampler", "dpmpp_2m")
     test = ctx["test"]
     if list(test.classes) != list(schema.classes):  # numbered as the model numbers them
-        test = _head(_load(ctx["data"], meta["resolution"], "test", list(schema.classes)), o["max_rows"])
+        test = _head(_load(ctx["data"], meta["resolution"], "test", list(schema.classes),
+                           (meta.get("config") or {}).get("data")), o["max_rows"], o["seed"])
     lc, S = T.labels_config(meta), o["seeds"]
     cache = ctx["out"] / "models" / tag
 
@@ -180,6 +210,10 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     for sw in ctx["swaps"]:
         attr, j = ctx["attributes"][sw.name], ctx["judges"][sw.name]
         rows, swapped, new = T.swapped_rows(test, attr, sw)
+        changed = [n for n, (a, b) in enumerate(zip(prompts_of(_rows(test, rows), schema, lc),
+                                                     prompts_of(swapped, schema, lc))) if a != b]
+        if len(changed) < len(rows):  # a prompt the swap leaves as it was asks nothing of the model
+            rows, swapped, new = [rows[n] for n in changed], _rows(swapped, changed), [new[n] for n in changed]
         if not rows:
             res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = {"accuracy": float("nan"), "n": 0}
             continue
@@ -194,24 +228,46 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     return res
 
 
+def probe_rows(train: ImageSet, test: ImageSet) -> tuple[list[str], list[int], list[str], list[int]]:
+    """The probe's captions and class ids (in ``train.classes``): each distinct non-empty caption once per split
+    (its first row's class), and no test caption that also occurs in training (it would be recalled, not read)."""
+    def distinct(s: ImageSet, banned: set[str]) -> tuple[list[str], list[int]]:
+        caps, ys, seen = [], [], set(banned)
+        for c, k in zip(T.caption_texts(s), s.labels.tolist()):
+            key = " ".join(c.lower().split())
+            if key and key not in seen:
+                seen.add(key)
+                caps.append(c)
+                ys.append(train.classes.index(s.classes[int(k)]))
+        return caps, ys
+
+    caps_tr, ytr = distinct(train, set())
+    caps_te, yte = distinct(test, {" ".join(c.lower().split()) for c in caps_tr})
+    return caps_tr, ytr, caps_te, yte
+
+
 def probe(meta: dict, gen, ctx: dict) -> dict:
-    """Linear-probe accuracy (test captions) of the text encoder's pooled caption embeddings for the class,
-    after training (the export's encoder) and before (:func:`text.text_encoder_before`)."""
+    """Linear-probe accuracy (distinct test captions) of the text encoder's pooled caption embeddings (first
+    window) for the class, after training (the export's encoder) and before (:func:`text.text_encoder_before`)."""
+    import copy
+
     train, test = ctx["train"], ctx["test"]
-    caps_tr, caps_te = T.caption_texts(train), T.caption_texts(test)
-    ytr = torch.tensor([int(x) for x in train.labels])
-    yte = torch.tensor([train.classes.index(test.classes[int(x)]) for x in test.labels])
+    caps_tr, ytr, caps_te, yte = probe_rows(train, test)
+    text_lr = ((meta.get("config") or {}).get("train") or {}).get("text_lr")
+    if len(caps_te) == 0 or len(set(ytr)) < 2:
+        return {"after": None, "before": None, "before_is": "nothing to probe: no test caption absent from training, "
+                "or one class", "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr), "majority": None}
 
     def acc(encoder) -> float:
-        enc = encoder.float().cpu()
-        return T.linear_probe(T.pooled_text(enc, gen.tokenizer, caps_tr, gen.max_length), ytr,
-                              T.pooled_text(enc, gen.tokenizer, caps_te, gen.max_length), yte, len(train.classes))
+        enc = copy.deepcopy(encoder).float().cpu()  # the generator keeps its own encoder where it was
+        return T.linear_probe(T.pooled_text(enc, gen.tokenizer, caps_tr, gen.max_length), torch.tensor(ytr),
+                              T.pooled_text(enc, gen.tokenizer, caps_te, gen.max_length), torch.tensor(yte),
+                              len(train.classes))
 
     before, where = T.text_encoder_before(meta, gen.tokenizer)
-    cfg = (meta.get("config") or {}).get("train") or {}
     return {"after": acc(gen.text_encoder), "before": acc(before) if before is not None else None, "before_is": where,
-            "text_lr": cfg.get("text_lr"), "majority": T.majority_share([test.classes[int(x)] for x in test.labels],
-                                                                         list(train.classes))}
+            "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr),
+            "majority": T.majority_share([train.classes[y] for y in yte], list(train.classes))}
 
 
 def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T.DEFAULT_ATTRIBUTES,
@@ -222,11 +278,24 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
                   report: str | Path | None = None, command: str | None = None,
                   log: Callable[[str], None] = print) -> dict:
     """The report of ``synth eval text`` (a dict; also written to ``out/report.json``)."""
+    from synth.evaluation.text_report import _no_nan
     from synth.io import atomic_write_json
     from synth.labels import LabelSchema
 
     if seeds < 1 or k < 2 or (max_rows is not None and max_rows < k):
         raise EvalError(f"need --seeds >= 1, --k >= 2 and --max-captions >= --k (got {seeds}, {k}, {max_rows})")
+    from synth import solvers
+    from synth.config import ConfigError
+    from synth.devices import resolve_device
+
+    try:
+        resolve_device(device)
+    except ConfigError as e:
+        raise EvalError(str(e)) from None
+    if sampler is not None and sampler not in solvers.names():
+        raise EvalError(f"--sampler '{sampler}' is unknown; choose one of {', '.join(solvers.names())}")
+    if steps is not None and steps < 1:
+        raise EvalError(f"--steps must be >= 1 (got {steps})")
     out = Path(out)
     metas = _models(models)
     attrs = [T.parse_attribute(a) for a in attributes]
@@ -234,8 +303,9 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
         raise EvalError("two --attribute options share a name; give each its own")
     sw = [T.parse_swap(s, attrs) for s in swaps]
     res, classes = metas[0]["resolution"], list(LabelSchema.from_json(metas[0]["labels"]).classes)
-    train = _load(data, res, "train", classes)
-    test = _head(_load(data, res, "test", classes), max_rows)
+    recorded = (metas[0].get("config") or {}).get("data")
+    train = _load(data, res, "train", classes, recorded)
+    test = _head(_load(data, res, "test", classes, recorded), max_rows, seed)
     if train.channels != metas[0].get("channels", 1):
         raise EvalError(f"--data {data} holds {train.channels}-channel images but the model makes "
                         f"{metas[0].get('channels', 1)}-channel ones; evaluate against the data it was trained on")
@@ -250,6 +320,14 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
         raise EvalError(str(e)) from None
     def view(x: torch.Tensor) -> torch.Tensor:
         return T.judge_view(x, judge_resolution)
+
+    for s_ in sw:  # before any training: the judge's classes come from the training values alone
+        attr = next(a for a in attrs if a.name == s_.name)
+        known = T.judge_classes(attr, T.values_of(train, attr.column))
+        bad = [v for v in (s_.a, s_.b) if v not in known]
+        if bad:
+            raise EvalError(f"--swap {s_.name}:{s_.a}|{s_.b}: {', '.join(repr(v) for v in bad)} is not a value the judge "
+                            f"of {s_.name} knows ({', '.join(known)}); swap two of those")
 
     judges = train_judges(train, test, attrs, out / f"judges-{int(view(test.images[:1]).shape[-1])}px", judge_steps,
                           seed, log, view)
@@ -268,7 +346,7 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
               "models": {}}
     for meta, tag in zip(metas, _tags(metas)):
         summary["models"][tag] = evaluate_model(meta, tag, ctx, log)
-        atomic_write_json(out / "report.json", summary)  # each model's numbers survive a crash in the next
+        atomic_write_json(out / "report.json", _no_nan(summary))  # each model's numbers survive a crash in the next
     if report is not None:
         from synth.evaluation.text_report import write_text_report
 

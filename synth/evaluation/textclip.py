@@ -118,48 +118,70 @@ def embed_images(model: SmallCLIP, images: torch.Tensor, batch: int = 256) -> to
     return torch.cat([model.embed_images(to_float(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
-def distractors(captions: list[str], k: int, seed: int) -> list[list[int]]:
-    """For each row i, ``k - 1`` other rows (seeded, row i's own draw) whose caption text differs from row i's:
-    the candidates R-precision ranks row i's caption against."""
-    rows = []
-    for i, c in enumerate(captions):
-        others = [j for j, d in enumerate(captions) if d != c]
+def distractors(captions: list[str], k: int, seed: int) -> list[list[int] | None]:
+    """For each row i, ``k - 1`` other rows (seeded, row i's own draw) holding ``k - 1`` *distinct* caption
+    texts, each different from row i's (compared lowercased, whitespace-collapsed): the candidates R-precision
+    ranks row i's caption against.  Two candidates with one text would make the task easier than 1 in k.
+    A row without caption text gets None (it is not ranked) and is never a candidate."""
+    norm = [" ".join(c.lower().split()) for c in captions]
+    first: dict[str, int] = {}
+    for j, c in enumerate(norm):
+        if c:
+            first.setdefault(c, j)  # one row stands for each distinct text
+    texts = list(first.items())
+    rows: list[list[int] | None] = []
+    for i, c in enumerate(norm):
+        if not c:
+            rows.append(None)
+            continue
+        others = [j for t, j in texts if t != c]
         if len(others) < k - 1:
-            raise ValueError(f"R-precision among {k} needs {k - 1} different captions; only {len(others)} differ "
-                             f"from row {i}'s; pass more rows or a smaller k")
+            raise ValueError(f"R-precision among {k} needs {k - 1} captions that differ from row {i}'s; the rows "
+                             f"hold only {len(texts)} distinct caption(s); pass more rows or a smaller k")
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         pick = torch.randperm(len(others), generator=g)[: k - 1]
         rows.append([others[j] for j in pick.tolist()])
     return rows
 
 
-def r_precision(image_emb: torch.Tensor, caption_emb: torch.Tensor, rows: list[int], candidates: list[list[int]]) -> dict:
+def r_precision(image_emb: torch.Tensor, caption_emb: torch.Tensor, rows: list[int],
+                candidates: list[list[int] | None]) -> dict:
     """image_emb (M, D) of M images, each of test row ``rows[m]``; caption_emb (N, D) of the N test captions;
-    ``candidates[i]``: row i's distractor rows.  -> R-precision@1 (own caption strictly most similar among
-    1 + len(distractors)) and the mean cosine similarity of each image to its own caption."""
+    ``candidates[i]``: row i's distractor rows (None: row i has no caption and is skipped).  -> R-precision@1
+    (own caption strictly most similar among 1 + len(distractors)) and the mean cosine similarity of each image
+    to its own caption."""
     hits, sims = [], []
     for m, i in enumerate(rows):
+        if candidates[i] is None:
+            continue
         own = float(image_emb[m] @ caption_emb[i])
         other = (caption_emb[candidates[i]] @ image_emb[m]).max().item()
         hits.append(own > other)
         sims.append(own)
     n = len(hits)
-    return {"r_precision": sum(hits) / max(n, 1), "similarity": sum(sims) / max(n, 1), "n": n,
-            "k": 1 + (len(candidates[0]) if candidates else 0)}
+    sizes = [len(c) for c in candidates if c is not None]
+    return {"r_precision": sum(hits) / n if n else float("nan"), "similarity": sum(sims) / n if n else float("nan"),
+            "n": n, "k": 1 + (sizes[0] if sizes else 0)}
 
 
 def save_clip(model: SmallCLIP, tokenizer, folder: Path, record: dict) -> None:
-    """Weights (safetensors), tokenizer and the record that says what they were trained on, into ``folder``."""
+    """Weights (safetensors), tokenizer and the record that says what they were trained on, into ``folder``:
+    written beside it and moved into place in one step, so a crash leaves the old folder or the new one."""
+    import tempfile
+
     from safetensors.torch import save_file
 
-    from synth.io import atomic_write_text
+    from synth.io import atomic_replace_dir, atomic_write_text
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(folder / "tokenizer")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tokenizer.save_pretrained(tmp / "tokenizer")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "clip.safetensors"))
-    atomic_write_text(folder / "clip.json", json.dumps({**record, "vocab_size": len(tokenizer),
-                                                        "in_channels": model.image.in_channels}, indent=1))
+    save_file(state, str(tmp / "clip.safetensors"))
+    atomic_write_text(tmp / "clip.json", json.dumps({**record, "vocab_size": len(tokenizer),
+                                                     "in_channels": model.image.in_channels}, indent=1))
+    atomic_replace_dir(tmp, folder, marker="clip.json")
 
 
 def load_clip(folder: Path, record: dict) -> tuple[SmallCLIP, object] | None:
@@ -168,11 +190,11 @@ def load_clip(folder: Path, record: dict) -> tuple[SmallCLIP, object] | None:
     from transformers import CLIPTokenizer
 
     try:
-        saved = json.loads((folder / "clip.json").read_text())
+        saved = json.loads((Path(folder) / "clip.json").read_text())
         if any(saved.get(k) != v for k, v in record.items()):
             return None
         model = SmallCLIP(saved["vocab_size"], saved["in_channels"])
-        model.load_state_dict(load_file(str(folder / "clip.safetensors")))
-        return model.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(folder / "tokenizer")
-    except (OSError, ValueError, KeyError, RuntimeError):
-        return None  # retrained by the caller
+        model.load_state_dict(load_file(str(Path(folder) / "clip.safetensors")))
+        return model.eval().requires_grad_(False), CLIPTokenizer.from_pretrained(Path(folder) / "tokenizer")
+    except Exception:  # noqa: BLE001 - any damage (truncated json, bad header, odd tokenizer) means retrain
+        return None

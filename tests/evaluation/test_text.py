@@ -1,5 +1,6 @@
 """synth eval text (issue 18 item 6): attribute judges, the small CLIP, swaps, the text-encoder probe."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,8 +74,20 @@ def test_r_precision_ranks_own_caption_against_different_ones():
     assert perfect["r_precision"] == 1.0 and perfect["similarity"] == 1.0 and perfect["k"] == 3
     wrong = C.r_precision(emb[[2, 3, 4, 0, 1]], emb, [0, 1, 2, 3, 4], cand)
     assert wrong["r_precision"] < 1.0
-    with pytest.raises(ValueError, match="needs 4 different captions"):
+    with pytest.raises(ValueError, match="needs 4 captions that differ .* only 4 distinct"):
         C.distractors(caps, 5, seed=0)
+    # repeated texts (any case, any spacing) count once, so k - 1 candidates are k - 1 different captions;
+    # a row without text is neither ranked nor a candidate
+    many = ["a", "b", "B ", "b", "c", "d", "", "d"]
+    norm = [c.strip().lower() for c in many]
+    cand = C.distractors(many, 4, seed=3)
+    assert cand[6] is None
+    for i, js in enumerate(cand):
+        if js is not None:
+            texts = [norm[j] for j in js]
+            assert len(set(texts)) == 3 and norm[i] not in texts and "" not in texts
+    got = C.r_precision(torch.eye(8), torch.eye(8), list(range(8)), cand)
+    assert got["n"] == 7 and got["k"] == 4
     t = C.same_caption_targets(caps)
     assert torch.allclose(t.sum(1), torch.ones(5)) and t[0, 1] == 0.5 and t[2, 2] == 1.0
 
@@ -112,7 +125,7 @@ def captioned(tmp_path_factory):
         kind, where, plane = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2], ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
         Image.fromarray(_image(kind, where, rng)).save(root / f"{i}.png")
         rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
-                     "prompt": f"{WORDS[kind, where]}, case {i % 7}.", "split": "test" if i >= 56 else "train"})
+                     "prompt": f"{WORDS[kind, where]}, case {i}.", "split": "test" if i >= 56 else "train"})
     (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root / "m.jsonl"
 
@@ -173,9 +186,16 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
 def test_eval_text_refuses_bad_requests_in_one_line(captioned, text_model, tmp_path, tiny_export):
     from synth.evaluation.text_run import evaluate_text
 
-    with pytest.raises(EvalError, match="needs 16 different captions"):
+    with pytest.raises(EvalError, match="needs 16 captions that differ"):
         evaluate_text([str(text_model)], str(captioned), tmp_path, k=17, judge_steps=5, clip_steps=2,
                       log=lambda *a: None)
+    with pytest.raises(EvalError, match="--device 'gpu0' is not a device name"):
+        evaluate_text([str(text_model)], str(captioned), tmp_path, device="gpu0", log=lambda *a: None)
+    with pytest.raises(EvalError, match="--sampler 'nope' is unknown; choose one of"):
+        evaluate_text([str(text_model)], str(captioned), tmp_path, sampler="nope", log=lambda *a: None)
+    with pytest.raises(EvalError, match="'Spine' is not a value the judge of location knows \\(Head, Thorax\\)"):
+        evaluate_text([str(text_model)], str(captioned), tmp_path, swaps=["location:Head|Spine"], log=lambda *a: None)
+    assert not (tmp_path / "judges-16px").exists()  # refused before any training
     with pytest.raises(EvalError, match=r"no column 'sex' \(it has: label, type, plane"):
         evaluate_text([str(text_model)], str(captioned), tmp_path, attributes=["sex"], swaps=[], judge_steps=5,
                       log=lambda *a: None)
@@ -221,3 +241,91 @@ def test_a_generator_that_ignores_the_swap_scores_one_half_not_the_share_of_one_
     follows = torch.tensor([1] * 8 + [0] * 2)
     s = T.swap_scores(1 - follows, follows, old, new, ["CT", "MR"])
     assert s["accuracy"] == 1.0 and s["strict"] == 1.0 and s["unswapped_follow"] == 1.0 and s["n"] == 10
+
+
+class _CountingGen:
+    """A stand-in generator that counts its sample calls (the cache logic is what is tested)."""
+
+    weights_sha256 = "0" * 64
+
+    def __init__(self):
+        self.unet, self.calls = torch.nn.Linear(1, 1), 0
+
+    def sample(self, conds, seeds, **kw):
+        from types import SimpleNamespace
+
+        self.calls += 1
+        return SimpleNamespace(images=torch.full((len(conds), 1, 4, 4), 7, dtype=torch.uint8))
+
+
+def test_the_image_cache_remakes_damaged_or_short_files(tmp_path):
+    gen, kw = _CountingGen(), dict(steps=1, guidance=1.0, sampler="ddim", batch=8, cache=tmp_path, log=lambda *a: None)
+    first = T.generate(gen, ["a", "b"], [0, 1], [1, 2], **kw)
+    assert gen.calls == 1 and T.generate(gen, ["a", "b"], [0, 1], [1, 2], **kw).equal(first) and gen.calls == 1
+    (path,) = tmp_path.glob("images-*.npz")
+    path.write_bytes(b"PK\x03\x04 not a zip")  # a torn write from an older version
+    assert T.generate(gen, ["a", "b"], [0, 1], [1, 2], **kw).equal(first) and gen.calls == 2
+    np.savez(open(path, "wb"), images=first[:1].numpy())  # one image where two are asked
+    assert len(T.generate(gen, ["a", "b"], [0, 1], [1, 2], **kw)) == 2 and gen.calls == 3
+
+
+def test_the_text_judge_is_saved_in_one_step_and_a_damaged_one_is_retrained(tmp_path):
+    from transformers import CLIPTokenizer  # noqa: F401 - the tokenizer kind load_clip reads
+
+    images = torch.randint(0, 255, (12, 1, 16, 16), dtype=torch.uint8)
+    caps = [f"caption {i % 4} of the head" for i in range(12)]
+    model, tok = C.train_clip(images, caps, steps=2, seed=0, log=lambda *a: None)
+    C.save_clip(model, tok, tmp_path / "clip", {"steps": 2})
+    C.save_clip(model, tok, tmp_path / "clip", {"steps": 2})  # over an existing one: replaced whole
+    assert C.load_clip(tmp_path / "clip", {"steps": 2}) is not None
+    assert C.load_clip(tmp_path / "clip", {"steps": 3}) is None  # stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]  # no temporary folder left beside it
+    (tmp_path / "clip" / "clip.json").write_text('{"steps": 2, "vocab')  # torn
+    assert C.load_clip(tmp_path / "clip", {"steps": 2}) is None
+
+
+def test_a_subset_of_test_captions_gives_every_class_its_share(captioned):
+    from synth.evaluation.text_run import _head, _load
+
+    test = _load(str(captioned), 16, "test", ["Head", "Thorax"])
+    sub = _head(test, 6, seed=0)
+    assert len(sub) == 6 and sorted(sub.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert sub.prompts == [p for p in test.prompts if p in sub.prompts]  # rows keep their order
+    assert _head(test, 6, seed=0).prompts == sub.prompts and _head(test, 6, seed=1).prompts != sub.prompts
+
+
+def test_the_probe_reads_each_caption_once_and_never_a_test_caption_seen_in_training(captioned):
+    from dataclasses import replace
+
+    from synth.evaluation.text_run import _load, probe_rows
+
+    train = _load(str(captioned), 16, "train", ["Head", "Thorax"])
+    test = _load(str(captioned), 16, "test", ["Head", "Thorax"])
+    test = replace(test, prompts=[train.prompts[0], "", test.prompts[2], test.prompts[2].upper()] + test.prompts[4:])
+    caps_tr, ytr, caps_te, yte = probe_rows(train, test)
+    assert len(caps_tr) == len(set(caps_tr)) == len(train)
+    assert train.prompts[0] not in caps_te and "" not in caps_te and len(caps_te) == len(test) - 3
+    assert len(yte) == len(caps_te) and set(ytr) == {0, 1}
+
+
+def test_the_probe_has_no_before_without_a_recorded_config():
+    assert T.text_encoder_before({}, None) == (None, "unknown (the export records no training config)")
+
+
+def test_the_probe_of_a_fine_tuned_model_starts_from_its_foundations_text_encoder(text_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from synth.samplers.artifact import read_artifact
+
+    found = read_artifact(str(text_model))
+    cfg = json.loads(json.dumps(found["config"]))
+    cfg["model"]["pretrained"] = str(tmp_path / "moved-away")  # the folder named in the config is gone ...
+    meta = {"config": cfg, "train_subset": {"foundation": {"path": found["path"]}}}  # ... its recorded export is not
+    enc, where = T.text_encoder_before(meta, None)
+    assert where == f"pretrained {found['path']}"
+    saved = load_file(str(Path(found["path"]) / "text_encoder" / "model.safetensors"))
+    shared = [k for k in enc.state_dict() if k in saved]
+    assert len(shared) >= len(saved) - 1 and all(torch.equal(enc.state_dict()[k], saved[k]) for k in shared)
+    meta["train_subset"] = {}
+    enc, where = T.text_encoder_before(meta, None)
+    assert enc is None and "moved-away cannot be loaded" in where
