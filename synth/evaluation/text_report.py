@@ -101,14 +101,15 @@ def markdown(report: dict, command: str | None = None) -> str:
                  for m in report["models"].values()]
         lines.append(f"| {_cell(key)} | " + " | ".join(cells) + " |")
     lines += ["", "## The text encoder's knowledge (linear probe of pooled caption embeddings for the class)", "",
-              "Distinct captions only (free text, no template, first window); test captions that also occur in "
-              "training are left out.", "",
-              "| model | text windows x tokens | text_lr | probe before | probe after | majority class | test captions "
-              "| before is |", "|---|---|---|---|---|---|---|---|"]
+              "Fitted on the training split's distinct captions, scored on the validation and test splits' distinct "
+              "captions that never occur in training (free text, no template, first window); ± one binomial "
+              "standard error.", "",
+              "| model | text windows x tokens | text_lr | probe before | probe after | majority class | held-out "
+              "captions | before is |", "|---|---|---|---|---|---|---|---|"]
     for t, m in report["models"].items():
         p = m["probe"]
         lines.append(f"| {t} | {m['windows']} x {m['max_length']} | {p['text_lr']} | {_f(p['before'])} | "
-                     f"{_f(p['after'])} | {_f(p.get('majority'))} | {p.get('n', 'n/a')} | {_cell(p['before_is'])} |")
+                     f"{_f(p['after'])}{' ± ' + _f(p['se']) if p.get('se') is not None else ''} | {_f(p.get('majority'))} | {p.get('n', 'n/a')} | {_cell(p['before_is'])} |")
     lines += ["", "## Targets", "", "| model | target | value | |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {_cell(r['target'])} | {_f(r['value'])} | {r['met']} |" for r in targets(report)]
     return "\n".join(lines) + "\n"

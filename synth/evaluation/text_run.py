@@ -228,35 +228,39 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     return res
 
 
-def probe_rows(train: ImageSet, test: ImageSet) -> tuple[list[str], list[int], list[str], list[int]]:
-    """The probe's captions and class ids (in ``train.classes``): each distinct non-empty caption once per split
-    (its first row's class), and no test caption that also occurs in training (it would be recalled, not read)."""
-    def distinct(s: ImageSet, banned: set[str]) -> tuple[list[str], list[int]]:
+def probe_rows(train: ImageSet, *held_out: ImageSet) -> tuple[list[str], list[int], list[str], list[int]]:
+    """The probe's captions and class ids (in ``train.classes``): each distinct non-empty caption once (its first
+    row's class), fitted on the training split's and scored on the held-out splits' (validation and test) that
+    never occur in training (a caption seen in training would be recalled, not read)."""
+    def distinct(sets, banned: set[str]) -> tuple[list[str], list[int]]:
         caps, ys, seen = [], [], set(banned)
-        for c, k in zip(T.caption_texts(s), s.labels.tolist()):
-            key = " ".join(c.lower().split())
-            if key and key not in seen:
-                seen.add(key)
-                caps.append(c)
-                ys.append(train.classes.index(s.classes[int(k)]))
+        for s in sets:
+            for c, k in zip(T.caption_texts(s), s.labels.tolist()):
+                key = " ".join(c.lower().split())
+                if key and key not in seen and s.classes[int(k)] in train.classes:
+                    seen.add(key)
+                    caps.append(c)
+                    ys.append(train.classes.index(s.classes[int(k)]))
         return caps, ys
 
-    caps_tr, ytr = distinct(train, set())
-    caps_te, yte = distinct(test, {" ".join(c.lower().split()) for c in caps_tr})
+    caps_tr, ytr = distinct([train], set())
+    caps_te, yte = distinct(held_out, {" ".join(c.lower().split()) for c in caps_tr})
     return caps_tr, ytr, caps_te, yte
 
 
 def probe(meta: dict, gen, ctx: dict) -> dict:
-    """Linear-probe accuracy (distinct test captions) of the text encoder's pooled caption embeddings (first
-    window) for the class, after training (the export's encoder) and before (:func:`text.text_encoder_before`)."""
+    """Linear-probe accuracy (distinct held-out captions, with its binomial standard error) of the text encoder's
+    pooled caption embeddings (first window) for the class, after training (the export's encoder) and before
+    (:func:`text.text_encoder_before`)."""
     import copy
 
-    train, test = ctx["train"], ctx["test"]
-    caps_tr, ytr, caps_te, yte = probe_rows(train, test)
+    train = ctx["train"]
+    caps_tr, ytr, caps_te, yte = probe_rows(train, *ctx["held_out"])
     text_lr = ((meta.get("config") or {}).get("train") or {}).get("text_lr")
     if len(caps_te) == 0 or len(set(ytr)) < 2:
-        return {"after": None, "before": None, "before_is": "nothing to probe: no test caption absent from training, "
-                "or one class", "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr), "majority": None}
+        return {"after": None, "before": None, "before_is": "nothing to probe: no held-out caption absent from "
+                "training, or one class", "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr),
+                "majority": None, "se": None}
 
     def acc(encoder) -> float:
         enc = copy.deepcopy(encoder).float().cpu()  # the generator keeps its own encoder where it was
@@ -265,8 +269,10 @@ def probe(meta: dict, gen, ctx: dict) -> dict:
                               len(train.classes))
 
     before, where = T.text_encoder_before(meta, gen.tokenizer)
-    return {"after": acc(gen.text_encoder), "before": acc(before) if before is not None else None, "before_is": where,
+    after = acc(gen.text_encoder)
+    return {"after": after, "before": acc(before) if before is not None else None, "before_is": where,
             "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr),
+            "se": (after * (1 - after) / len(caps_te)) ** 0.5,
             "majority": T.majority_share([train.classes[y] for y in yte], list(train.classes))}
 
 
@@ -309,6 +315,10 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     if train.channels != metas[0].get("channels", 1):
         raise EvalError(f"--data {data} holds {train.channels}-channel images but the model makes "
                         f"{metas[0].get('channels', 1)}-channel ones; evaluate against the data it was trained on")
+    try:  # the probe also scores the validation split's captions (more held-out text, no image generated)
+        held_out = [_load(data, res, "val", classes, recorded), test]
+    except EvalError:
+        held_out = [test]
     log(f"data: {len(train)} training / {len(test)} test images with captions from {data}")
     caps = T.caption_texts(test)
     if not any(caps):
@@ -337,7 +347,7 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     log(f"text judge on the real test images: R-precision@1 among {k} {real['r_precision']:.3f}")
     ctx = {"opts": {"device": device, "steps": steps, "guidance": guidance, "sampler": sampler, "max_rows": max_rows,
                     "seeds": seeds, "seed": seed, "batch": batch},
-           "data": data, "train": train, "test": test, "out": out, "judges": judges,
+           "data": data, "train": train, "test": test, "held_out": held_out, "out": out, "judges": judges,
            "attributes": {a.name: a for a in attrs}, "swaps": sw, "clip": clip, "caption_emb": caption_emb,
            "candidates": candidates, "grid": {}, "grid_rows": grid_rows(test), "view": view}
     summary = {"data": data, "resolution": res, "judge_resolution": int(view(test.images[:1]).shape[-1]), "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,

@@ -169,6 +169,7 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
     assert m["swaps"]["type:CT|MR"]["n"] == 32 and m["swaps"]["location:Head|Thorax"]["n"] == 32
     p = m["probe"]
     assert p["text_lr"] == 0.001 and p["before"] is not None and p["after"] is not None and "from scratch" in p["before_is"]
+    assert p["n"] == 16 + 6 and p["se"] == pytest.approx((p["after"] * (1 - p["after"]) / 22) ** 0.5)  # held out: the 16 test captions and the 6 of the validation carve
     assert {t["target"].split(" ")[0] for t in targets(rep)} >= {"attribute", "R-precision@1", "swap", "text-encoder"}
     for ext in ("md", "json", "png"):
         assert (tmp_path / "rep" / f"medpix-text.{ext}").is_file()
@@ -306,6 +307,9 @@ def test_the_probe_reads_each_caption_once_and_never_a_test_caption_seen_in_trai
     assert len(caps_tr) == len(set(caps_tr)) == len(train)
     assert train.prompts[0] not in caps_te and "" not in caps_te and len(caps_te) == len(test) - 3
     assert len(yte) == len(caps_te) and set(ytr) == {0, 1}
+    val = _load(str(captioned), 16, "val", ["Head", "Thorax"])  # carved from the manifest's training rows
+    more = probe_rows(train, val, test)[2]
+    assert len(more) == len(caps_te) + len(val) and not set(more) & set(caps_tr)
 
 
 def test_the_probe_has_no_before_without_a_recorded_config():
