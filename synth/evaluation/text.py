@@ -165,12 +165,39 @@ def predict(net, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return torch.cat([net(to_float(images[i:i + batch])).argmax(1) for i in range(0, len(images), batch)])
 
 
+def attribute_hits(pred: torch.Tensor, values: list[str], classes: list[str]) -> torch.Tensor:
+    """(M,) float: 1 where the judged class (pred (M,) ids) equals the value (values (M,) texts), 0 where not,
+    NaN where the judge does not know the value."""
+    return torch.tensor([float(int(p) == classes.index(v)) if v in classes else float("nan")
+                         for p, v in zip(pred.tolist(), values)], dtype=torch.float64)
+
+
 def attribute_accuracy(pred: torch.Tensor, values: list[str], classes: list[str]) -> dict:
     """Share of images whose judged class equals their value, over images whose value the judge knows;
     pred (M,) class ids, values (M,) texts."""
-    keep = [i for i, v in enumerate(values) if v in classes]
-    hits = [int(pred[i]) == classes.index(values[i]) for i in keep]
-    return {"accuracy": sum(hits) / len(hits) if hits else float("nan"), "n": len(hits)}
+    hits = attribute_hits(pred, values, classes)
+    known = hits[~hits.isnan()]
+    return {"accuracy": float(known.mean()) if len(known) else float("nan"), "n": len(known)}
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of ``b`` minus mean of ``a`` (per-image hits (M,) of two models on the same images; NaN = unscored)
+    with a 95% bootstrap interval that resamples test rows (rows (M,): each image's row), so the images of one
+    caption stay together and both models see the same draw."""
+    n_rows = int(rows.max()) + 1
+
+    def per_row(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ok = ~h.isnan()
+        s = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[ok], h[ok].double())
+        return s, torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[ok], torch.ones(int(ok.sum()), dtype=torch.float64))
+
+    (sa, na), (sb, nb) = per_row(a), per_row(b)
+    g = torch.Generator().manual_seed(seed)
+    draws = torch.randint(0, n_rows, (n_boot, n_rows), generator=g)
+    w = torch.zeros(n_boot, n_rows, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
+    deltas = (w @ sb) / (w @ nb).clamp(min=1) - (w @ sa) / (w @ na).clamp(min=1)
+    lo, hi = torch.quantile(deltas, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"delta": float(sb.sum() / nb.sum().clamp(min=1) - sa.sum() / na.sum().clamp(min=1)), "lo": lo, "hi": hi}
 
 
 def swap_scores(pred_before: torch.Tensor, pred_after: torch.Tensor, old: list[str], new: list[str],

@@ -110,6 +110,18 @@ def markdown(report: dict, command: str | None = None) -> str:
         p = m["probe"]
         lines.append(f"| {t} | {m['windows']} x {m['max_length']} | {p['text_lr']} | {_f(p['before'])} | "
                      f"{_f(p['after'])}{' ± ' + _f(p['se']) if p.get('se') is not None else ''} | {_f(p.get('majority'))} | {p.get('n', 'n/a')} | {_cell(p['before_is'])} |")
+    if report.get("paired"):
+        pr = report["paired"]
+        measures = list(dict.fromkeys(m for d in pr["models"].values() for m in d))
+        lines += ["", f"## Paired differences against {pr['versus']} (same test captions, same seeds)", "",
+                  "Each cell: the model's value minus " + pr["versus"] + "'s, with a 95% bootstrap interval over test "
+                  "captions (an interval that holds 0 is no measured difference); n: images both models made. Swaps: the "
+                  "per-image share judged as the new value, on rows where both models' prompts changed.", "",
+                  "| model | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
+        for t, d in pr["models"].items():
+            lines.append(f"| {t} | " + " | ".join(f"{_f(d[m]['delta'], '+.3f')} [{_f(d[m]['lo'], '+.3f')}, "
+                                                   f"{_f(d[m]['hi'], '+.3f')}] (n {d[m]['n']})" if m in d else "n/a"
+                                                   for m in measures) + " |")
     lines += ["", "## Targets", "", "| model | target | value | |", "|---|---|---|---|"]
     lines += [f"| {r['model']} | {_cell(r['target'])} | {_f(r['value'])} | {r['met']} |" for r in targets(report)]
     return "\n".join(lines) + "\n"

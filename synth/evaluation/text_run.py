@@ -199,14 +199,18 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     res = {"path": meta["path"], "sampling": {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": S},
            "windows": int(meta.get("text_windows", 1)), "max_length": int(meta["max_length"]), "attributes": {},
            "swaps": {}, "training": training_of(meta)}
+    hits = {}  # measure -> (image ids row * S + seed, 1/0/NaN per image): for paired comparisons between models
     for name, j in ctx["judges"].items():
         attr = ctx["attributes"][name]
-        acc = T.attribute_accuracy(T.predict(j["net"], ctx["view"](images)), _repeat(T.values_of(test, attr.column), S),
-                                   j["classes"])
+        pred, values = T.predict(j["net"], ctx["view"](images)), _repeat(T.values_of(test, attr.column), S)
+        acc = T.attribute_accuracy(pred, values, j["classes"])
+        hits[name] = (torch.arange(len(images)), T.attribute_hits(pred, values, j["classes"]))
         res["attributes"][name] = {**acc, "share_of_ceiling": acc["accuracy"] / j["ceiling"] if j["ceiling"] else None}
     clip, ctok = ctx["clip"]
     emb = C.embed_images(clip, ctx["view"](images))
     res["clip"] = C.r_precision(emb, ctx["caption_emb"], _repeat(list(range(len(test))), S), ctx["candidates"])
+    hits["r_precision"] = (torch.arange(len(images)), res["clip"].pop("hits"))
+    ctx["hits"][tag] = hits
     for sw in ctx["swaps"]:
         attr, j = ctx["attributes"][sw.name], ctx["judges"][sw.name]
         rows, swapped, new = T.swapped_rows(test, attr, sw)
@@ -220,9 +224,10 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
         moved = make(swapped, rows)
         old = [T.values_of(test, attr.column)[r] for r in rows]
         picks = [r * S + k for r in rows for k in range(S)]
+        after = T.predict(j["net"], ctx["view"](moved))
         res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = T.swap_scores(
-            T.predict(j["net"], ctx["view"](images[picks])), T.predict(j["net"], ctx["view"](moved)),
-            _repeat(old, S), _repeat(new, S), j["classes"])
+            T.predict(j["net"], ctx["view"](images[picks])), after, _repeat(old, S), _repeat(new, S), j["classes"])
+        hits[f"swap {sw.name}"] = (torch.tensor(picks), T.attribute_hits(after, _repeat(new, S), j["classes"]))
     res["probe"] = probe(meta, gen, ctx)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
@@ -274,6 +279,32 @@ def probe(meta: dict, gen, ctx: dict) -> dict:
             "text_lr": text_lr, "n": len(caps_te), "train_n": len(caps_tr),
             "se": (after * (1 - after) / len(caps_te)) ** 0.5,
             "majority": T.majority_share([train.classes[y] for y in yte], list(train.classes))}
+
+
+def paired(hits: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], seeds: int, seed: int) -> dict:
+    """{model: {measure: {"delta", "lo", "hi", "n"}}}: each model after the first minus the first, on the images
+    both made (same test row, same seed; a swap's images only where both models' prompts changed), with a 95%
+    bootstrap interval over test rows.  Swaps compare the per-image share that follows the swap."""
+    tags = list(hits)
+    base = hits[tags[0]]
+    out = {}
+    for tag in tags[1:]:
+        out[tag] = {}
+        for measure, (ids, h) in hits[tag].items():
+            if measure not in base:
+                continue
+            ids0, h0 = base[measure]
+            common = sorted(set(ids0.tolist()) & set(ids.tolist()))
+            if not common:
+                continue
+            at0 = {int(i): n for n, i in enumerate(ids0.tolist())}
+            at = {int(i): n for n, i in enumerate(ids.tolist())}
+            a = h0[[at0[i] for i in common]]
+            b = h[[at[i] for i in common]]
+            rows = torch.tensor(common) // seeds
+            _, rows = torch.unique(rows, return_inverse=True)  # dense row numbers for the bootstrap
+            out[tag][measure] = {**T.paired_difference(a, b, rows, seed=seed), "n": len(common)}
+    return {"versus": tags[0], "models": out}
 
 
 def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T.DEFAULT_ATTRIBUTES,
@@ -344,12 +375,13 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     clip = train_text_judge(train, out / f"clip-{int(view(test.images[:1]).shape[-1])}px", clip_steps, seed, log, view)
     caption_emb = C.embed_captions(clip[0], clip[1], caps)
     real = C.r_precision(C.embed_images(clip[0], view(test.images)), caption_emb, list(range(len(test))), candidates)
+    real.pop("hits")
     log(f"text judge on the real test images: R-precision@1 among {k} {real['r_precision']:.3f}")
     ctx = {"opts": {"device": device, "steps": steps, "guidance": guidance, "sampler": sampler, "max_rows": max_rows,
                     "seeds": seeds, "seed": seed, "batch": batch},
            "data": data, "train": train, "test": test, "held_out": held_out, "out": out, "judges": judges,
            "attributes": {a.name: a for a in attrs}, "swaps": sw, "clip": clip, "caption_emb": caption_emb,
-           "candidates": candidates, "grid": {}, "grid_rows": grid_rows(test), "view": view}
+           "candidates": candidates, "grid": {}, "hits": {}, "grid_rows": grid_rows(test), "view": view}
     summary = {"data": data, "resolution": res, "judge_resolution": int(view(test.images[:1]).shape[-1]), "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,
               "judges": {n: {x: j[x] for x in ("classes", "ceiling", "majority", "n", "train_n")} for n, j in judges.items()},
               "clip_real": real, "swaps": [f"{s.name}:{s.a}|{s.b}" for s in sw],
@@ -357,6 +389,9 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     for meta, tag in zip(metas, _tags(metas)):
         summary["models"][tag] = evaluate_model(meta, tag, ctx, log)
         atomic_write_json(out / "report.json", _no_nan(summary))  # each model's numbers survive a crash in the next
+    if len(metas) > 1:
+        summary["paired"] = paired(ctx["hits"], seeds, seed)
+        atomic_write_json(out / "report.json", _no_nan(summary))
     if report is not None:
         from synth.evaluation.text_report import write_text_report
 

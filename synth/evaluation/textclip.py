@@ -149,19 +149,21 @@ def r_precision(image_emb: torch.Tensor, caption_emb: torch.Tensor, rows: list[i
     """image_emb (M, D) of M images, each of test row ``rows[m]``; caption_emb (N, D) of the N test captions;
     ``candidates[i]``: row i's distractor rows (None: row i has no caption and is skipped).  -> R-precision@1
     (own caption strictly most similar among 1 + len(distractors)) and the mean cosine similarity of each image
-    to its own caption."""
-    hits, sims = [], []
+    to its own caption; ``hits`` (M,): 1/0 per image, NaN where skipped."""
+    hits, sims, per_image = [], [], []
     for m, i in enumerate(rows):
         if candidates[i] is None:
+            per_image.append(float("nan"))
             continue
         own = float(image_emb[m] @ caption_emb[i])
         other = (caption_emb[candidates[i]] @ image_emb[m]).max().item()
         hits.append(own > other)
         sims.append(own)
+        per_image.append(float(own > other))
     n = len(hits)
     sizes = [len(c) for c in candidates if c is not None]
     return {"r_precision": sum(hits) / n if n else float("nan"), "similarity": sum(sims) / n if n else float("nan"),
-            "n": n, "k": 1 + (sizes[0] if sizes else 0)}
+            "n": n, "k": 1 + (sizes[0] if sizes else 0), "hits": torch.tensor(per_image)}
 
 
 def save_clip(model: SmallCLIP, tokenizer, folder: Path, record: dict) -> None:

@@ -182,6 +182,14 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
     again = evaluate_text([str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2, judge_steps=60,
                           clip_steps=30, log=said.append)
     assert again["models"]["run"]["attributes"] == m["attributes"] and again["models"]["run"]["clip"] == m["clip"]
+    # one model under two names: every paired difference is exactly zero (same images, same judges)
+    monkeypatch.undo()
+    both = evaluate_text([str(text_model), str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2,
+                         judge_steps=60, clip_steps=30, log=said.append)
+    assert both["paired"]["versus"] == "run" and set(both["paired"]["models"]) == {"run-2"}
+    same = both["paired"]["models"]["run-2"]
+    assert set(same) == {"type", "plane", "location", "r_precision", "swap type", "swap plane", "swap location"}
+    assert all((d["delta"], d["lo"], d["hi"]) == (0.0, 0.0, 0.0) and d["n"] > 0 for d in same.values())
 
 
 def test_eval_text_refuses_bad_requests_in_one_line(captioned, text_model, tmp_path, tiny_export):
@@ -333,3 +341,18 @@ def test_the_probe_of_a_fine_tuned_model_starts_from_its_foundations_text_encode
     meta["train_subset"] = {}
     enc, where = T.text_encoder_before(meta, None)
     assert enc is None and "moved-away cannot be loaded" in where
+
+
+def test_paired_differences_resample_captions_and_skip_unscored_images():
+    rows = torch.arange(40) // 2  # 20 captions x 2 seeds
+    a = (torch.arange(40) % 3 == 0).float()
+    same = T.paired_difference(a, a.clone(), rows)
+    assert same == {"delta": 0.0, "lo": 0.0, "hi": 0.0}
+    better = T.paired_difference(torch.zeros(40), torch.ones(40), rows)
+    assert better["delta"] == 1.0 and better["lo"] == 1.0
+    b = a.clone()
+    b[:10] = 1.0
+    b[30:] = float("nan")  # unscored images count for neither model's mean
+    d = T.paired_difference(a, b, rows, seed=1)
+    assert d["delta"] == pytest.approx(float(b[:30].mean()) - float(a.mean()))
+    assert d["lo"] < d["delta"] < d["hi"] and d == T.paired_difference(a, b, rows, seed=1)
