@@ -4,13 +4,13 @@ from __future__ import annotations
 from tests.acceptance.cases_boundaries import boundary_cases
 from tests.acceptance.cases_core import config_cases, data_cases, train_cases
 from tests.acceptance.cases_sets import augment_cases, eval_cases, sample_cases, translate_cases
-from tests.acceptance.cases_pool import pool_cases, text_cases
+from tests.acceptance.cases_pool import eval_text_cases, pool_cases, text_cases
 from tests.acceptance.harness import Case
 
 
 def all_cases() -> list[Case]:
     cases = (config_cases() + data_cases() + train_cases() + sample_cases() + translate_cases() + augment_cases()
-             + eval_cases() + boundary_cases() + pool_cases() + text_cases())
+             + eval_cases() + boundary_cases() + pool_cases() + text_cases() + eval_text_cases())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}
     assert not dup, f"duplicate case ids {dup}"
