@@ -356,7 +356,7 @@ def eval_fidelity(set_dir, data, resolution, fraction, features, overrides, out)
 @click.option("--swap", "swaps", multiple=True, metavar="NAME:A|B",
               help=f"A compositional swap (default: {' '.join(T_DEFAULTS[1])}).")
 @click.option("--seeds", type=int, default=2, show_default=True, help="Images per test caption.")
-@click.option("--max-captions", type=int, default=None, help="Only the first N test captions (quicker).")
+@click.option("--max-captions", type=int, default=None, help="Only N test captions (quicker): a seeded subset in which the classes take turns.")
 @click.option("--k", type=int, default=10, show_default=True, help="R-precision: the caption ranked among K.")
 @click.option("--steps", type=int, default=None, help="Sampling steps (default: the model's).")
 @click.option("--guidance", type=float, default=None, help="Guidance (default: the model's).")

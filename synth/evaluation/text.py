@@ -180,25 +180,40 @@ def attribute_accuracy(pred: torch.Tensor, values: list[str], classes: list[str]
     return {"accuracy": float(known.mean()) if len(known) else float("nan"), "n": len(known)}
 
 
-def paired_difference(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean of ``b`` minus mean of ``a`` (per-image hits (M,) of two models on the same images; NaN = unscored)
-    with a 95% bootstrap interval that resamples test rows (rows (M,): each image's row), so the images of one
-    caption stay together and both models see the same draw."""
+def paired_difference(a: torch.Tensor, b: torch.Tensor, rows: torch.Tensor, groups: torch.Tensor | None = None,
+                      n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean of ``b`` minus mean of ``a`` over the images both scored (per-image hits (M,) of two models on the same
+    images; NaN = unscored), with a 95% bootstrap interval that resamples test rows (rows (M,): each image's row, 0..R-1),
+    so the images of one caption stay together and both models see the same draw.  ``groups`` (M,) ints: the
+    statistic is the mean over groups of each group's mean (a swap's two directions weigh alike, as reported).
+    -> {"delta", "lo", "hi", "n"}; NaNs when no image was scored by both."""
+    ok = ~a.isnan() & ~b.isnan()
+    n = int(ok.sum())
+    if n == 0:
+        return {"delta": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
+    a, b, rows = a[ok].double(), b[ok].double(), rows[ok]
+    groups = torch.zeros_like(rows) if groups is None else groups[ok]
     n_rows = int(rows.max()) + 1
-
-    def per_row(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ok = ~h.isnan()
-        s = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[ok], h[ok].double())
-        return s, torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[ok], torch.ones(int(ok.sum()), dtype=torch.float64))
-
-    (sa, na), (sb, nb) = per_row(a), per_row(b)
     g = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, n_rows, (n_boot, n_rows), generator=g)
     w = torch.zeros(n_boot, n_rows, dtype=torch.float64).scatter_add_(1, draws, torch.ones_like(draws, dtype=torch.float64))
-    deltas = (w @ sb) / (w @ nb).clamp(min=1) - (w @ sa) / (w @ na).clamp(min=1)
-    lo, hi = torch.quantile(deltas, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"delta": float(sb.sum() / nb.sum().clamp(min=1) - sa.sum() / na.sum().clamp(min=1)), "lo": lo, "hi": hi}
+    full = torch.ones(1, n_rows, dtype=torch.float64)  # the observed data: every row once
 
+    def stat(weights: torch.Tensor) -> torch.Tensor:
+        per_group = []
+        for k in groups.unique().tolist():
+            m = groups == k
+            cnt = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[m], torch.ones(int(m.sum()), dtype=torch.float64))
+            sa = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[m], a[m])
+            sb = torch.zeros(n_rows, dtype=torch.float64).index_add_(0, rows[m], b[m])
+            c = weights @ cnt
+            per_group.append(torch.where(c > 0, (weights @ sb - weights @ sa) / c.clamp(min=1), torch.nan))
+        return torch.stack(per_group).nanmean(0)
+
+    deltas = stat(w)
+    deltas = deltas[~deltas.isnan()]
+    lo, hi = torch.quantile(deltas, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"delta": float(stat(full)[0]), "lo": lo, "hi": hi, "n": n}
 
 def swap_scores(pred_before: torch.Tensor, pred_after: torch.Tensor, old: list[str], new: list[str],
                 classes: list[str]) -> dict:
@@ -325,21 +340,44 @@ def text_encoder_before(meta: dict, tokenizer):
         return None, "unknown (the export records no training config)"
     cfg = config_from_dict(meta["config"])
     if cfg.model.pretrained:
-        found = ((meta.get("train_subset") or {}).get("foundation") or {}).get("path")
-        source = str(found or cfg.model.pretrained)
-        kw = _pretrained_kwargs(allows_pickle(cfg.model))
-        if Path(source).expanduser().is_dir():
-            kw["local_files_only"] = True
-        try:
-            enc = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw)
-            return enc.eval(), f"pretrained {source}"
-        except Exception as e:  # noqa: BLE001 - a moved folder costs only the 'before' half of the probe
-            return None, f"pretrained {source} cannot be loaded ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})"
+        found = (meta.get("train_subset") or {}).get("foundation") or {}
+        # the recorded synth export first (its hash is known), then the folder or hub id the config named
+        candidates = list(dict.fromkeys(str(x) for x in (found.get("path"), cfg.model.pretrained) if x))
+        why = []
+        for source in candidates:
+            reason = _changed_foundation(source, found)
+            if reason:
+                why.append(reason)
+                continue
+            kw = _pretrained_kwargs(allows_pickle(cfg.model))
+            if Path(source).expanduser().is_dir():
+                kw["local_files_only"] = True
+            try:
+                return CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **kw).eval(), f"pretrained {source}"
+            except Exception as e:  # noqa: BLE001 - a moved folder costs only the 'before' half of the probe
+                why.append(f"pretrained {source} cannot be loaded ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})")
+        return None, "; ".join(why)
     t = cfg.model.text
     with torch.random.fork_rng():
         torch.manual_seed(cfg.train.seed)
         enc = build_text_encoder(len(tokenizer), t.hidden_size, t.num_layers, t.num_heads, t.max_length)
     return enc.eval(), f"its initial weights (seed {cfg.train.seed}, from scratch)"
+
+
+def _changed_foundation(source: str, found: dict) -> str | None:
+    """Why ``source`` is not the synth export a model was fine-tuned from (None when it is, or when it is not a
+    synth export at all): retrained in place since, its weights no longer match the recorded hash."""
+    from synth.samplers.artifact import ArtifactError, read_artifact
+
+    if not found.get("weights_sha256") or not Path(source).expanduser().is_dir():
+        return None
+    try:
+        now = read_artifact(source).get("weights_sha256")
+    except ArtifactError:
+        return None  # not a synth export: a diffusers folder (no hash to compare)
+    if now != found["weights_sha256"]:
+        return f"{source} was retrained since the model was fine-tuned from it (weights hash differs)"
+    return None
 
 
 def labels_config(meta: dict) -> SimpleNamespace:

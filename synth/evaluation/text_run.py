@@ -17,22 +17,27 @@ from synth.evaluation import textclip as C
 from synth.evaluation.real import EvalError
 
 
-def _load(data: str, resolution: int, split: str, classes: list[str] | None, recorded: dict | None = None) -> ImageSet:
+READ_AS_TRAINED = ("channels", "on_error", "val_fraction", "carve", "seed")  # recorded data settings a split follows
+
+
+def _load(data: str, resolution: int, split: str, classes: list[str] | None, recorded: dict | None = None,
+          log: Callable[[str], None] | None = None) -> ImageSet:
     """One split of ``data`` at ``resolution`` (no subsetting, no validation cap), classes numbered as given.
 
-    ``recorded``: the model's recorded ``data`` settings (channels, on_error, val_fraction, carve, seed ...) so the
-    split is read as training read it; the source, resolution and caps are this evaluation's."""
-    from synth.config import load_config
+    ``recorded``: the model's recorded ``data`` settings (:data:`READ_AS_TRAINED`) so the split is read as training
+    read it; the source, resolution and caps are this evaluation's."""
+    from synth.config import ConfigError, load_config
     from synth.data import load_split
 
-    from synth.config import ConfigError
-
-    keep = ("channels", "on_error", "val_fraction", "carve", "seed")
-    sets = [f"data.{k}={json.dumps(v)}" for k, v in (recorded or {}).items() if k in keep and v is not None]
+    sets = [f"data.{k}={json.dumps(v)}" for k, v in (recorded or {}).items() if k in READ_AS_TRAINED and v is not None]
+    base = [f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"]
     try:
-        cfg = load_config(None, [*sets, f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
-    except ConfigError:  # a recorded value this version reads otherwise: read the split with the defaults
-        cfg = load_config(None, [f"data.name={data}", f"data.resolution={resolution}", "data.val_max_items=null"])
+        cfg = load_config(None, [*sets, *base])
+    except ConfigError as e:  # a recorded value this version reads otherwise: the defaults, said out loud
+        if log:
+            log(f"note: the model's recorded data settings cannot be read here ({str(e).splitlines()[0]}); the "
+                f"{split} split is read with the defaults and may differ from the one it was trained on")
+        cfg = load_config(None, base)
     try:
         s = load_split(cfg.data, split, classes=classes)
     except DataError as e:
@@ -41,6 +46,22 @@ def _load(data: str, resolution: int, split: str, classes: list[str] | None, rec
         raise EvalError(f"--data {data} has no {split} images; synth eval text needs a manifest with train and test "
                         f"rows (a 'split' column)")
     return s
+
+
+def probe_splits(ctx: dict, meta: dict) -> tuple[ImageSet, list[ImageSet]]:
+    """(training split, held-out splits) as ``meta``'s model was trained: its own recorded validation carve, so
+    a caption it trained on is never scored as held out.  Cached per distinct recorded setting."""
+    rec = (meta.get("config") or {}).get("data") or {}
+    key = json.dumps({k: rec.get(k) for k in READ_AS_TRAINED}, sort_keys=True, default=str)
+    if key not in ctx["splits"]:
+        classes = list(ctx["train"].classes)
+        train = _load(ctx["data"], ctx["resolution"], "train", classes, rec, ctx["log"])
+        try:  # the validation split's captions too: more held-out text, no image generated
+            held = [_load(ctx["data"], ctx["resolution"], "val", classes, rec, ctx["log"]), ctx["test"]]
+        except EvalError:
+            held = [ctx["test"]]
+        ctx["splits"][key] = (train, held)
+    return ctx["splits"][key]
 
 
 def _head(s: ImageSet, n: int | None, seed: int = 0) -> ImageSet:
@@ -68,6 +89,18 @@ def _rows(s: ImageSet, rows: list[int]) -> ImageSet:
     return replace(s, images=s.images[idx], labels=s.labels[idx],
                    prompts=[s.prompts[i] for i in rows] if s.prompts else None,
                    columns={c: [v[i] for i in rows] for c, v in (s.columns or {}).items()})
+
+
+def _renumbered(s: ImageSet, classes: list[str], tag: str) -> ImageSet:
+    """``s`` with its labels renumbered into ``classes`` (another model's order); every row stays where it is."""
+    if list(s.classes) == classes:
+        return s
+    missing = sorted({s.classes[int(k)] for k in s.labels} - set(classes))
+    if missing:
+        raise EvalError(f"model {tag} has no class {', '.join(repr(m) for m in missing)} of the test captions (its "
+                        f"classes: {', '.join(classes)}); compare models trained on the same labels")
+    labels = torch.tensor([classes.index(s.classes[int(k)]) for k in s.labels], dtype=torch.long)
+    return replace(s, labels=labels, classes=classes)
 
 
 def _models(models: list[str]) -> list[dict]:
@@ -179,10 +212,7 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     d = meta.get("default_sampling", {})
     steps, guidance = o["steps"] or d.get("steps", 25), o["guidance"] if o["guidance"] is not None else d.get("guidance", 1.5)
     sampler = o["sampler"] or d.get("sampler", "dpmpp_2m")
-    test = ctx["test"]
-    if list(test.classes) != list(schema.classes):  # numbered as the model numbers them
-        test = _head(_load(ctx["data"], meta["resolution"], "test", list(schema.classes),
-                           (meta.get("config") or {}).get("data")), o["max_rows"], o["seed"])
+    test = _renumbered(ctx["test"], list(schema.classes), tag)  # the same rows, numbered as this model numbers them
     lc, S = T.labels_config(meta), o["seeds"]
     cache = ctx["out"] / "models" / tag
 
@@ -199,17 +229,17 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
     res = {"path": meta["path"], "sampling": {"steps": steps, "guidance": guidance, "sampler": sampler, "seeds": S},
            "windows": int(meta.get("text_windows", 1)), "max_length": int(meta["max_length"]), "attributes": {},
            "swaps": {}, "training": training_of(meta)}
-    hits = {}  # measure -> (image ids row * S + seed, 1/0/NaN per image): for paired comparisons between models
+    hits = {}  # measure -> (image ids row * S + seed, 1/0/NaN per image, swap direction or None): paired comparisons
     for name, j in ctx["judges"].items():
         attr = ctx["attributes"][name]
         pred, values = T.predict(j["net"], ctx["view"](images)), _repeat(T.values_of(test, attr.column), S)
         acc = T.attribute_accuracy(pred, values, j["classes"])
-        hits[name] = (torch.arange(len(images)), T.attribute_hits(pred, values, j["classes"]))
+        hits[name] = (torch.arange(len(images)), T.attribute_hits(pred, values, j["classes"]), None)
         res["attributes"][name] = {**acc, "share_of_ceiling": acc["accuracy"] / j["ceiling"] if j["ceiling"] else None}
     clip, ctok = ctx["clip"]
     emb = C.embed_images(clip, ctx["view"](images))
     res["clip"] = C.r_precision(emb, ctx["caption_emb"], _repeat(list(range(len(test))), S), ctx["candidates"])
-    hits["r_precision"] = (torch.arange(len(images)), res["clip"].pop("hits"))
+    hits["r_precision"] = (torch.arange(len(images)), res["clip"].pop("hits"), None)
     ctx["hits"][tag] = hits
     for sw in ctx["swaps"]:
         attr, j = ctx["attributes"][sw.name], ctx["judges"][sw.name]
@@ -227,7 +257,9 @@ def evaluate_model(meta: dict, tag: str, ctx: dict, log) -> dict:
         after = T.predict(j["net"], ctx["view"](moved))
         res["swaps"][f"{sw.name}:{sw.a}|{sw.b}"] = T.swap_scores(
             T.predict(j["net"], ctx["view"](images[picks])), after, _repeat(old, S), _repeat(new, S), j["classes"])
-        hits[f"swap {sw.name}"] = (torch.tensor(picks), T.attribute_hits(after, _repeat(new, S), j["classes"]))
+        direction = torch.tensor([int(v == sw.a) for v in _repeat(new, S)])  # 1: -> a, 0: -> b
+        hits[f"swap {sw.name}:{sw.a}|{sw.b}"] = (torch.tensor(picks), T.attribute_hits(after, _repeat(new, S), j["classes"]),
+                                              direction)
     res["probe"] = probe(meta, gen, ctx)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     return res
@@ -259,8 +291,8 @@ def probe(meta: dict, gen, ctx: dict) -> dict:
     (:func:`text.text_encoder_before`)."""
     import copy
 
-    train = ctx["train"]
-    caps_tr, ytr, caps_te, yte = probe_rows(train, *ctx["held_out"])
+    train, held_out = probe_splits(ctx, meta)
+    caps_tr, ytr, caps_te, yte = probe_rows(train, *held_out)
     text_lr = ((meta.get("config") or {}).get("train") or {}).get("text_lr")
     if len(caps_te) == 0 or len(set(ytr)) < 2:
         return {"after": None, "before": None, "before_is": "nothing to probe: no held-out caption absent from "
@@ -281,29 +313,28 @@ def probe(meta: dict, gen, ctx: dict) -> dict:
             "majority": T.majority_share([train.classes[y] for y in yte], list(train.classes))}
 
 
-def paired(hits: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], seeds: int, seed: int) -> dict:
+def paired(hits: dict[str, dict[str, tuple]], seeds: int, seed: int) -> dict:
     """{model: {measure: {"delta", "lo", "hi", "n"}}}: each model after the first minus the first, on the images
-    both made (same test row, same seed; a swap's images only where both models' prompts changed), with a 95%
-    bootstrap interval over test rows.  Swaps compare the per-image share that follows the swap."""
+    both made and scored (same test row, same seed; a swap's images only where both models' prompts changed),
+    with a 95% bootstrap interval over test rows.  A swap's difference averages its two directions, as its
+    reported score does."""
     tags = list(hits)
     base = hits[tags[0]]
     out = {}
     for tag in tags[1:]:
         out[tag] = {}
-        for measure, (ids, h) in hits[tag].items():
+        for measure, (ids, h, groups) in hits[tag].items():
             if measure not in base:
                 continue
-            ids0, h0 = base[measure]
-            common = sorted(set(ids0.tolist()) & set(ids.tolist()))
+            ids0, h0, _ = base[measure]
+            at0 = {int(i): n for n, i in enumerate(ids0.tolist())}
+            common = [n for n, i in enumerate(ids.tolist()) if int(i) in at0]
             if not common:
                 continue
-            at0 = {int(i): n for n, i in enumerate(ids0.tolist())}
-            at = {int(i): n for n, i in enumerate(ids.tolist())}
-            a = h0[[at0[i] for i in common]]
-            b = h[[at[i] for i in common]]
-            rows = torch.tensor(common) // seeds
-            _, rows = torch.unique(rows, return_inverse=True)  # dense row numbers for the bootstrap
-            out[tag][measure] = {**T.paired_difference(a, b, rows, seed=seed), "n": len(common)}
+            a = h0[[at0[int(ids[n])] for n in common]]
+            b = h[common]
+            _, rows = torch.unique(ids[common] // seeds, return_inverse=True)  # dense row numbers for the bootstrap
+            out[tag][measure] = T.paired_difference(a, b, rows, None if groups is None else groups[common], seed=seed)
     return {"versus": tags[0], "models": out}
 
 
@@ -341,15 +372,11 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     sw = [T.parse_swap(s, attrs) for s in swaps]
     res, classes = metas[0]["resolution"], list(LabelSchema.from_json(metas[0]["labels"]).classes)
     recorded = (metas[0].get("config") or {}).get("data")
-    train = _load(data, res, "train", classes, recorded)
-    test = _head(_load(data, res, "test", classes, recorded), max_rows, seed)
+    train = _load(data, res, "train", classes, recorded, log)
+    test = _head(_load(data, res, "test", classes, recorded, log), max_rows, seed)
     if train.channels != metas[0].get("channels", 1):
         raise EvalError(f"--data {data} holds {train.channels}-channel images but the model makes "
                         f"{metas[0].get('channels', 1)}-channel ones; evaluate against the data it was trained on")
-    try:  # the probe also scores the validation split's captions (more held-out text, no image generated)
-        held_out = [_load(data, res, "val", classes, recorded), test]
-    except EvalError:
-        held_out = [test]
     log(f"data: {len(train)} training / {len(test)} test images with captions from {data}")
     caps = T.caption_texts(test)
     if not any(caps):
@@ -379,7 +406,7 @@ def evaluate_text(models: list[str], data: str, out: str | Path, *, attributes=T
     log(f"text judge on the real test images: R-precision@1 among {k} {real['r_precision']:.3f}")
     ctx = {"opts": {"device": device, "steps": steps, "guidance": guidance, "sampler": sampler, "max_rows": max_rows,
                     "seeds": seeds, "seed": seed, "batch": batch},
-           "data": data, "train": train, "test": test, "held_out": held_out, "out": out, "judges": judges,
+           "data": data, "resolution": res, "train": train, "test": test, "splits": {}, "log": log, "out": out, "judges": judges,
            "attributes": {a.name: a for a in attrs}, "swaps": sw, "clip": clip, "caption_emb": caption_emb,
            "candidates": candidates, "grid": {}, "hits": {}, "grid_rows": grid_rows(test), "view": view}
     summary = {"data": data, "resolution": res, "judge_resolution": int(view(test.images[:1]).shape[-1]), "train_n": len(train), "test_n": len(test), "k": k, "seed": seed,

@@ -166,23 +166,28 @@ def r_precision(image_emb: torch.Tensor, caption_emb: torch.Tensor, rows: list[i
             "n": n, "k": 1 + (sizes[0] if sizes else 0), "hits": torch.tensor(per_image)}
 
 
+CLIP_FILES = {"clip.safetensors", "tokenizer", "clip.json"}  # everything save_clip writes
+
+
 def save_clip(model: SmallCLIP, tokenizer, folder: Path, record: dict) -> None:
     """Weights (safetensors), tokenizer and the record that says what they were trained on, into ``folder``:
     written beside it and moved into place in one step, so a crash leaves the old folder or the new one."""
-    import tempfile
+    import shutil
 
     from safetensors.torch import save_file
 
-    from synth.io import atomic_replace_dir, atomic_write_text
+    from synth.io import atomic_replace_dir, atomic_write_text, fresh_tmp_dir, fsync_tree
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    tmp = fresh_tmp_dir(folder)
     tokenizer.save_pretrained(tmp / "tokenizer")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "clip.safetensors"))
     atomic_write_text(tmp / "clip.json", json.dumps({**record, "vocab_size": len(tokenizer),
                                                      "in_channels": model.image.in_channels}, indent=1))
+    fsync_tree(tmp)
+    if folder.is_dir() and not (folder / "clip.json").exists() and {p.name for p in folder.iterdir()} <= CLIP_FILES:
+        shutil.rmtree(folder)  # an unfinished text judge of an older version (killed before its clip.json)
     atomic_replace_dir(tmp, folder, marker="clip.json")
 
 

@@ -1,5 +1,6 @@
 """synth eval text (issue 18 item 6): attribute judges, the small CLIP, swaps, the text-encoder probe."""
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +189,10 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
                          judge_steps=60, clip_steps=30, log=said.append)
     assert both["paired"]["versus"] == "run" and set(both["paired"]["models"]) == {"run-2"}
     same = both["paired"]["models"]["run-2"]
-    assert set(same) == {"type", "plane", "location", "r_precision", "swap type", "swap plane", "swap location"}
+    assert set(same) == {"type", "plane", "location", "r_precision", "swap type:CT|MR", "swap plane:Axial|Coronal",
+                         "swap location:Head|Thorax"}
     assert all((d["delta"], d["lo"], d["hi"]) == (0.0, 0.0, 0.0) and d["n"] > 0 for d in same.values())
+    assert same["type"]["n"] == 32 and same["swap type:CT|MR"]["n"] == 32
 
 
 def test_eval_text_refuses_bad_requests_in_one_line(captioned, text_model, tmp_path, tiny_export):
@@ -341,18 +344,75 @@ def test_the_probe_of_a_fine_tuned_model_starts_from_its_foundations_text_encode
     meta["train_subset"] = {}
     enc, where = T.text_encoder_before(meta, None)
     assert enc is None and "moved-away cannot be loaded" in where
+    # the recorded export moved away, the config's folder is there: that one
+    cfg["model"]["pretrained"] = found["path"]
+    meta["train_subset"] = {"foundation": {"path": str(tmp_path / "gone"), "weights_sha256": found["weights_sha256"]}}
+    enc, where = T.text_encoder_before(meta, None)
+    assert enc is not None and where == f"pretrained {found['path']}"
+    # retrained in place since (the hash it was fine-tuned from differs): no 'before', and the reason
+    meta["train_subset"] = {"foundation": {"path": found["path"], "weights_sha256": "0" * 64}}
+    enc, where = T.text_encoder_before(meta, None)
+    assert enc is None and "was retrained since" in where
 
 
-def test_paired_differences_resample_captions_and_skip_unscored_images():
+def test_paired_differences_resample_captions_and_compare_only_images_both_scored():
     rows = torch.arange(40) // 2  # 20 captions x 2 seeds
-    a = (torch.arange(40) % 3 == 0).float()
+    a = (torch.arange(40) % 3 == 0).double()
     same = T.paired_difference(a, a.clone(), rows)
-    assert same == {"delta": 0.0, "lo": 0.0, "hi": 0.0}
+    assert same == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n": 40}
     better = T.paired_difference(torch.zeros(40), torch.ones(40), rows)
     assert better["delta"] == 1.0 and better["lo"] == 1.0
+    # b unscored on images a got right: on the images both scored the models agree, so no difference
+    a2 = torch.cat([torch.ones(10), torch.zeros(10)]).double()
+    b2 = torch.cat([torch.full((10,), float("nan")), torch.zeros(10)]).double()
+    assert T.paired_difference(a2, b2, torch.arange(20)) == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n": 10}
+    nothing = T.paired_difference(a2, torch.full((20,), float("nan")), torch.arange(20))
+    assert nothing["n"] == 0 and math.isnan(nothing["delta"])  # nothing measured is not "no difference"
     b = a.clone()
     b[:10] = 1.0
-    b[30:] = float("nan")  # unscored images count for neither model's mean
     d = T.paired_difference(a, b, rows, seed=1)
-    assert d["delta"] == pytest.approx(float(b[:30].mean()) - float(a.mean()))
-    assert d["lo"] < d["delta"] < d["hi"] and d == T.paired_difference(a, b, rows, seed=1)
+    assert d["delta"] == pytest.approx(float(b.mean() - a.mean())) and d["lo"] < d["delta"] < d["hi"]
+    assert d == T.paired_difference(a, b, rows, seed=1)
+    # groups (a swap's two directions) weigh alike: 30 images of a direction where b gains 1, 10 where it loses 1
+    groups = torch.cat([torch.zeros(30), torch.ones(10)]).long()
+    ga, gb = torch.cat([torch.zeros(30), torch.ones(10)]).double(), torch.cat([torch.ones(30), torch.zeros(10)]).double()
+    assert T.paired_difference(ga, gb, rows, groups)["delta"] == pytest.approx(0.0)
+    assert T.paired_difference(ga, gb, rows)["delta"] == pytest.approx(0.5)
+
+
+def test_paired_matches_images_by_row_and_seed_whatever_order_each_model_made_them():
+    from synth.evaluation.text_run import paired
+
+    nan = float("nan")
+    first = {"swap t:A|B": (torch.tensor([0, 1, 4, 5]), torch.tensor([1.0, 0.0, 1.0, 1.0]).double(),
+                            torch.tensor([0, 0, 1, 1]))}
+    # the second model made rows 2 and 0 (ids 4, 5, 0, 1) in another order and row 1 only for itself
+    second = {"swap t:A|B": (torch.tensor([4, 5, 2, 3, 0, 1]), torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0, nan]).double(),
+                             torch.tensor([1, 1, 0, 0, 0, 0]))}
+    d = paired({"m1": first, "m2": second}, seeds=2, seed=0)["models"]["m2"]["swap t:A|B"]
+    # both scored ids 0, 4, 5: direction 0 -> 1 vs 1 (0), direction 1 -> 0 vs 1 twice (-1): averaged -0.5
+    assert d["n"] == 3 and d["delta"] == pytest.approx(-0.5)
+
+
+def test_a_second_model_is_scored_on_the_same_rows_whatever_its_class_order(captioned):
+    from synth.evaluation.text_run import _head, _load, _renumbered
+
+    test = _head(_load(str(captioned), 16, "test", ["Head", "Thorax"]), 6, seed=0)
+    other = _renumbered(test, ["Thorax", "Head"], "B")
+    assert other.prompts == test.prompts and other.images.equal(test.images)
+    assert [other.classes[int(k)] for k in other.labels] == [test.classes[int(k)] for k in test.labels]
+    with pytest.raises(EvalError, match="model B has no class 'Thorax' of the test captions"):
+        _renumbered(test, ["Head", "Spine"], "B")
+
+
+def test_an_unfinished_text_judge_of_an_older_version_is_replaced(tmp_path):
+    images = torch.randint(0, 255, (12, 1, 16, 16), dtype=torch.uint8)
+    model, tok = C.train_clip(images, [f"caption {i % 4}" for i in range(12)], steps=1, seed=0, log=lambda *a: None)
+    (tmp_path / "clip" / "tokenizer").mkdir(parents=True)  # killed after the tokenizer, before clip.json
+    C.save_clip(model, tok, tmp_path / "clip", {"steps": 1})
+    assert C.load_clip(tmp_path / "clip", {"steps": 1}) is not None
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's file")
+    with pytest.raises(Exception, match="synth did not write it"):
+        C.save_clip(model, tok, tmp_path / "mine", {"steps": 1})
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's file"
