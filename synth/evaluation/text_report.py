@@ -117,7 +117,7 @@ def markdown(report: dict, command: str | None = None) -> str:
                   "Each cell: the model's value minus " + pr["versus"] + "'s, with a 95% bootstrap interval over test "
                   "captions (an interval that holds 0 is no measured difference); n: images both models made. Swaps: the "
                   "per-image share judged as the new value, on rows where both models' prompts changed.", "",
-                  "| model | " + " | ".join(measures) + " |", "|---|" + "---|" * len(measures)]
+                  "| model | " + " | ".join(_cell(m) for m in measures) + " |", "|---|" + "---|" * len(measures)]
         for t, d in pr["models"].items():
             lines.append(f"| {t} | " + " | ".join(f"{_f(d[m]['delta'], '+.3f')} [{_f(d[m]['lo'], '+.3f')}, "
                                                    f"{_f(d[m]['hi'], '+.3f')}] (n {d[m]['n']})" if m in d else "n/a"

@@ -153,6 +153,19 @@ def test_the_probe_rebuilds_the_encoder_the_trainer_started_from(captioned, tmp_
     assert all(torch.equal(a, b) for a, b in zip(before.state_dict().values(), parts.text_encoder.state_dict().values()))
 
 
+def _tables_are_whole(md: str) -> None:
+    """Every row of every markdown table has as many cells as its header (a stray '|' splits a cell)."""
+    import re
+
+    table: list[int] = []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(len(re.split(r"(?<!\\)\|", line)))
+        elif table:
+            assert len(set(table)) == 1, f"a table row has another cell count: {table}"
+            table = []
+
+
 def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(captioned, text_model, tmp_path, monkeypatch):
     from synth.evaluation.text_report import targets
     from synth.evaluation.text_run import evaluate_text
@@ -186,7 +199,9 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
     # one model under two names: every paired difference is exactly zero (same images, same judges)
     monkeypatch.undo()
     both = evaluate_text([str(text_model), str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2,
-                         judge_steps=60, clip_steps=30, log=said.append)
+                         judge_steps=60, clip_steps=30, report=tmp_path / "rep2" / "two", log=said.append)
+    _tables_are_whole((tmp_path / "rep2" / "two.md").read_text())
+    _tables_are_whole(md)
     assert both["paired"]["versus"] == "run" and set(both["paired"]["models"]) == {"run-2"}
     same = both["paired"]["models"]["run-2"]
     assert set(same) == {"type", "plane", "location", "r_precision", "swap type:CT|MR", "swap plane:Axial|Coronal",
