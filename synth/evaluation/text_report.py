@@ -49,8 +49,11 @@ def targets(report: dict) -> list[dict]:
                              "value": s["accuracy"], "met": _met(s["accuracy"], SWAP_TARGETS[name])})
         p = m["probe"]
         if p.get("text_lr") and p.get("after") is not None and p.get("before") is not None:  # a frozen encoder cannot learn
-            rows.append({"model": tag, "target": "text-encoder probe after > before", "value": p["after"] - p["before"],
-                         "met": "met" if p["after"] > p["before"] else "missed"})
+            diff, se = p["after"] - p["before"], p.get("se")
+            met = "met" if diff > 0 else "missed"
+            if diff > 0 and se and diff < 2 * se:  # both probes read the same captions: within noise is no gain shown
+                met = f"met, but within 2 standard errors ({se:.3f})"
+            rows.append({"model": tag, "target": "text-encoder probe after > before", "value": diff, "met": met})
     return rows
 
 
