@@ -273,7 +273,7 @@ def probe_rows(train: ImageSet, *held_out: ImageSet) -> tuple[list[str], list[in
         caps, ys, seen = [], [], set(banned)
         for s in sets:
             for c, k in zip(T.caption_texts(s), s.labels.tolist()):
-                key = " ".join(c.lower().split())
+                key = C.caption_key(c)
                 if key and key not in seen and s.classes[int(k)] in train.classes:
                     seen.add(key)
                     caps.append(c)
@@ -281,7 +281,7 @@ def probe_rows(train: ImageSet, *held_out: ImageSet) -> tuple[list[str], list[in
         return caps, ys
 
     caps_tr, ytr = distinct([train], set())
-    caps_te, yte = distinct(held_out, {" ".join(c.lower().split()) for c in caps_tr})
+    caps_te, yte = distinct(held_out, {C.caption_key(c) for c in caps_tr})
     return caps_tr, ytr, caps_te, yte
 
 

@@ -118,12 +118,17 @@ def embed_images(model: SmallCLIP, images: torch.Tensor, batch: int = 256) -> to
     return torch.cat([model.embed_images(to_float(images[i:i + batch])) for i in range(0, len(images), batch)])
 
 
+def caption_key(text: str) -> str:
+    """A caption as compared for sameness: lowercased, whitespace runs collapsed ('' for no text)."""
+    return " ".join(text.lower().split())
+
+
 def distractors(captions: list[str], k: int, seed: int) -> list[list[int] | None]:
     """For each row i, ``k - 1`` other rows (seeded, row i's own draw) holding ``k - 1`` *distinct* caption
     texts, each different from row i's (compared lowercased, whitespace-collapsed): the candidates R-precision
     ranks row i's caption against.  Two candidates with one text would make the task easier than 1 in k.
     A row without caption text gets None (it is not ranked) and is never a candidate."""
-    norm = [" ".join(c.lower().split()) for c in captions]
+    norm = [caption_key(c) for c in captions]
     first: dict[str, int] = {}
     for j, c in enumerate(norm):
         if c:
