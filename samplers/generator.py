@@ -1,6 +1,9 @@
-"""Generators: load an exported artifact and turn conditions + seeds into uint8 images.
+"""The generator: load any export (path x conditioner x codec) and turn conditions + seeds into uint8 images.
 
-``LDMGenerator.sample(conditions, seeds)`` -> :class:`SampleBatch`.  Image i depends
+``Generator.sample(conditions, seeds)`` -> :class:`SampleBatch`; ``Generator.translate(images, source,
+target)`` for flow models.  The path (:mod:`synth.paths`) integrates, the conditioner
+(:mod:`synth.conditioners`) reads the conditions, the codec (:mod:`synth.codecs`) maps pixels to the
+network's space and back: one class for every model synth trains.  Image i depends
 only on ``seeds[i]`` and ``conditions[i]``: its starting noise comes from its own
 generator and every solver is per-image, so batch size, process count and what
 was sampled before never change it.
@@ -16,28 +19,17 @@ import torch
 from synth.samplers.artifact import (ARTIFACT_FILE, FORMAT_VERSION, KINDS, MAX_ARTIFACT_BYTES, PICKLE_HINT,  # noqa: F401
                                ArtifactError, SampleBatch, _fix, _os_message, check_files, check_meta, export_folder,
                                finish_loading, load_component, read_artifact, show, verify_export)
-from synth.samplers.bridge import BridgeGenerator
 from synth import solvers
 from synth.codecs import PixelCodec, VAECodec
+from synth.conditioners import (CONDITIONERS, ClassConditioner, NoConditioner, TextConditioner,  # noqa: F401
+                                encode_prompts)
 from synth.io import to_float, to_uint8
 from synth.labels import Condition, LabelSchema
 from synth.models import first_line
 from synth.config import ConfigError
 from synth.paths.diffusion import DiffusionPath
-from synth.paths.flow import FLOW
+from synth.paths.flow import FLOW, FlowPath
 from synth.seeds import derive_seed, generator_for
-from synth.textwindows import encode_windows, window_ids
-
-def encode_prompts(tokenizer, text_encoder, prompts: Sequence[str], max_length: int, windows: int = 1) -> torch.Tensor:
-    """Prompts -> text embeddings (B, W x L, D) from the encoder's last hidden state (``windows`` W:
-    :mod:`synth.textwindows`; 1 truncates to one window of L tokens)."""
-    p = next(text_encoder.parameters())
-    if windows > 1:
-        ids, _ = window_ids(tokenizer, prompts, max_length, windows)
-        return encode_windows(text_encoder, ids.to(p.device))
-    ids = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(ids.to(p.device))[0]
 
 
 def _read_scheduler(meta: dict) -> torch.Tensor:
@@ -54,27 +46,85 @@ def _read_scheduler(meta: dict) -> torch.Tensor:
         raise ArtifactError(f"'{f}' is not a valid scheduler config ({first_line(e)}); {_fix()}") from None
 
 
-class LDMGenerator:
-    """Text/label-conditioned generator (latent or pixel space) on a diffusion path or, with ``path="flow"``,
-    the flow-matching path (a text-conditioned flow model: samples from noise and translates between prompts)."""
+def model_parts(meta: dict) -> tuple[str, str, str]:
+    """(path family, conditioner, codec) of an export: what its ``synth.json`` records; exports written before
+    the three were recorded hold a ``kind`` instead ("ldm": diffusion x text, "bridge": flow x class)."""
+    kind = meta.get("kind", "ldm")
+    family = meta.get("family", "flow" if kind == "bridge" else "diffusion")
+    conditioner = meta.get("conditioner", "class" if kind == "bridge" else "text")
+    if family not in ("diffusion", "flow"):
+        raise ArtifactError(f"'{meta['path']}' holds a '{family}' model family, which this version cannot sample; "
+                            f"upgrade synth")
+    if conditioner not in CONDITIONERS:
+        raise ArtifactError(f"'{meta['path']}' holds a model conditioned on '{conditioner}', which this version "
+                            f"cannot sample; upgrade synth")
+    if family == "diffusion" and conditioner != "text":
+        raise ArtifactError(f"'{meta['path']}' holds a diffusion model conditioned on '{conditioner}', which this "
+                            f"version cannot sample; upgrade synth")
+    return family, conditioner, meta["codec"]
 
-    def __init__(self, unet, text_encoder, tokenizer, codec, schema: LabelSchema, alphas_cumprod: torch.Tensor,
-                 prediction_type: str, resolution: int, max_length: int, model_id: str = "in-memory",
-                 spacing: str = "linspace", path: str = "diffusion", windows: int = 1):
-        self.unet, self.text_encoder, self.tokenizer, self.codec = unet, text_encoder, tokenizer, codec
-        self.windows = windows  # text windows of max_length tokens per prompt (synth.textwindows)
-        self.schema, self.alphas_cumprod = schema, alphas_cumprod
-        self.prediction_type, self.resolution, self.max_length = prediction_type, resolution, max_length
-        self.model_id = model_id
-        # the path the model was trained on: it makes the sampling grid and the denoiser
-        self.path = FLOW if path == "flow" else DiffusionPath(alphas_cumprod, prediction_type, spacing=spacing)
+
+def load_conditioner(meta: dict, name: str, device, dtype):
+    """The export's conditioner, loaded (offline, safetensors only)."""
+    schema = LabelSchema.from_json(meta["labels"])
+    if name == "class":
+        return ClassConditioner(schema)
+    if name == "none":
+        return NoConditioner(schema)
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    encoder = load_component(meta, CLIPTextModel.from_pretrained, "text_encoder",
+                             use_safetensors=True).to(device, dtype).eval()
+    tokenizer = load_component(meta, AutoTokenizer.from_pretrained, "tokenizer")
+    return TextConditioner(tokenizer, encoder, schema, meta["max_length"], int(meta.get("text_windows", 1)))
+
+
+def load_codec(meta: dict, device, dtype):
+    """The export's codec: its autoencoder (``vae``) or pixels."""
+    channels = meta.get("channels", 1)
+    if meta["codec"] != "vae":
+        return PixelCodec(channels)
+    from diffusers import AutoencoderKL
+
+    vae = load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True, torch_dtype=dtype)
+    return VAECodec(vae.to(device).eval(), image_channels=channels)
+
+
+class Generator:
+    """Any synth model: a UNet on a path (:class:`DiffusionPath` or the flow path), read through a conditioner
+    (:mod:`synth.conditioners`: text, class, none) in a codec's space (pixels or an autoencoder's latents).
+
+    ``sample(conditions, seeds)`` draws images from noise; ``translate(images, source, target)`` carries images
+    between two conditions (flow models only).  Image i depends only on ``seeds[i]`` and ``conditions[i]``."""
+
+    def __init__(self, unet, conditioner, codec, path, resolution: int, model_id: str = "in-memory"):
+        self.unet, self.conditioner, self.codec, self.path = unet, conditioner, codec, path
+        self.resolution, self.model_id = resolution, model_id
         self.chunk_size: int | None = None  # images per network call; None: the whole batch
-        self._text_cache: dict[str, torch.Tensor] = {}
         self.weights_sha256: str | None = None  # set by from_export: the verified hash of the loaded weights
 
+    # -- what the model is -------------------------------------------------
     @property
     def is_flow(self) -> bool:
-        return self.path is FLOW
+        return isinstance(self.path, FlowPath)
+
+    @property
+    def kind(self) -> str:
+        """The export kind of older synth versions: 'bridge' for a class-conditioned flow model, else 'ldm'."""
+        return "bridge" if self.is_flow and self.conditioner.name == "class" else "ldm"
+
+    @property
+    def schema(self) -> LabelSchema:
+        return self.conditioner.schema
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        """A class-conditioned model's classes (a bridge's domains)."""
+        return tuple(self.schema.classes)
+
+    @property
+    def channels(self) -> int:
+        return self.codec.channels
 
     @property
     def spacing(self) -> str | None:
@@ -85,44 +135,41 @@ class LDMGenerator:
     def spacing(self, value: str) -> None:
         self.path.spacing = value
 
+    def __getattr__(self, name: str):
+        # the conditioner's own members (text_embeddings, tokenizer, max_length, domain_index ...) read as the
+        # generator's, as they did when each conditioner had its own generator class
+        alias = {"text_embeddings": "embeddings", "domain_index": "index", "condition_domain": "resolve",
+                 "null_domain": "null_index"}.get(name, name)
+        if name.startswith("__") or "conditioner" not in self.__dict__:
+            raise AttributeError(name)
+        try:
+            return getattr(self.__dict__["conditioner"], alias)
+        except AttributeError:
+            raise AttributeError(f"a {self.conditioner.name}-conditioned generator has no '{name}'") from None
+
     # -- loading -----------------------------------------------------------
     @classmethod
     def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                    *, allow_pickle: bool = False):
+                    *, allow_pickle: bool = False) -> "Generator":
         """Load ``<run>/export`` after :func:`verify_export` (no pickle unless ``allow_pickle``, complete safetensors,
         weights equal to synth.json's hashes); weights load from safetensors only."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import AutoTokenizer, CLIPTextModel
+        from diffusers import UNet2DConditionModel, UNet2DModel
 
         meta = read_artifact(path)
-        if meta.get("kind", "ldm") != "ldm":
-            raise ArtifactError(f"'{meta['path']}' holds a '{meta['kind']}' model, not a text/label diffusion model; "
-                                f"load it with synth.samplers.generator.load_generator")
+        family, conditioner, _ = model_parts(meta)
         digest = verify_export(meta, allow_pickle)
-        unet = load_component(meta, UNet2DConditionModel.from_pretrained, "unet", use_safetensors=True,
+        net = UNet2DConditionModel if conditioner == "text" else UNet2DModel
+        unet = load_component(meta, net.from_pretrained, "unet", use_safetensors=True,
                               torch_dtype=dtype).to(device).eval()
-        text_encoder = load_component(meta, CLIPTextModel.from_pretrained, "text_encoder",
-                                      use_safetensors=True).to(device, dtype).eval()
-        tokenizer = load_component(meta, AutoTokenizer.from_pretrained, "tokenizer")
-        channels = meta.get("channels", 1)
-        if meta["codec"] == "vae":
-            codec = VAECodec(load_component(meta, AutoencoderKL.from_pretrained, "vae", use_safetensors=True,
-                                            torch_dtype=dtype).to(device).eval(), image_channels=channels)
-        else:
-            codec = PixelCodec(channels)
-        family = meta.get("family", "diffusion")  # older exports record none: diffusion
-        if family not in ("diffusion", "flow"):
-            raise ArtifactError(f"'{meta['path']}' holds a '{family}' model family, which this version cannot sample; "
-                                f"upgrade synth")
-        alphas = _read_scheduler(meta)
-        gen = cls(unet, text_encoder, tokenizer, codec, LabelSchema.from_json(meta["labels"]), alphas,
-                  meta["prediction_type"], meta["resolution"], meta["max_length"],
-                  model_id=meta.get("model_id", meta["path"]),
-                  path=family, windows=int(meta.get("text_windows", 1)))
+        cond = load_conditioner(meta, conditioner, device, dtype)
+        codec = load_codec(meta, device, dtype)
+        path_ = FLOW if family == "flow" else DiffusionPath(_read_scheduler(meta), meta["prediction_type"])
+        gen = cls.__new__(cls)
+        Generator.__init__(gen, unet, cond, codec, path_, meta["resolution"], model_id=meta.get("model_id", meta["path"]))
         return finish_loading(gen, meta, digest)
 
     def optimize(self, *, compile: bool = False, channels_last: bool = False, attention: str = "sdpa",
-                 chunk_size: int | None = None) -> "LDMGenerator":
+                 chunk_size: int | None = None) -> "Generator":
         """Speed levers: channels_last memory format, torch.compile, attention kernel, and
         ``chunk_size``: integrate and decode a large batch in cache-sized chunks (per-image
         results are unchanged, since every image is independent)."""
@@ -153,36 +200,37 @@ class LDMGenerator:
             self.codec.decode_chunk = chunk_size
         return self
 
-    # -- conditioning ------------------------------------------------------
-    @torch.no_grad()
-    def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(B, L, D) embeddings, cached per distinct prompt (labels repeat a few prompts)."""
-        missing = sorted({pr for pr in prompts if pr not in self._text_cache})
-        if missing:
-            emb = encode_prompts(self.tokenizer, self.text_encoder, missing, self.max_length, self.windows)
-            for pr, e in zip(missing, emb):
-                self._text_cache[pr] = e
-        return torch.stack([self._text_cache[pr] for pr in prompts])
-
-    def clear_cache(self) -> None:
-        self._text_cache.clear()
-
     # -- sampling ----------------------------------------------------------
+    def _network(self, x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        """The UNet at its own timestep t (B,): x (B, c, h, w) in any precision -> float32 (B, c, h, w)."""
+        p = next(self.unet.parameters())
+        return self.unet(x.to(p.dtype), t, **self.conditioner.network_kwargs(cond)).sample.float()
+
     def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
         """(B, C, h, w) standard normal noise, image i from ``seeds[i]`` alone."""
         shape = self.codec.latent_shape(self.resolution)
         return torch.stack([torch.randn(shape, generator=generator_for(s), dtype=torch.float32) for s in seeds])
 
+    def _rng(self, seeds: Sequence[int], sampler: str):
+        """One generator per image for a stochastic solver (its own seed's 'ancestral' stream), else None."""
+        return [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
+
+    def _check_guidance(self, guidance: float) -> None:
+        if self.conditioner.name == "none" and guidance != 1.0:
+            raise ConfigError(f"guidance {guidance} needs a conditional model; this one is unconditional: use "
+                              f"guidance 1")
+
     @torch.no_grad()
     def sample(self, conditions: Sequence[Condition], seeds: Sequence[int], *, steps: int = 25,
                guidance: float = 1.5, sampler: str = "dpmpp_2m", noise: torch.Tensor | None = None,
                negative_prompt: str = "") -> SampleBatch:
-        """Generate one image per (condition, seed). Returns uint8 (B, 1, R, R) images.
+        """Generate one image per (condition, seed). Returns uint8 (B, C, R, R) images.
 
-        ``negative_prompt``: guidance pushes away from this text instead of from the null prompt (as diffusers'
-        ``negative_prompt`` does); it has no effect at guidance 1."""
+        ``negative_prompt`` (text models): guidance pushes away from this text instead of from the null prompt
+        (as diffusers' ``negative_prompt`` does); it has no effect at guidance 1."""
         if len(conditions) != len(seeds):
-            raise ValueError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
+            raise ConfigError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
+        self._check_guidance(guidance)
         c = self.chunk_size
         if c and len(seeds) > c:
             parts = [self.sample(conditions[i:i + c], seeds[i:i + c], steps=steps, guidance=guidance, sampler=sampler,
@@ -190,62 +238,83 @@ class LDMGenerator:
                      for i in range(0, len(seeds), c)]
             return SampleBatch(torch.cat([p.images for p in parts]), [x for p in parts for x in p.conditions],
                                list(seeds), parts[0].settings)
-        solve = solvers.get(sampler).fn
+        solver = self.path.solver_name(sampler)
         p = next(self.unet.parameters())
-        device, dtype = p.device, p.dtype
-        prompts = [c.prompt or (self.schema.prompt_for(c.label) if c.label is not None else "") for c in conditions]
-        cond = self.text_embeddings(prompts).to(device, dtype)
-        uncond = self.text_embeddings([negative_prompt] * len(prompts)).to(device, dtype) if guidance != 1.0 else None
-        gens = [generator_for(derive_seed(s, "ancestral")) for s in seeds] if solvers.get(sampler).stochastic else None
-        if self.is_flow:
-            x0 = (self.initial_noise(seeds) if noise is None else noise).to(device, torch.float32)
-            z = FLOW.integrate(self._velocity, x0, 0.0, 1.0, steps, sampler=solvers.for_flow(sampler), cond=cond,
-                               uncond=uncond, guidance=guidance, rng=gens)
-            return self._batch(z, conditions, prompts, seeds, solvers.for_flow(sampler), steps, guidance, dtype)
-        sigmas = self.path.sampling_sigmas(steps)  # stays on the CPU: host-side grid
-        x0 = self.initial_noise(seeds) if noise is None else noise
-        # The ODE state stays float32 whatever the model's precision; only the network runs in ``dtype``.
-        x = x0.to(device, torch.float32) * self.path.init_noise_scale(sigmas)
-
-        def unet_fn(x_vp, t, c):
-            return self.unet(x_vp.to(dtype), t, encoder_hidden_states=c).sample.float()
-
-        predict = self.path.denoiser(unet_fn)
-        z = solve(predict, x, sigmas, cond=cond, uncond=uncond, guidance=guidance, rng=gens)
-        return self._batch(z, conditions, prompts, seeds, sampler, steps, guidance, dtype)
-
-    def _velocity(self, x_t: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """A flow model's v(x_t, t | text): x_t (B, c, h, w), t (B,) in [0, 1], text (B, L, D) -> float32."""
-        p = next(self.unet.parameters())
-        return self.unet(x_t.to(p.dtype), FLOW.network_time(t).to(x_t.device, torch.float32),
-                         encoder_hidden_states=text).sample.float()
-
-    def _batch(self, z, conditions, prompts, seeds, sampler, steps, guidance, dtype) -> SampleBatch:
-        """Decode latents z (B, c, h, w) into a SampleBatch of uint8 images with the settings that made them."""
+        cond, resolved = self.conditioner.encode(conditions, p.device, p.dtype)
+        uncond = self.conditioner.null(len(seeds), p.device, p.dtype, negative_prompt) if guidance != 1.0 else None
+        x0 = (self.initial_noise(seeds) if noise is None else noise).to(p.device, torch.float32)
+        # The ODE state stays float32 whatever the model's precision; only the network runs in the model's dtype.
+        z = self.path.generate(self._network, x0, steps, sampler=solver, cond=cond, uncond=uncond, guidance=guidance,
+                               rng=self._rng(seeds, solver))
         images = to_uint8(self.codec.decode(z).float()).cpu()
-        settings = {"sampler": sampler, "steps": steps, "guidance": guidance, "dtype": str(dtype).replace("torch.", ""),
-                    "model_evals": solvers.model_evals(sampler, steps), "model_id": self.model_id}
-        conds = [Condition(label=c.label, domain=c.domain, prompt=pr) for c, pr in zip(conditions, prompts)]
-        return SampleBatch(images, conds, list(seeds), settings)
+        settings = {"sampler": solver, "steps": steps, "guidance": guidance, "dtype": str(p.dtype).replace("torch.", ""),
+                    "model_evals": solvers.model_evals(solver, steps), "model_id": self.model_id}
+        return SampleBatch(images, resolved, list(seeds), settings)
+
+    # -- translation -------------------------------------------------------
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, R, R) of this model's size and channels; a clear error otherwise."""
+        if images.ndim != 4 or images.dtype != torch.uint8:
+            raise ConfigError(f"translate takes uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        b, c, h, w = images.shape
+        if c != self.channels:
+            raise ConfigError(f"the model translates {self.channels}-channel images, got {c}-channel images")
+        if (h, w) != (self.resolution, self.resolution):
+            raise ConfigError(f"the model translates {self.resolution}x{self.resolution} images, got {h}x{w}; "
+                              f"prepare them with synth.data (pad to square, then resize)")
+        return images
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, source: str, target: str, *, tau: float = 0.5, steps: int = 20,
-                  guidance: float = 1.5, sampler: str = "euler", seeds: Sequence[int] | None = None) -> torch.Tensor:
-        """A text-conditioned flow model: uint8 images (B, C, H, W) described by prompt ``source`` -> the same
-        images carried to prompt ``target`` (back along the flow to ``tau``, forward under the new text)."""
+    def translate(self, images: torch.Tensor, source: str | int, target: str | int, *, tau: float = 0.5,
+                  steps: int = 20, guidance: float = 1.0, sampler: str = "euler",
+                  seeds: Sequence[int] | None = None) -> torch.Tensor:
+        """uint8 (B, C, R, R) images under condition ``source`` (a domain, or a text for a text model) ->
+        uint8 (B, C, R, R) under ``target``: back along the flow to ``tau``, forward under the new condition.
+
+        ``tau``: 1 returns the (encoded-decoded) input; lower keeps less structure and more of the target's
+        look; 0 is full inversion to noise (the DDIB limit).  ``seeds`` (stochastic solvers): one per image."""
         if not self.is_flow:
             raise ConfigError("translation needs a flow model (train with --set train.path=flow); this one is a "
                               "diffusion model: sample it instead")
+        if self.conditioner.name == "none":
+            raise ConfigError("translation needs a conditional model (a source and a target); this one is "
+                              "unconditional")
+        self.check_images(images)
         p = next(self.unet.parameters())
-        n = images.shape[0]
-        text = self.text_embeddings([source, target, ""]).to(p.device, p.dtype)
-        src, tgt, null = (text[i:i + 1].expand(n, -1, -1) for i in range(3))
-        x1 = self.codec.encode(to_float(images).to(p.device, p.dtype)).float()
-        gens = ([generator_for(derive_seed(s, "ancestral")) for s in (seeds or range(n))]
-                if solvers.get(sampler).stochastic else None)
-        z = FLOW.translate(self._velocity, x1, src, tgt, null, tau, steps, sampler=solvers.for_flow(sampler),
-                           guidance=guidance, rng=gens)
-        return to_uint8(self.codec.decode(z).float()).cpu()
+        src, tgt, null = self.conditioner.lookup([source, target, None], p.device, p.dtype)
+        solver = self.path.solver_name(sampler)
+        seeds = list(range(len(images))) if seeds is None else list(seeds)
+        outs = []
+        for lo in range(0, len(images), self.chunk_size or max(1, len(images))):
+            hi = min(len(images), lo + (self.chunk_size or len(images)))
+            n = hi - lo
+            x1 = self.codec.encode(to_float(images[lo:hi]).to(p.device, p.dtype)).float()  # deterministic: the mean
+            z = self.path.carry(self._network, x1, *(e.unsqueeze(0).expand(n, *e.shape) for e in (src, tgt, null)),
+                                tau, steps, sampler=solver, guidance=guidance, rng=self._rng(seeds[lo:hi], solver))
+            outs.append(to_uint8(self.codec.decode(z).float()).cpu())
+        return torch.cat(outs)
+
+
+class LDMGenerator(Generator):
+    """A text-conditioned model (diffusion, or flow with ``path="flow"``), built from its parts in memory (the
+    trainers' previews).  Exports load through :meth:`Generator.from_export` whatever they hold."""
+
+    def __init__(self, unet, text_encoder, tokenizer, codec, schema: LabelSchema, alphas_cumprod: torch.Tensor,
+                 prediction_type: str, resolution: int, max_length: int, model_id: str = "in-memory",
+                 spacing: str = "linspace", path: str = "diffusion", windows: int = 1):
+        path_ = FLOW if path == "flow" else DiffusionPath(alphas_cumprod, prediction_type, spacing=spacing)
+        super().__init__(unet, TextConditioner(tokenizer, text_encoder, schema, max_length, windows), codec, path_,
+                         resolution, model_id)
+
+    @classmethod
+    def from_export(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                    *, allow_pickle: bool = False) -> "LDMGenerator":
+        """Load a text-conditioned export (:meth:`Generator.from_export`); any other is refused."""
+        meta = read_artifact(path)
+        if model_parts(meta)[1] != "text":
+            raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a text/label "
+                                f"diffusion model; load it with synth.samplers.generator.load_generator")
+        return super().from_export(meta["path"], device, dtype, allow_pickle=allow_pickle)
 
 
 # torch.compile pays off when the network work of a set dwarfs its warm-up: measured on an H200
@@ -300,16 +369,10 @@ def _alphas_from_scheduler_config(cfg: dict) -> torch.Tensor:
 
 
 def load_generator(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                   *, allow_pickle: bool = False):
-    """Load whichever generator an export folder holds, checked (see :func:`verify_export`).
+                   *, allow_pickle: bool = False) -> Generator:
+    """Load whatever model an export folder holds, checked (see :func:`verify_export`).
 
     ``allow_pickle``: accept a folder that also holds pickle weights (``*.bin``, ``*.ckpt`` ...);
     they are never loaded (exports load from safetensors only), but their presence is refused by default.
     """
-    meta = read_artifact(path)
-    kind = meta.get("kind", "ldm")
-    if kind == "ldm":
-        return LDMGenerator.from_export(meta["path"], device, dtype, allow_pickle=allow_pickle)
-    if kind == "bridge":
-        return BridgeGenerator.from_export(meta["path"], device, dtype, allow_pickle=allow_pickle)
-    raise ArtifactError(f"'{path}' holds a '{kind}' model, which this version cannot load; upgrade synth")
+    return Generator.from_export(path, device, dtype, allow_pickle=allow_pickle)

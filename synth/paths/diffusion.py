@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from synth import solvers
+
 
 def sigmas_from_alphas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """(T,) cumulative alphas -> (T,) sigmas, increasing with the timestep."""
@@ -147,6 +149,21 @@ class DiffusionPath(torch.nn.Module):
     @staticmethod
     def init_noise_scale(sigmas: torch.Tensor) -> float:
         return init_noise_scale(sigmas)
+
+    @staticmethod
+    def solver_name(name: str) -> str:
+        """The solver this path runs for ``name`` (every solver is a diffusion solver)."""
+        return name
+
+    def generate(self, network, x0: torch.Tensor, steps: int, *, sampler: str, cond, uncond=None,
+                 guidance: float = 1.0, rng=None) -> torch.Tensor:
+        """Standard normal noise x0 (B, c, h, w) -> samples (B, c, h, w) in ``steps`` solver steps.
+
+        ``network(x_vp, t, cond) -> eps | v``: the UNet at integer timestep t (what it was trained on)."""
+        sigmas = self.sampling_sigmas(steps)  # stays on the CPU: host-side grid
+        x = x0 * self.init_noise_scale(sigmas)
+        return solvers.get(sampler).fn(self.denoiser(network), x, sigmas, cond=cond, uncond=uncond,
+                                       guidance=guidance, rng=rng)
 
 
 __all__ = ["DiffusionPath", "diffusion_denoiser", "init_noise_scale", "min_snr_weight", "sampling_sigmas",

@@ -139,10 +139,29 @@ class FlowPath:
 
     # -- sampling ------------------------------------------------------------------
     denoiser = staticmethod(flow_denoiser)
+    solver_name = staticmethod(solvers.for_flow)
     times = staticmethod(flow_times)
     sigmas = staticmethod(times_to_sigmas)
     integrate = staticmethod(integrate_flow)
     translate = staticmethod(translate_latents)
+
+    @staticmethod
+    def velocity(network) -> Velocity:
+        """``network(x, timestep, cond)`` (the UNet in its own time) as ``velocity(x_t, t, cond)``, t in [0, 1]."""
+        return lambda x_t, t, c: network(x_t, FlowPath.network_time(t).to(x_t.device, torch.float32), c)
+
+    def generate(self, network, x0: torch.Tensor, steps: int, *, sampler: str, cond, uncond=None,
+                 guidance: float = 1.0, rng=None) -> torch.Tensor:
+        """Noise x0 (B, c, h, w) at t = 0 -> data (B, c, h, w) at t = 1 (``network`` as in :meth:`velocity`)."""
+        return integrate_flow(self.velocity(network), x0, 0.0, 1.0, steps, sampler=self.solver_name(sampler),
+                              cond=cond, uncond=uncond, guidance=guidance, rng=rng)
+
+    def carry(self, network, x1: torch.Tensor, source, target, null, tau: float, steps: int, *, sampler: str,
+              guidance: float = 1.0, rng=None) -> torch.Tensor:
+        """Data x1 (B, c, h, w) under condition ``source`` -> the same data under ``target``
+        (:func:`translate_latents`)."""
+        return translate_latents(self.velocity(network), x1, source, target, null, tau, steps,
+                                 sampler=self.solver_name(sampler), guidance=guidance, rng=rng)
 
 
 FLOW = FlowPath()
