@@ -18,6 +18,8 @@ Writes ``<out>/gpu_check.md`` (a markdown table per section) and ``gpu_check.jso
 8. the bridge: pixel training rate, and `synth translate`'s engine end to end vs in memory
 9. the autoencoder with its perceptual term and patch critic (the Kermany-64 recipe), then a latent
    run's codec gate: its feature net and three ceiling judges trained on the device
+10. a caption-conditioned flow model trained with an unlabelled pool, translated between captions, and
+   `synth eval text --device` on it (judges, CLIP, generated images, swaps, probe): benchmarks/gpu_text.py
 
 Models have random weights: speed and memory do not depend on what they learned. Each
 section runs on its own; a failure is recorded with its one-line reason and the others go on
@@ -47,6 +49,7 @@ from synth.config import load_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gpu_common import device_info, peak_gib, precision, reset_peak, sizes, sync  # noqa: E402
+from gpu_text import section_text_pool  # noqa: E402
 from gpu_train import (build_sd_folder, section_autoencoder, section_latent, section_pixel,  # noqa: E402
                        section_sd_finetune)
 
@@ -323,6 +326,7 @@ def main(argv=None) -> int:
         ("7. sampler vs StableDiffusionPipeline at SD-1.5 size", lambda: section_sampler(tmp, sz, args.tiny)),
         ("8. bridge training and bulk translation", lambda: section_bridge(tmp, sz)),
         ("9. autoencoder (perceptual + patch critic) and the codec gate", lambda: section_autoencoder(tmp, sz)),
+        ("10. text flow with an unlabelled pool, translation, eval text", lambda: section_text_pool(tmp, sz)),
     ]
     results, failed = {}, 0
     t_all = time.perf_counter()

@@ -23,7 +23,8 @@ def test_gpu_check_tiny_runs_every_section(tmp_path):
     md = (tmp_path / "gpu_check.md").read_text()
     assert "FAILED" not in md
     for section in ("1. pixel training", "2. latent training", "3-4. SD-1.5-size fine-tune", "5. bulk sampling",
-                    "6. determinism", "7. sampler vs StableDiffusionPipeline", "8. bridge training and bulk translation"):
+                    "6. determinism", "7. sampler vs StableDiffusionPipeline", "8. bridge training and bulk translation",
+                    "10. text flow with an unlabelled pool, translation, eval text"):
         assert section in md
     assert "| bulk_resumed_equals_uninterrupted | True |" in md
     assert "| batch_1_vs_batch_n_max_grey_levels | 0 |" in md  # exact on CPU

@@ -190,9 +190,9 @@ def test_eval_text_end_to_end_reports_every_measure_and_reuses_its_cache(caption
     md = (tmp_path / "rep" / "medpix-text.md").read_text()
     assert "real test images (ceiling)" in md and "## Targets" in md
     # a second run reuses judges, CLIP and images: nothing is sampled again
-    from synth.samplers.generator import LDMGenerator
+    from synth.samplers.generator import Generator
 
-    monkeypatch.setattr(LDMGenerator, "sample", lambda *a, **k: pytest.fail("sampled again"))
+    monkeypatch.setattr(Generator, "sample", lambda *a, **k: pytest.fail("sampled again"))
     again = evaluate_text([str(text_model)], str(captioned), tmp_path / "out", seeds=2, k=4, steps=2, judge_steps=60,
                           clip_steps=30, log=said.append)
     assert again["models"]["run"]["attributes"] == m["attributes"] and again["models"]["run"]["clip"] == m["clip"]

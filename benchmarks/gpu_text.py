@@ -1,0 +1,93 @@
+"""gpu_check section 10: the paths of issues 16-18 on the device.
+
+A caption-conditioned FLOW model (path x text conditioner) trained on half of a captioned set with the
+other half as an unlabelled pool (null prompt, ``train.unlabelled_share``), translated between two
+captions on the device, then ``synth eval text --device`` (judges, the small CLIP, generated images,
+swaps, the probe) on it.  Captioned phantoms: CT bright / MR dark, head a disc / thorax two lobes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpu_common import peak_gib, precision, reset_peak, sync
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = {("CT", "Head"): "CT of the head", ("MR", "Head"): "MRI of the brain",
+         ("CT", "Thorax"): "CT of the chest", ("MR", "Thorax"): "MRI of the thorax"}
+
+
+def phantom(kind: str, where: str, res: int, rng) -> np.ndarray:
+    """uint8 (res, res): CT bright, MR dark; head a disc, thorax two lobes."""
+    yy, xx = np.mgrid[:res, :res] * (16 / res)
+    mask = ((yy - 8) ** 2 + (xx - 8) ** 2 < 30) if where == "Head" else (
+        ((yy - 8) ** 2 + (xx - 4) ** 2 < 10) | ((yy - 8) ** 2 + (xx - 12) ** 2 < 10))
+    return np.clip(mask * (200 if kind == "CT" else 90) + rng.normal(0, 8, (res, res)), 0, 255).astype(np.uint8)
+
+
+def captioned_manifest(root: Path, res: int, n: int) -> Path:
+    """``n`` captioned PNGs (columns type, plane, label; 1/4 of them the test split) and their manifest."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        kind, where = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2]
+        plane = ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
+        Image.fromarray(phantom(kind, where, res, rng)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
+                     "prompt": f"{WORDS[kind, where]}, case {i}.", "split": "test" if i >= n * 3 // 4 else "train"})
+    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "manifest.jsonl"
+
+
+def section_text_pool(tmp: Path, sz: dict) -> dict:
+    from synth.config import load_config
+    from synth.devices import resolve_device
+    from synth.evaluation.text_run import evaluate_text
+    from synth.samplers.generator import load_generator
+    from synth.trainers.ldm import train_ldm
+
+    tiny = sz["res"] <= 16
+    data = captioned_manifest(tmp / "captioned", sz["res"], 72 if tiny else 1024)
+    steps = sz["pixel_steps"]
+    cfg = load_config(ROOT / "configs" / "pneumoniamnist-32.yaml", [
+        f"data.name={data}", "data.cache_dir=null", f"data.resolution={sz['res']}", "data.fraction=0.5",
+        "data.unlabelled=rest", "train.unlabelled_share=0.3", "train.path=flow", "train.text_lr=0.0001",
+        "labels.caption_template={type}, {plane}: {prompt}", f"train.steps={steps}", "train.progress=false",
+        "train.checkpoint_every=100000", f"train.log_every={steps}", f"train.mixed_precision={precision()}",
+        "sample.per_class=2", "sample.steps=2", "sample.sampler=euler"])
+    reset_peak()
+    t0 = time.perf_counter()
+    export = train_ldm(cfg, tmp / "textflow", log=lambda *a: None)
+    rows = [json.loads(line) for line in (tmp / "textflow" / "logs" / "scalars.jsonl").read_text().splitlines()]
+    meta = json.loads((Path(export) / "synth.json").read_text())
+    train = {"steps": steps, "samples_per_s": round(rows[-1]["samples_per_s"], 1),
+             "wall_s": round(time.perf_counter() - t0, 1), "peak_GiB": peak_gib(),
+             "labelled / unlabelled seen": f"{meta['train_subset'].get('n')} / {meta['train_subset']['unlabelled']['n']}"}
+    dev = str(resolve_device(None))
+    gen = load_generator(export, device=dev)
+    x = torch.from_numpy(np.stack([phantom("CT", "Head", sz["res"], np.random.default_rng(i))
+                                   for i in range(sz["bulk_batch"])]))[:, None]
+    gen.translate(x, "CT of the head", "MRI of the brain", tau=0.5, steps=sz["bulk_steps"])  # warm-up
+    sync()
+    t0 = time.perf_counter()
+    y = gen.translate(x, "CT of the head", "MRI of the brain", tau=0.5, steps=sz["bulk_steps"])
+    sync()
+    translate = {"images": len(x), "img_s": round(len(x) / (time.perf_counter() - t0), 1),
+                 "mean grey in / out": f"{x.float().mean():.1f} / {y.float().mean():.1f}"}
+    reset_peak()
+    t0 = time.perf_counter()
+    rep = evaluate_text([str(tmp / "textflow")], str(data), tmp / "eval-text", seeds=2, k=4, steps=sz["bulk_steps"],
+                        judge_steps=sz["judge_steps"], clip_steps=sz["judge_steps"], device=dev, log=lambda *a: None)
+    m = rep["models"]["textflow"]
+    ev = {"wall_s": round(time.perf_counter() - t0, 1), "peak_GiB": peak_gib(), "test captions": rep["test_n"],
+          "type / location accuracy": f"{m['attributes']['type']['accuracy']:.2f} / "
+                                      f"{m['attributes']['location']['accuracy']:.2f}",
+          "R-precision": round(m["clip"]["r_precision"], 3)}
+    return {"text flow + pool training": train, "text flow translation": translate, "eval text on the device": ev}
