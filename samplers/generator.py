@@ -119,8 +119,8 @@ class Generator:
 
     @property
     def domains(self) -> tuple[str, ...]:
-        """A class-conditioned model's classes (a bridge's domains)."""
-        return tuple(self.schema.classes)
+        """The schema's domains (a bridge's classes are its domains)."""
+        return tuple(self.schema.domains)
 
     @property
     def channels(self) -> int:
