@@ -135,15 +135,27 @@ class Generator:
     def spacing(self, value: str) -> None:
         self.path.spacing = value
 
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        """A diffusion model's schedule (its path's)."""
+        return self.path.alphas_cumprod
+
+    @property
+    def prediction_type(self) -> str | None:
+        """What a diffusion model's network predicts (eps, v, sample); None on the flow path."""
+        return getattr(self.path, "prediction_type", None)
+
+    # the conditioner's members that read as the generator's, as they did when each conditioner had its own
+    # generator class (generator name -> conditioner name)
+    FORWARDED = {"text_embeddings": "embeddings", "tokenizer": "tokenizer", "text_encoder": "text_encoder",
+                 "max_length": "max_length", "windows": "windows", "clear_cache": "clear_cache",
+                 "domain_index": "index", "condition_domain": "resolve", "null_domain": "null_index"}
+
     def __getattr__(self, name: str):
-        # the conditioner's own members (text_embeddings, tokenizer, max_length, domain_index ...) read as the
-        # generator's, as they did when each conditioner had its own generator class
-        alias = {"text_embeddings": "embeddings", "domain_index": "index", "condition_domain": "resolve",
-                 "null_domain": "null_index"}.get(name, name)
-        if name.startswith("__") or "conditioner" not in self.__dict__:
-            raise AttributeError(name)
+        if name not in Generator.FORWARDED or "conditioner" not in self.__dict__:
+            raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
         try:
-            return getattr(self.__dict__["conditioner"], alias)
+            return getattr(self.__dict__["conditioner"], Generator.FORWARDED[name])
         except AttributeError:
             raise AttributeError(f"a {self.conditioner.name}-conditioned generator has no '{name}'") from None
 
@@ -221,13 +233,17 @@ class Generator:
                               f"guidance 1")
 
     @torch.no_grad()
-    def sample(self, conditions: Sequence[Condition], seeds: Sequence[int], *, steps: int = 25,
-               guidance: float = 1.5, sampler: str = "dpmpp_2m", noise: torch.Tensor | None = None,
+    def sample(self, conditions: Sequence[Condition], seeds: Sequence[int], *, steps: int | None = None,
+               guidance: float = 1.5, sampler: str | None = None, noise: torch.Tensor | None = None,
                negative_prompt: str = "") -> SampleBatch:
         """Generate one image per (condition, seed). Returns uint8 (B, C, R, R) images.
 
+        ``steps``/``sampler`` default to 25 dpmpp_2m for text models, 20 euler for class (bridge) models.
         ``negative_prompt`` (text models): guidance pushes away from this text instead of from the null prompt
         (as diffusers' ``negative_prompt`` does); it has no effect at guidance 1."""
+        text = self.conditioner.name == "text"
+        steps = (25 if text else 20) if steps is None else steps
+        sampler = ("dpmpp_2m" if text else "euler") if sampler is None else sampler
         if len(conditions) != len(seeds):
             raise ConfigError(f"got {len(conditions)} conditions but {len(seeds)} seeds; pass one seed per image")
         self._check_guidance(guidance)
@@ -257,6 +273,8 @@ class Generator:
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ConfigError(f"translate takes uint8 images (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
         b, c, h, w = images.shape
+        if b == 0:
+            raise ConfigError("translate got an empty batch (0 images); pass at least one image")
         if c != self.channels:
             raise ConfigError(f"the model translates {self.channels}-channel images, got {c}-channel images")
         if (h, w) != (self.resolution, self.resolution):
@@ -266,13 +284,15 @@ class Generator:
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str | int, target: str | int, *, tau: float = 0.5,
-                  steps: int = 20, guidance: float = 1.0, sampler: str = "euler",
+                  steps: int = 20, guidance: float | None = None, sampler: str = "euler",
                   seeds: Sequence[int] | None = None) -> torch.Tensor:
         """uint8 (B, C, R, R) images under condition ``source`` (a domain, or a text for a text model) ->
         uint8 (B, C, R, R) under ``target``: back along the flow to ``tau``, forward under the new condition.
 
         ``tau``: 1 returns the (encoded-decoded) input; lower keeps less structure and more of the target's
-        look; 0 is full inversion to noise (the DDIB limit).  ``seeds`` (stochastic solvers): one per image."""
+        look; 0 is full inversion to noise (the DDIB limit).  ``guidance`` defaults to 1 for class (bridge)
+        models, 1.5 for text models.  ``seeds`` (stochastic solvers): one per image (default: its place in
+        ``images``, whatever the chunk size)."""
         if not self.is_flow:
             raise ConfigError("translation needs a flow model (train with --set train.path=flow); this one is a "
                               "diffusion model: sample it instead")
@@ -280,6 +300,8 @@ class Generator:
             raise ConfigError("translation needs a conditional model (a source and a target); this one is "
                               "unconditional")
         self.check_images(images)
+        if guidance is None:
+            guidance = 1.5 if self.conditioner.name == "text" else 1.0
         p = next(self.unet.parameters())
         src, tgt, null = self.conditioner.lookup([source, target, None], p.device, p.dtype)
         solver = self.path.solver_name(sampler)
@@ -288,7 +310,9 @@ class Generator:
         for lo in range(0, len(images), self.chunk_size or max(1, len(images))):
             hi = min(len(images), lo + (self.chunk_size or len(images)))
             n = hi - lo
-            x1 = self.codec.encode(to_float(images[lo:hi]).to(p.device, p.dtype)).float()  # deterministic: the mean
+            # float32 in: the ODE state stays float32 whatever the network's precision (an autoencoder casts for
+            # itself); encoding is deterministic (the autoencoder's mean)
+            x1 = self.codec.encode(to_float(images[lo:hi]).to(p.device)).float()
             z = self.path.carry(self._network, x1, *(e.unsqueeze(0).expand(n, *e.shape) for e in (src, tgt, null)),
                                 tau, steps, sampler=solver, guidance=guidance, rng=self._rng(seeds[lo:hi], solver))
             outs.append(to_uint8(self.codec.decode(z).float()).cpu())

@@ -72,6 +72,19 @@ def test_translation_does_not_depend_on_the_chunk_size_even_without_seeds():
     assert (restarted - whole)[1:].abs().float().mean() > 5 * (chunked - whole).abs().float().mean() + 1
 
 
+def test_each_conditioner_keeps_the_defaults_its_generator_class_had():
+    """Bridges sampled 20 euler steps and translated at guidance 1; text models 25 dpmpp_2m steps, guidance 1.5."""
+    gen = Generator(tiny_unet(num_class_embeds=3), ClassConditioner(SCHEMA), PixelCodec(1), FLOW, 16)
+    c = [Condition(domain="dim")]
+    assert torch.equal(gen.sample(c, [5], guidance=2.0).images, gen.sample(c, [5], steps=20, sampler="euler",
+                                                                          guidance=2.0).images)
+    assert gen.sample(c, [5]).settings["steps"] == 20 and gen.sample(c, [5]).settings["sampler"] == "euler"
+    x = torch.full((1, 1, 16, 16), 90, dtype=torch.uint8)
+    assert torch.equal(gen.translate(x, "clean", "dim", steps=4), gen.translate(x, "clean", "dim", steps=4, guidance=1.0))
+    with pytest.raises(ConfigError, match="empty batch"):
+        gen.translate(x[:0], "clean", "dim")
+
+
 def test_the_parts_of_an_export_are_read_from_old_and_new_records():
     assert model_parts({"path": "p", "kind": "bridge", "codec": "vae"}) == ("flow", "class", "vae")
     assert model_parts({"path": "p", "codec": "pixel"}) == ("diffusion", "text", "pixel")  # the oldest exports
@@ -87,5 +100,10 @@ def test_one_generator_class_loads_every_export(tiny_export):
     gen = load_generator(tiny_export)
     assert type(gen) is Generator and gen.conditioner.name == "text" and not gen.is_flow
     assert gen.text_embeddings(["a"]).shape[0] == 1  # the conditioner's members read as the generator's
+    assert gen.prediction_type == "epsilon" and gen.alphas_cumprod.shape == (1000,)  # the path's
+    settings = gen.sample([gen.schema.condition(0)], [0], steps=2).settings
+    assert (settings["sampler"], settings["steps"]) == ("dpmpp_2m", 2)
+    with pytest.raises(AttributeError, match="'Generator' object has no attribute 'encode'"):
+        gen.encode  # only the conditioner's reading members are forwarded
     with pytest.raises(AttributeError, match="a text-conditioned generator has no 'null_domain'"):
         gen.null_domain
