@@ -136,13 +136,18 @@ def translate_set(model: str | Path, input_: str | Path, source: str, target: st
                   device: str | None = None, overwrite: bool = False, shrink: bool = False, allow_pickle: bool = False,
                   progress: bool = True, log: Callable[[str], None] = print) -> BulkResult:
     """Every image of ``input_`` translated from domain ``source`` to ``target`` into ``out``, labels kept."""
-    from synth.samplers.bridge import BridgeGenerator
+    from synth.samplers.generator import model_parts
     from synth.samplers.translate import TranslateJob, TranslateRequest, check_translate, input_fingerprint, load_input
 
     meta = read_artifact(model)
-    if meta.get("kind") != "bridge":
-        raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' model, not a bridge; "
-                            f"translation needs an export of 'synth train bridge'")
+    family, conditioner, _ = model_parts(meta)
+    if family != "flow":
+        raise ArtifactError(f"'{meta['path']}' holds a '{meta.get('kind', 'ldm')}' diffusion model, not a bridge or "
+                            f"another flow model; translation needs an export of 'synth train bridge' (or of "
+                            f"'synth train ldm --set train.path=flow', between two captions)")
+    if conditioner == "none":
+        raise ArtifactError(f"'{meta['path']}' holds an unconditional model: it has no source and target to "
+                            f"translate between; use a bridge or a caption-conditioned flow model")
     dev = prepare_device(device, dtype)
     d = meta.get("default_sampling", {})
     t = tau if tau is not None else d.get("tau", 0.5)
@@ -154,12 +159,14 @@ def translate_set(model: str | Path, input_: str | Path, source: str, target: st
     req = TranslateRequest(model=meta["path"], out=str(out), n=len(data), spec=None,
                            sampler=sampler or d.get("sampler", "euler"),
                            steps=steps if steps is not None else d.get("steps", 20),
-                           guidance=guidance if guidance is not None else d.get("guidance", 1.0), seed=seed,
+                           guidance=guidance if guidance is not None else d.get("guidance",
+                                                                                 1.5 if conditioner == "text" else 1.0),
+                           seed=seed,
                            batch_size=bs or 64, format=fmt, shard_size=shard_size, dtype=dtype, overwrite=overwrite,
                            shrink=shrink, allow_pickle=allow_pickle, input=str(input_), source=source, target=target,
                            tau=t, split=split, input_hash=input_fingerprint(data))
     _check_out_first(req, meta, dev, out, bs is not None)
-    gen = BridgeGenerator.from_export(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
+    gen = load_generator(meta["path"], device=dev, dtype=DTYPES[dtype], allow_pickle=allow_pickle)
     gen.optimize(chunk_size=chunk_size or None)
     check_translate(req, gen, data)
     if bs is None:

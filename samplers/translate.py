@@ -1,4 +1,7 @@
-"""Bulk translation: every image of an input set, translated by a bridge, written like `synth sample`.
+"""Bulk translation: every image of an input set, translated by a flow model, written like `synth sample`.
+
+A bridge translates between its domains; a caption-conditioned flow model (``synth train ldm --set
+train.path=flow``) between two captions (``--source "CT of the head" --target "MRI of the brain"``).
 
 ``synth translate --model EXPORT --input DIR|npz|manifest --source A --target B --tau 0.5 --out DIR``
 
@@ -127,10 +130,14 @@ class TranslateJob:
 
     def __init__(self, req: TranslateRequest, data: ImageSet, generator):
         self.req, self.data, self.gen = req, data, generator
-        self.label_schema = LabelSchema(classes=list(data.classes), domains=list(generator.domains))
-        self.target = generator.domain_index(req.target)
+        # a caption-conditioned flow model translates between two texts: it has no domains to name
+        self.text = generator.conditioner.name == "text"
+        self.label_schema = LabelSchema(classes=list(data.classes), domains=[] if self.text else list(generator.domains))
+        self.target = None if self.text else generator.domain_index(req.target)
 
     def condition(self, i: int) -> Condition:
+        if self.text:
+            return Condition(label=int(self.data.labels[i]), prompt=self.req.target)
         return Condition(label=int(self.data.labels[i]), domain=self.target)
 
     def seed(self, i: int) -> int:
@@ -157,6 +164,12 @@ def check_translate(req: TranslateRequest, generator, data: ImageSet | None = No
     if data is not None and data.channels != generator.channels:
         raise BulkError(f"the model translates {channel_word(generator.channels)} images but --input '{req.input}' "
                         f"holds {channel_word(data.channels)} images; use a model trained on such images")
+    if generator.conditioner.name == "text":
+        for flag, text in (("--source", req.source), ("--target", req.target)):
+            if not text.strip() or "\n" in text or len(text) > 10_000:
+                raise BulkError(f"{flag} must be one line of text (a caption) under 10,000 characters for a "
+                                f"caption-conditioned model, got {len(text)} characters; pass the caption")
+        return
     generator.domain_index(req.source)
     generator.domain_index(req.target)
 

@@ -232,10 +232,10 @@ def sample(model, n, out, labels, prompts_file, negative_prompt, prompts_split, 
 
 
 @main.command()
-@click.option("--model", "model", required=True, type=click.Path(), help="A bridge export (<run>/export of 'synth train bridge').")
+@click.option("--model", "model", required=True, type=click.Path(), help="A flow export: a bridge (<run>/export of 'synth train bridge') or a caption-conditioned flow model.")
 @click.option("--input", "input_", required=True, type=click.Path(), help="Images to translate: a folder, .npz or CSV/JSONL manifest.")
-@click.option("--source", required=True, help="The input's domain (one of the model's domains).")
-@click.option("--target", required=True, help="The domain to translate into.")
+@click.option("--source", required=True, help="The input's domain (one of the model's domains), or its caption.")
+@click.option("--target", required=True, help="The domain (or caption) to translate into.")
 @click.option("--tau", type=float, default=None, help="1 keeps the input, 0 is full inversion; default: the model's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--split", default="all", show_default=True, type=click.Choice(["all", "train", "val", "test"]),
@@ -252,7 +252,7 @@ def sample(model, n, out, labels, prompts_file, negative_prompt, prompts_split, 
 @_set_options
 def translate(model, input_, source, target, tau, out, split, guidance, steps, sampler, batch_size, seed, fmt, shard_size,
               dtype, chunk_size, device, overwrite, shrink, allow_pickle, quiet):
-    """Translate every image of INPUT from SOURCE to TARGET domain, resumably, labels kept."""
+    """Translate every image of INPUT from SOURCE to TARGET (domains, or captions), resumably, labels kept."""
     from synth.samplers.orchestrate import translate_set
 
     def go():

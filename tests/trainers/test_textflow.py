@@ -78,3 +78,32 @@ def test_an_export_written_before_families_loads_as_diffusion(tiny_export, tmp_p
     (old / "synth.json").write_text(json.dumps(meta))
     g = load_generator(old)
     assert not g.is_flow and g.sample([Condition(label=0)], [0], steps=2).images.shape == (1, 1, 16, 16)
+
+
+def test_synth_translate_carries_a_set_between_two_captions(flow_export, tmp_path):
+    """The CLI translates with any flow export: a caption-conditioned one between two texts (rows name them), the
+    same images as the Python API; an empty caption is a one-line error before anything is written."""
+    import numpy as np
+    from click.testing import CliRunner
+
+    from synth.cli import main
+
+    imgs = np.random.default_rng(0).integers(0, 256, (6, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "in.npz", test_images=imgs, test_labels=(np.arange(6) % 2)[:, None])
+    base = ["translate", "--model", str(flow_export), "--input", str(tmp_path / "in.npz"), "--tau", "0.5",
+            "--steps", "4", "--shard-size", "4", "--batch-size", "4", "--quiet"]
+    res = CliRunner().invoke(main, base + ["--source", "chest x-ray, normal", "--target", "chest x-ray, pneumonia",
+                                           "--out", str(tmp_path / "t")])
+    assert res.exit_code == 0, res.stderr
+    rows = [json.loads(line) for line in (tmp_path / "t" / "metadata.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and {r["target_domain"] for r in rows} == {"chest x-ray, pneumonia"}
+    assert [r["label_id"] for r in rows] == [0, 1, 0, 1, 0, 1] and rows[0]["guidance"] == 1.5
+    from PIL import Image
+
+    first = np.array(Image.open(tmp_path / "t" / rows[0]["file_name"]))
+    api = load_generator(flow_export).translate(torch.from_numpy(imgs[:1])[:, None], "chest x-ray, normal",
+                                                "chest x-ray, pneumonia", tau=0.5, steps=4, seeds=[rows[0]["seed"]])
+    assert np.array_equal(first, api[0, 0].numpy())
+    res = CliRunner().invoke(main, base + ["--source", " ", "--target", "x", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "--source must be one line of text (a caption)" in res.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "bad").exists()
