@@ -306,9 +306,12 @@ def eval_():
 @click.option("--report", type=click.Path(dir_okay=False), default=None,
               help="Also write the report to REPORT.md/.json/.png (e.g. benchmarks/results/augment-pneumoniamnist).")
 @click.option("--device", default="cpu", show_default=True, help="Device for generators and sampling.")
-def eval_augment(config, out, overrides, report, device):
+@click.option("--partial", is_flag=True, default=False,
+              help="Only report the classifiers finished so far (trains and samples nothing; the study may still be "
+                   "running): OUT/augment-partial.md and --report.")
+def eval_augment(config, out, overrides, report, device, partial):
     """RoentGen's downstream protocol: real only vs real + synthetic vs synthetic only vs pre-training, per training fraction."""
-    from synth.evaluation.protocol import evaluate_augment
+    from synth.evaluation.protocol import evaluate_augment, partial_report
 
     cfg = _config(config, overrides)
     has_eval = (config is not None and "eval" in _run(read_yaml, config)) or any(o.startswith("eval.") for o in overrides)
@@ -317,7 +320,10 @@ def eval_augment(config, out, overrides, report, device):
                    f"which study to run (it trains many generators and classifiers); start from "
                    f"configs/pneumoniamnist-28-flow.yaml or pass eval.* settings with --set", err=True)
         sys.exit(2)
-    summary = _run(evaluate_augment, cfg, out, device=device, report=report)
+    if partial:
+        summary = _run(partial_report, cfg, out, report=report, log=lambda m: click.echo(m, err=True))
+    else:
+        summary = _run(evaluate_augment, cfg, out, device=device, report=report)
     for t in summary["targets"]:
         click.echo(f"fraction {t['fraction']:g}: {t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'MISSED'}")
 

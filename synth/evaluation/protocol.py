@@ -433,6 +433,36 @@ def run_cells(jobs: list[tuple], e: EvalConfig, workers: int):
             yield fut.result()
 
 
+def partial_report(cfg: Config, out: str | Path, *, log: Callable[[str], None] = print,
+                   report: str | Path | None = None) -> dict:
+    """The report of the classifiers a study has finished so far, training and sampling nothing (the study may
+    still be running in another process): ``out/augment-partial.{md,json,png}`` (and ``report``).  Fidelity is
+    left out (it would train the study's feature net beside it); groups with fewer seeds than planned say so."""
+    from synth.evaluation.report import summarise, write_report
+
+    out = Path(out)
+    if not (out / "results.jsonl").is_file():
+        raise EvalError(f"'{out}' holds no finished classifier (no results.jsonl); run the study first, or pass "
+                        f"the --out of a study that has started")
+    check_study_settings(out, cfg)
+    cells = plan_cells(cfg.eval)
+    done = read_results(out / "results.jsonl")
+    rows = [done[c.key()] for c in cells if c.key() in done]
+    if not rows:
+        raise EvalError(f"none of the {len(cells)} classifiers these settings plan has finished in '{out}'; "
+                        f"wait for the study, or pass the settings it runs with")
+    summary = summarise(rows, cfg.eval)
+    summary.update(fidelity={}, costs=read_costs(out), n_val=rows[0].get("n_val"),
+                   pseudo={q.stem: json.loads(q.read_text()) for q in sorted((out / "pseudo").glob("*.json"))},
+                   partial={"done": len(rows), "planned": len(cells),
+                            "missing_fractions": sorted({c.fraction for c in cells if c.key() not in done})})
+    paths = write_report(summary, cfg, out / "augment-partial")
+    if report:
+        paths += write_report(summary, cfg, Path(report))
+    log(f"partial report: {len(rows)} of {len(cells)} classifiers; wrote " + ", ".join(str(p) for p in paths))
+    return summary
+
+
 def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: Callable[[str], None] = print,
                      report: str | Path | None = None) -> dict:
     """Run (or resume) the whole protocol and write ``augment.{md,json,png}`` into ``out`` (and ``report``)."""
@@ -458,5 +488,5 @@ def evaluate_augment(cfg: Config, out: str | Path, *, device: str = "cpu", log: 
     return summary
 
 
-__all__ = ["evaluate_augment", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",
+__all__ = ["evaluate_augment", "partial_report", "EvalError", "Protocol", "plan_cells", "run_arm", "real_splits", "check_subset",
            "light_geometric", "scores"]

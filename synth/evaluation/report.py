@@ -233,6 +233,7 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
     lines = [f"# Augmentation study: {cfg.data.name} at {cfg.data.resolution} px", ""]
     if command:
         lines += ["```", command, "```", ""]
+    lines += partial_lines(summary)
     lines += [f"Protocol (RoentGen-style): classifier = SmallCNN widths {list(e.classifier_widths)}, "
               f"{e.classifier_steps} steps of batch {e.classifier_batch} (pre-train arm: {e.classifier_steps} synthetic "
               f"steps, then {e.finetune_steps} real fine-tuning steps at lr/4), shifts <= {e.max_shift} px and rotations "
@@ -284,6 +285,17 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def partial_lines(summary: dict) -> list[str]:
+    """A partial report's warning: how much of the study it holds (nothing for a finished study)."""
+    part = summary.get("partial")
+    if not part:
+        return []
+    missing = ", ".join(f"{f:g}" for f in part["missing_fractions"]) or "none"
+    return [f"**Partial report**: {part['done']} of {part['planned']} planned classifiers have finished (fractions "
+            f"with classifiers still to run: {missing}); a row's mean is over the seeds finished so far (its n in "
+            f"the JSON), targets may change, and fidelity is left out until the study is complete.", ""]
+
+
 def _ratio(g: dict) -> str:
     r = g.get("syn_real")
     return "–" if r is None else ("only" if r == math.inf else f"{r:.3g}")
@@ -298,6 +310,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
     lines = [f"# Synthetic data with an unlabelled pool: {cfg.data.name} at {cfg.data.resolution} px", ""]
     if command:
         lines += ["```", command, "```", ""]
+    lines += partial_lines(summary)
     lines += [
         f"Protocol: for each labelled fraction, generators (`synth train {e.trainer}`) are trained on exactly the "
         f"classifier's labelled subset (checked by index hash); **pool generators** also train on the unlabelled pool "
@@ -484,7 +497,9 @@ def write_report(summary: dict, cfg: Config, base: Path, command: str | None = N
     """``base``.md, .json and .png, written atomically."""
     import sys
 
-    command = command or "synth " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("synth") else command
+    # the synth script, or python -m synth.cli
+    by_synth = bool(sys.argv) and (Path(sys.argv[0]).name == "synth" or sys.argv[0].replace("\\", "/").endswith("synth/cli.py"))
+    command = command or ("synth " + " ".join(sys.argv[1:]) if by_synth else None)
     base = Path(base)
     md, js, png = base.with_suffix(".md"), base.with_suffix(".json"), base.with_suffix(".png")
     atomic_write_text(md, markdown(summary, cfg, command))

@@ -80,6 +80,15 @@ def test_protocol_end_to_end_resumes_and_reports(tmp_path):
     again = cli("eval", "augment", "--out", str(out), *args(), timeout=600)
     assert f"{len(rows)} already done" in again.stdout + again.stderr
     assert read_results(out / "results.jsonl") == rows
+    # a partial report of a study grown by one fraction: what is done, nothing trained or sampled
+    part = cli("eval", "augment", "--partial", "--out", str(out), "--report", str(tmp_path / "partial"),
+               *args("eval.fractions=[0.25,0.5,1.0]"), timeout=300)
+    md = (tmp_path / "partial.md").read_text()
+    assert f"**Partial report**: {len(rows)} of " in md and "still to run: 0.25)" in md and "fraction 0.5:" in part.stdout
+    assert not (out / "generators" / "f0.25-s0").exists() and read_results(out / "results.jsonl") == rows
+    assert (out / "augment-partial.md").is_file() and "Partial" not in (out / "augment.md").read_text()
+    empty = cli("eval", "augment", "--partial", "--out", str(tmp_path / "none"), *args(), check=False)
+    assert empty.returncode == 2 and "holds no finished classifier" in empty.stderr.strip().splitlines()[-1]
 
     changed = cli("eval", "augment", "--out", str(out), *args("eval.classifier_steps=9"), check=False)
     assert changed.returncode == 2 and "eval.classifier_steps: 8 -> 9" in changed.stderr
