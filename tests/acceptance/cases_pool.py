@@ -81,6 +81,10 @@ def pool_cases() -> list[Case]:
              nothing, lambda c, d, s: ["eval", "augment", "--out", str(d / "study"),
                                        *sets(TINY + ["eval.arms=[real,pseudo]"])],
              "error", r"'pseudo'.*eval\.unlabelled_pool is none; set eval\.unlabelled_pool=rest"),
+        Case("eval-partial-nothing-done", "cli", "eval augment --partial on a study that has not started",
+             nothing, lambda c, d, s: ["eval", "augment", "--partial", "--out", str(d / "study"),
+                                       *sets(TINY + ["eval.arms=[real]"])],
+             "error", r"holds no finished classifier \(no results\.jsonl\); run the study first"),
     ]
 
 
