@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from synth.config import Config, EvalConfig
+from synth.evaluation.partial import partial_lines
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 ARM_NAMES = {"real": "(a) real only", "mixed": "(b) real + synthetic", "synthetic": "(c) synthetic only",
@@ -283,17 +284,6 @@ def markdown(summary: dict, cfg: Config, command: str | None = None) -> str:
         for name, r in sorted(fid.items()):
             lines.append(fidelity_row(name, r, summary.get("per_set", {}).get(name, {})))
     return "\n".join(lines) + "\n"
-
-
-def partial_lines(summary: dict) -> list[str]:
-    """A partial report's warning: how much of the study it holds (nothing for a finished study)."""
-    part = summary.get("partial")
-    if not part:
-        return []
-    missing = ", ".join(f"{f:g}" for f in part["missing_fractions"]) or "none"
-    return [f"**Partial report**: {part['done']} of {part['planned']} planned classifiers have finished (fractions "
-            f"with classifiers still to run: {missing}); a row's mean is over the seeds finished so far (its n in "
-            f"the JSON), targets may change, and fidelity is left out until the study is complete.", ""]
 
 
 def _ratio(g: dict) -> str:
