@@ -15,35 +15,9 @@ import numpy as np
 import torch
 
 from gpu_common import peak_gib, precision, reset_peak, sync
+from synth.data.phantoms import captioned_manifest, captioned_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = {("CT", "Head"): "CT of the head", ("MR", "Head"): "MRI of the brain",
-         ("CT", "Thorax"): "CT of the chest", ("MR", "Thorax"): "MRI of the thorax"}
-
-
-def phantom(kind: str, where: str, res: int, rng) -> np.ndarray:
-    """uint8 (res, res): CT bright, MR dark; head a disc, thorax two lobes."""
-    yy, xx = np.mgrid[:res, :res] * (16 / res)
-    mask = ((yy - 8) ** 2 + (xx - 8) ** 2 < 30) if where == "Head" else (
-        ((yy - 8) ** 2 + (xx - 4) ** 2 < 10) | ((yy - 8) ** 2 + (xx - 12) ** 2 < 10))
-    return np.clip(mask * (200 if kind == "CT" else 90) + rng.normal(0, 8, (res, res)), 0, 255).astype(np.uint8)
-
-
-def captioned_manifest(root: Path, res: int, n: int) -> Path:
-    """``n`` captioned PNGs (columns type, plane, label; 1/4 of them the test split) and their manifest."""
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(n):
-        kind, where = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2]
-        plane = ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
-        Image.fromarray(phantom(kind, where, res, rng)).save(root / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
-                     "prompt": f"{WORDS[kind, where]}, case {i}.", "split": "test" if i >= n * 3 // 4 else "train"})
-    (root / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "manifest.jsonl"
 
 
 def section_text_pool(tmp: Path, sz: dict) -> dict:
@@ -72,7 +46,7 @@ def section_text_pool(tmp: Path, sz: dict) -> dict:
              "labelled / unlabelled seen": f"{meta['train_subset'].get('n')} / {meta['train_subset']['unlabelled']['n']}"}
     dev = str(resolve_device(None))
     gen = load_generator(export, device=dev)
-    x = torch.from_numpy(np.stack([phantom("CT", "Head", sz["res"], np.random.default_rng(i))
+    x = torch.from_numpy(np.stack([captioned_phantom("CT", "Head", sz["res"], np.random.default_rng(i))
                                    for i in range(sz["bulk_batch"])]))[:, None]
     gen.translate(x, "CT of the head", "MRI of the brain", tau=0.5, steps=sz["bulk_steps"])  # warm-up
     sync()

@@ -12,6 +12,7 @@ import torch
 
 from synth.config import ConfigError
 from synth.labels import LabelSchema
+from synth.messages import MAX_PROMPT_CHARS, prompt_problem
 from synth.samplers.bulk import (BulkRequest, BulkResult, ConditionSpec, _legacy_label_order, check_out, check_request, deterministic_kernels, dist_info,
                                  parse_label_spec, parse_prompt_file, run_bulk)
 from synth.sampleset.conditions import parse_prompt_manifest
@@ -121,9 +122,10 @@ def check_negative_prompt(text: str, meta: dict, guidance: float | None, log: Ca
     if meta.get("kind") == "bridge" or meta.get("conditioner", "text") != "text":
         raise ConfigError(f"--negative-prompt needs a text-conditioned model, but '{meta['path']}' is conditioned on "
                           f"classes only (a '{meta.get('kind')}' export); drop --negative-prompt")
-    if "\n" in text or len(text) > 10_000:
-        raise ConfigError(f"--negative-prompt must be one line of text under 10,000 characters (got {len(text)} "
-                          f"characters); shorten it")
+    problem = prompt_problem(text, empty_ok=True)
+    if problem:
+        raise ConfigError(f"--negative-prompt must be one line of text under {MAX_PROMPT_CHARS:,} characters, but it "
+                          f"{problem}; shorten it")
     g = guidance if guidance is not None else meta.get("default_sampling", {}).get("guidance", 1.5)
     if g == 1.0:
         log("note: --negative-prompt has no effect at --guidance 1 (guidance is what steers away from it)")

@@ -25,6 +25,7 @@ import torch
 from synth.samplers.bulk import BulkError, BulkRequest
 from synth.data import DataError, ImageSet
 from synth.labels import Condition, LabelSchema
+from synth.messages import MAX_PROMPT_CHARS, prompt_problem
 from synth.io import channel_word, to_hwc
 from synth.seeds import image_seed
 
@@ -166,9 +167,10 @@ def check_translate(req: TranslateRequest, generator, data: ImageSet | None = No
                         f"holds {channel_word(data.channels)} images; use a model trained on such images")
     if generator.conditioner.name == "text":
         for flag, text in (("--source", req.source), ("--target", req.target)):
-            if not text.strip() or "\n" in text or len(text) > 10_000:
-                raise BulkError(f"{flag} must be one line of text (a caption) under 10,000 characters for a "
-                                f"caption-conditioned model, got {len(text)} characters; pass the caption")
+            problem = prompt_problem(text)
+            if problem:
+                raise BulkError(f"{flag} must be one line of text (a caption) under {MAX_PROMPT_CHARS:,} characters "
+                                f"for a caption-conditioned model, but it {problem}; pass the caption")
         return
     generator.domain_index(req.source)
     generator.domain_index(req.target)

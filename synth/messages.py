@@ -5,6 +5,7 @@
 * :func:`clip_repr`: ``repr`` cut at ``limit`` characters (file names and values read from data files).
 * :func:`describe`: a parsed JSON value in words ("null", "a number 3", "a list [1, 2]").
 * :func:`first_line` / :func:`error_line`: an exception's first line, without / with its type name.
+* :func:`prompt_problem`: why a prompt or caption given on the command line is not one usable line (or None).
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ _LINE_BREAKS = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 _SHORT = reprlib.Repr()
 _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlevel = 60, 60, 3
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+
+
+# A prompt longer than this is a pasted file, not a caption; the tokenizer would cut it at 77 tokens anyway.
+MAX_PROMPT_CHARS = 10_000
 
 
 def one_line(text: str) -> str:
@@ -60,3 +65,14 @@ def error_line(e: BaseException) -> str:
 
 
 __all__ = ["clip_repr", "describe", "error_line", "first_line", "one_line", "show"]
+
+
+def prompt_problem(text: str, *, empty_ok: bool = False) -> str | None:
+    """Why ``text`` is not a usable one-line prompt or caption, in words ("holds a line break"), or None."""
+    if not empty_ok and not text.strip():
+        return "is empty"
+    if _LINE_BREAKS.search(text):
+        return "holds a line break"
+    if len(text) > MAX_PROMPT_CHARS:
+        return f"has {len(text):,} characters"
+    return None

@@ -1,6 +1,9 @@
-"""Synthetic phantoms (grey, colour, three acquisition domains): data for tests, demos and offline fallbacks."""
+"""Synthetic phantoms (grey, colour, three acquisition domains, captioned CT/MR): data for tests, demos and offline
+fallbacks."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -91,3 +94,36 @@ def phantom_domains(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     imgs[dom == 1] = imgs[dom == 1] * 0.6 + 60
     imgs[dom == 2] = 255 - imgs[dom == 2]
     return imgs.clip(0, 255).astype(np.uint8), dom
+
+
+# The captions of the captioned phantoms: the words a text model must tie to modality and body part.
+CAPTION_WORDS = {("CT", "Head"): "CT of the head", ("MR", "Head"): "MRI of the brain",
+                 ("CT", "Thorax"): "CT of the chest", ("MR", "Thorax"): "MRI of the thorax"}
+
+
+def captioned_phantom(kind: str, where: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (size, size): CT bright, MR dark; a head is a disc, a thorax two lobes."""
+    yy, xx = np.mgrid[:size, :size] * (16 / size)
+    mask = ((yy - 8) ** 2 + (xx - 8) ** 2 < 30) if where == "Head" else (
+        ((yy - 8) ** 2 + (xx - 4) ** 2 < 10) | ((yy - 8) ** 2 + (xx - 12) ** 2 < 10))
+    return np.clip(mask * (200 if kind == "CT" else 90) + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
+
+
+def captioned_manifest(root: Path, size: int, n: int, n_test: int | None = None,
+                       name: str = "manifest.jsonl") -> Path:
+    """``n`` captioned phantom PNGs under ``root`` and their manifest (columns label Head/Thorax, type CT/MR, plane,
+    prompt "<CAPTION_WORDS>, case i."); the last ``n_test`` (default n // 4) rows are the test split."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    n_test = n // 4 if n_test is None else n_test
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        kind, where = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2]
+        plane = ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
+        Image.fromarray(captioned_phantom(kind, where, size, rng)).save(root / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
+                     "prompt": f"{CAPTION_WORDS[kind, where]}, case {i}.", "split": "test" if i >= n - n_test else "train"})
+    (root / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / name

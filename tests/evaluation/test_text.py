@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from synth.data import ImageSet
+from synth.data.phantoms import captioned_manifest, captioned_phantom
 from synth.evaluation import text as T
 from synth.evaluation import textclip as C
 from synth.evaluation.real import EvalError
@@ -103,32 +103,10 @@ def test_linear_probe_reads_separable_features_and_not_noise():
     assert T.linear_probe(noise[:150], y[:150], noise[150:], y[150:], 4) < 0.6
 
 
-WORDS = {("CT", "Head"): "CT of the head", ("MR", "Head"): "MRI of the brain",
-         ("CT", "Thorax"): "CT of the chest", ("MR", "Thorax"): "MRI of the thorax"}
-
-
-def _image(kind: str, where: str, rng) -> np.ndarray:
-    """16x16: CT bright, MR dark; head a disc, thorax two lobes."""
-    yy, xx = np.mgrid[:16, :16]
-    mask = ((yy - 8) ** 2 + (xx - 8) ** 2 < 30) if where == "Head" else (
-        ((yy - 8) ** 2 + (xx - 4) ** 2 < 10) | ((yy - 8) ** 2 + (xx - 12) ** 2 < 10))
-    base = 200 if kind == "CT" else 90
-    return np.clip(mask * base + rng.normal(0, 8, (16, 16)), 0, 255).astype(np.uint8)
-
-
 @pytest.fixture(scope="module")
 def captioned(tmp_path_factory):
     """A manifest of 72 captioned 16 px images (type CT/MR, plane Axial/Coronal/Sagittal, label Head/Thorax), train + test."""
-    root = tmp_path_factory.mktemp("captioned")
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(72):
-        kind, where, plane = ("CT", "MR")[i % 2], ("Head", "Thorax")[(i // 2) % 2], ("Axial", "Coronal", "Sagittal")[(i // 4) % 3]
-        Image.fromarray(_image(kind, where, rng)).save(root / f"{i}.png")
-        rows.append({"file_name": f"{i}.png", "label": where, "type": kind, "plane": plane,
-                     "prompt": f"{WORDS[kind, where]}, case {i}.", "split": "test" if i >= 56 else "train"})
-    (root / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root / "m.jsonl"
+    return captioned_manifest(tmp_path_factory.mktemp("captioned"), 16, 72, n_test=16, name="m.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +218,7 @@ def test_an_oracle_generator_scores_at_the_ceiling_and_follows_every_swap(captio
         out = []
         for p in prompts:
             where = "Head" if any(w in p.lower() for w in ("head", "brain")) else "Thorax"
-            out.append(torch.from_numpy(_image(p.split(",")[0], where, rng))[None])
+            out.append(torch.from_numpy(captioned_phantom(p.split(",")[0], where, 16, rng))[None])
         return torch.stack(out)
 
     monkeypatch.setattr(text_run.T, "generate", oracle)
