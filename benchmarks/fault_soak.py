@@ -1,7 +1,7 @@
 """Fault-injection soak: SIGKILL the trainer, the bulk sampler and the translator at random moments.
 
     python benchmarks/fault_soak.py                       # 10 trials per kind (~15 min on 2 CPU cores)
-    python benchmarks/fault_soak.py --trials 2 --kinds train,sample --out /tmp/soak   # what CI runs
+    python benchmarks/fault_soak.py --trials 1 --kinds train,sample --out /tmp/soak   # what CI runs
 
 Per trial the command is started, SIGKILLed after a random delay (1-3 times; some trainer kills
 are aimed at the moment a checkpoint is being written), then run once more to the end. Checked

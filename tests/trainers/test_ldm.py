@@ -143,7 +143,8 @@ def test_torchrun_two_processes(tmp_path):
 
 
 def test_demo_falls_back_to_phantom(tmp_path):
-    p = cli("demo", "--out", str(tmp_path), "--set", "data.name=/no/such/data.npz", "--set", "train.steps=2",
+    p = cli("demo", "--out", str(tmp_path), "--set", "data.name=/no/such/data.npz", "--set", "data.resolution=16",
+            "--set", "train.steps=2",
             "--set", "sample.steps=2", "--set", "sample.per_class=2", "--set", "train.progress=false")
     assert "falling back to the built-in phantom" in p.stderr
     assert (tmp_path / "samples" / "demo.png").is_file() and (tmp_path / "export" / "synth.json").is_file()
