@@ -46,7 +46,7 @@ def report(results: list[Result], seconds: float, command: str) -> str:
              "scratch folder and in the shared tiny models still exists with the same bytes (data loss), except files "
              "the case expects to be replaced. "
              f"For {t['advice_followed'] + t['misleading']} refusals the harness also does what the message advises "
-             f"(`benchmarks/bad_inputs_advice.py`) and checks that it then works: {t['advice_followed']} did, "
+             f"(`tests/acceptance/advice.py`) and checks that it then works: {t['advice_followed']} did, "
              f"{t['misleading']} misleading.", "",
              "| # | surface | input or fault | what synth said / did | verdict |", "|---|---|---|---|---|"]
     for i, r in enumerate(results, 1):

@@ -265,4 +265,7 @@ FOLLOW: dict[str, Callable[[Any, Path, Any, list[str] | None], Any]] = {
     "pretrained-other-resolution": sets_("data.resolution", "16"),         # set data.resolution=16
     "pretrained-other-codec": sets_("model.codec", "pixel"),               # set model.codec=pixel
     "pretrained-renamed-classes": sets_("model.class_init", "fresh"),      # or set model.class_init=fresh
+    # prompts and captions typed on the command line (one rule: synth.messages.prompt_problem)
+    "text-negative-prompt-two-lines": opt("--negative-prompt", "blurry, cropped"),  # shorten it (one line)
+    "text-translate-caption-two-lines": opt("--target", "a chest x-ray with pneumonia"),  # pass the caption
 }

@@ -25,7 +25,7 @@ FAST = ("cfg-missing", "cfg-python-tag", "cfg-unknown-key", "set-without-equals"
         "sample-torn-done-record", "sample-concurrent", "tr-unknown-domain", "aug-dotdot", "aug-mix-fraction-1.5",
         "eval-augment-fraction-0", "eval-fidelity-missing-set", "b-dicom-no-suffix", "b-class-case-collision",
         "b-npz-one-hot", "b-prompts-bom", "b-resume-other-threads", "b-exif-rotated-jpeg",
-        # refusals whose advice is followed (bad_inputs_advice.py) and must then work
+        # refusals whose advice is followed (tests/acceptance/advice.py) and must then work
         "set-fraction-empties-class", "sample-model-unfinished-run", "train-damaged-run-json", "aug-classes-mismatch",
         "b-resolution-odd-unet")
 

@@ -103,6 +103,14 @@ def _captions(c, d: Path, long: bool = False) -> Path:
     return write(d / "m.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _text_flow(c, d: Path) -> Path:
+    """A caption-conditioned flow model (the tiny text model on the flow path), trained for one step: its export."""
+    from tests.acceptance.harness import must_succeed
+
+    must_succeed(["train", "ldm", "--run", str(d / "tf"), *sets(TINY + ["train.path=flow", "train.steps=1"])])
+    return d / "tf" / "export"
+
+
 def text_cases() -> list[Case]:
     """Issue 18's bad inputs on captions, LoRA and sampling with text."""
     ldm = lambda c, d, s, *x: ["train", "ldm", "--run", str(d / "run"),  # noqa: E731
@@ -123,6 +131,14 @@ def text_cases() -> list[Case]:
              lambda c, d, s: ["sample", "--model", str(c.bridge_export), "--n", "2", "--out", str(d / "out"),
                               "--negative-prompt", "noise", "--quiet"],
              "error", r"--negative-prompt needs a text-conditioned model"),
+        Case("text-negative-prompt-two-lines", "cli", "--negative-prompt holding a line break", nothing,
+             lambda c, d, s: ["sample", "--model", str(c.ldm_export), "--n", "2", "--out", str(d / "out"),
+                              "--negative-prompt", "blurry\ncropped", "--quiet"],
+             "error", r"--negative-prompt must be one line .* holds a line break"),
+        Case("text-translate-caption-two-lines", "cli", "synth translate --target a caption holding a line break",
+             _text_flow, lambda c, d, s: c.translate_args(d / "out", model=s, source="a chest x-ray",
+                                                           target="a chest x-ray\nwith pneumonia"),
+             "error", r"--target must be one line of text \(a caption\) .* holds a line break"),
         Case("text-prompts-manifest-columns", "cli", "--prompts manifest without the column the model's template names",
              lambda c, d: write(d / "p.jsonl", '{"prompt": "a mass"}\n'),
              _prompts_mismatch,

@@ -310,7 +310,7 @@ class Result:
     said: str
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    advice: str = ""  # "followed" when the refusal's advice was followed and then worked (bad_inputs_advice.py)
+    advice: str = ""  # "followed" when the refusal's advice was followed and then worked (tests/acceptance/advice.py)
 
 
 FAILURES = ("TRACEBACK", "SILENT WRONG", "DATA LOSS", "BAD ERROR", "REFUSED", "TIMEOUT", "SETUP FAILED", "MISLEADING")
@@ -455,7 +455,7 @@ def follow_table() -> dict:
 
 
 def follow_advice(ctx: Ctx, case: Case, d: Path, state) -> tuple[str, str]:
-    """Do what the refusal told the user to do (``bad_inputs_advice.FOLLOW``); ("followed", "") when it then
+    """Do what the refusal told the user to do (``tests.acceptance.advice.FOLLOW``); ("followed", "") when it then
     works, ("", why not) when following it fails: advice that reproduces an error is a misleading message."""
     fix = follow_table()[case.id]
     try:
