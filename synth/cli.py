@@ -325,7 +325,10 @@ def eval_augment(config, out, overrides, report, device, partial):
     else:
         summary = _run(evaluate_augment, cfg, out, device=device, report=report)
     for t in summary["targets"]:
-        click.echo(f"fraction {t['fraction']:g}: {t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'MISSED'}")
+        value = ("n/a" if t["value"] != t["value"] else  # nan: no full-data reference to measure a gap against
+                 f"{t['value']:.0%}" if t.get("unit") == "gap" else f"{t['value']:+.4f}")
+        who = f" {t['recipe']}" if t.get("recipe") else ""
+        click.echo(f"fraction {t['fraction']:g}{who}: {t['target']}: {value} -> {'met' if t['met'] else 'MISSED'}")
 
 
 @eval_.command("fidelity")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from synth.config import Config, EvalConfig
 from synth.evaluation.partial import partial_lines
+from synth.evaluation.targets import pool_targets, targets, welch_p
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 ARM_NAMES = {"real": "(a) real only", "mixed": "(b) real + synthetic", "synthetic": "(c) synthetic only",
@@ -23,21 +24,6 @@ def arm_name(g: dict) -> str:
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
     return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (math.nan, math.nan)
-
-
-def welch_p(a: list[float], b: list[float]) -> float:
-    """Two-sided Welch t-test p-value (unequal variances); nan when either side has < 2 values."""
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    from scipy.stats import ttest_ind
-
-    import warnings
-
-    if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
-        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    with warnings.catch_warnings():  # near-identical samples: scipy warns about precision, the p-value is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def per_seed(rows: list[dict]) -> list[float]:
@@ -130,74 +116,6 @@ def syn_real_of(arm: str, ratio: float, e: EvalConfig) -> float | None:
     if arm in ("pretrain", "duplicate"):
         return ratio * e.classifier_steps / e.finetune_steps
     return math.inf if arm == "synthetic" else None
-
-
-def pool_targets(groups: list[dict], e: EvalConfig) -> list[dict]:
-    """Issue 17's targets, per fraction and classifier recipe, judged on the main guidance:
-
-    * below full data: the best synthetic arm of a pool generator closes >= 100% of the gap and beats its
-      count-matched control with p < 0.05; it is compared with the best pseudo-labelling arm (AUROC, CPU);
-    * at full data: no arm falls below real only by more than 0.005 AUROC.
-    A claim is made only where both recipes agree (``agree``)."""
-    res = []
-    main_w = e.guidance[0]
-    keys = sorted({(g["fraction"], g["recipe"]) for g in groups})
-    for f, rc in keys:
-        mine = [g for g in groups if g["fraction"] == f and g["recipe"] == rc]
-        syn = [g for g in mine if g["arm"] in ("mixed", "synthetic", "pretrain") and g["guidance"] == main_w]
-        pooled = [g for g in syn if g["generator"] == "pool"]
-        which = "pool generator"
-        if not pooled:
-            pooled, which = syn, "labelled-only generator: no pool generator at this fraction"
-        pseudo = [g for g in mine if g["arm"] == "pseudo"]
-        if f >= 1.0:
-            arms = [g for g in mine if g["arm"] != "real"]
-            if arms:
-                worst = min(arms, key=lambda g: g["delta_vs_real"])
-                res.append({"fraction": f, "recipe": rc, "target": "no arm below real only by more than 0.005 AUROC",
-                            "best": worst, "value": worst["delta_vs_real"], "met": worst["delta_vs_real"] >= -0.005})
-            continue
-        if not pooled:
-            continue
-        best = max(pooled, key=lambda g: g["auroc_mean"])
-        row = {"fraction": f, "recipe": rc, "target": f"best synthetic arm ({which}) closes >= 100% of the gap "
-               "and beats its count-matched control (p < 0.05)", "best": best, "value": best["gap_closed"],
-               "met": bool(best["gap_closed"] >= 1.0 and best["delta_vs_control"] > 0 and best["p_vs_control"] < 0.05)}
-        if pseudo:
-            bp = max(pseudo, key=lambda g: g["auroc_mean"])
-            row["pseudo"] = bp
-            row["synthetic_minus_pseudo"] = best["auroc_mean"] - bp["auroc_mean"]
-            row["p_synthetic_vs_pseudo"] = welch_p(best["per_seed"], bp["per_seed"])
-        res.append(row)
-    by = {}
-    for t in res:
-        by.setdefault(t["fraction"], []).append(t["met"])
-    for t in res:
-        t["agree"] = len(by[t["fraction"]]) > 1 and len(set(by[t["fraction"]])) == 1
-    return res
-
-
-def targets(groups: list[dict], e: EvalConfig) -> list[dict]:
-    """The issue's targets: gap closed >= 50% at fractions 0.05 and 0.1; >= -0.005 AUROC at 1.0."""
-    res = []
-    main_w = e.guidance[0]
-    for f in sorted({g["fraction"] for g in groups}):
-        arms = [g for g in groups if g["fraction"] == f and g["arm"] != "real" and g["guidance"] == main_w]
-        if not arms:
-            continue
-        best = max(arms, key=lambda g: g["auroc_mean"])
-        if f >= 1.0:
-            res.append({"fraction": f, "target": "best synthetic arm >= real - 0.005 AUROC",
-                        "best_arm": best["arm"], "ratio": best["ratio"], "value": best["delta_vs_real"],
-                        "met": best["delta_vs_real"] >= -0.005, "delta": best["delta_vs_real"],
-                        "p": best["p_vs_real"]})
-        else:
-            res.append({"fraction": f, "target": "best synthetic arm closes >= 50% of the gap to full data",
-                        "best_arm": best["arm"], "ratio": best["ratio"], "value": best["gap_closed"],
-                        "met": bool(best["gap_closed"] >= 0.5), "gap": best["gap"],
-                        "gap_resolved": best["gap_resolved"], "delta": best["delta_vs_real"],
-                        "p": best["p_vs_real"]})
-    return res
 
 
 def _gap_cell(g: dict) -> str:
@@ -342,7 +260,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
               "|---|---|---|---|---|---|---|---|---|"]
     for t in summary["targets"]:
         b = t["best"]
-        v = _f(t["value"], "+.4f") if t["fraction"] >= 1 else _f(t["value"], ".0%")
+        v = _f(t["value"], ".0%") if t.get("unit") == "gap" else _f(t["value"], "+.4f")
         ps = "–"
         if "pseudo" in t:
             ps = (f"{_f(t['synthetic_minus_pseudo'], '+.4f')} (p {_f(t['p_synthetic_vs_pseudo'], '.2g')}; pseudo "

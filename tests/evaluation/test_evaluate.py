@@ -218,3 +218,23 @@ def test_a_study_resumes_after_a_section_gains_a_field(tmp_path):
     check_study_settings(tmp_path, cfg)  # no refusal
     with pytest.raises(EvalError, match=r"model.text.hidden_size: 64 -> 32"):
         check_study_settings(tmp_path, load_config(None, EVAL + ["model.text.hidden_size=32"]))
+
+
+def test_pool_targets_judge_beating_real_and_closing_the_gap_separately():
+    """Below full data a pool arm is judged twice: beats real only AND its control (p < 0.05 each), and closes
+    >= 100% of the gap; recipes agree per target, so one recipe missing one target blocks only that claim."""
+    from synth.evaluation.targets import pool_targets
+
+    def group(recipe, arm, gen, auroc, d_real, p_real, d_ctrl, p_ctrl, gap):
+        return {"fraction": 0.1, "recipe": recipe, "arm": arm, "generator": gen, "guidance": 1.5, "auroc_mean": auroc,
+                "delta_vs_real": d_real, "p_vs_real": p_real, "delta_vs_control": d_ctrl, "p_vs_control": p_ctrl,
+                "gap_closed": gap, "per_seed": [auroc - 0.01, auroc + 0.01]}
+
+    groups = [group("resnet", "mixed", "pool", 0.86, 0.029, 0.015, 0.029, 0.015, 0.4),
+              group("smallcnn", "mixed", "pool", 0.82, 0.004, 0.81, 0.004, 0.81, 0.1),
+              group("smallcnn", "pretrain", "labelled", 0.90, 0.08, 0.001, 0.08, 0.001, 1.2)]  # not a pool arm
+    e = load_config(None, EVAL + POOL).eval
+    rows = {(t["recipe"], t["unit"]): t for t in pool_targets(groups, e)}
+    assert rows["resnet", "auroc"]["met"] and not rows["smallcnn", "auroc"]["met"]
+    assert not rows["resnet", "auroc"]["agree"] and rows["resnet", "gap"]["agree"]  # both miss the gap target
+    assert rows["smallcnn", "auroc"]["best"]["arm"] == "mixed" and rows["resnet", "auroc"]["value"] == 0.029
