@@ -31,7 +31,7 @@ pneumonia() {  # stage 1-3 are in benchmarks/results/augment-pool-pneumoniamnist
     --set eval.fractions=[0.01,0.05,0.1,1.0] --report benchmarks/results/augment-pool-pneumoniamnist
 }
 
-breast() {  # 546 training images: 1000 generator steps, feature net 600 steps (as augment-breastmnist.md)
+breast() {  # 546 training images: 1000 generator steps, feature net 600 steps; stage 1 is in augment-pool-breastmnist.md
   local B=(--set data.name=breastmnist --set train.steps=1000 --set eval.feature_steps=600
            --set eval.sweep_fraction=0.1 --set eval.syn_real_ratios=[1] --out runs/pool-breastmnist)
   $SYNTH --threads 2 eval augment "${COMMON[@]}" "${B[@]}" --set eval.fractions=[0.1,1.0] \
