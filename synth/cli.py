@@ -312,6 +312,7 @@ def eval_():
 def eval_augment(config, out, overrides, report, device, partial):
     """RoentGen's downstream protocol: real only vs real + synthetic vs synthetic only vs pre-training, per training fraction."""
     from synth.evaluation.protocol import evaluate_augment, partial_report
+    from synth.evaluation.targets import value_text
 
     cfg = _config(config, overrides)
     has_eval = (config is not None and "eval" in _run(read_yaml, config)) or any(o.startswith("eval.") for o in overrides)
@@ -325,10 +326,8 @@ def eval_augment(config, out, overrides, report, device, partial):
     else:
         summary = _run(evaluate_augment, cfg, out, device=device, report=report)
     for t in summary["targets"]:
-        value = ("n/a" if t["value"] != t["value"] else  # nan: no full-data reference to measure a gap against
-                 f"{t['value']:.0%}" if t.get("unit") == "gap" else f"{t['value']:+.4f}")
         who = f" {t['recipe']}" if t.get("recipe") else ""
-        click.echo(f"fraction {t['fraction']:g}{who}: {t['target']}: {value} -> {'met' if t['met'] else 'MISSED'}")
+        click.echo(f"fraction {t['fraction']:g}{who}: {t['target']}: {value_text(t)} -> {'met' if t['met'] else 'MISSED'}")
 
 
 @eval_.command("fidelity")

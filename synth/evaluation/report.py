@@ -8,7 +8,7 @@ from pathlib import Path
 
 from synth.config import Config, EvalConfig
 from synth.evaluation.partial import partial_lines
-from synth.evaluation.targets import pool_targets, targets, welch_p
+from synth.evaluation.targets import pool_targets, targets, value_text, welch_p
 from synth.io import atomic_save_with, atomic_write_json, atomic_write_text
 
 ARM_NAMES = {"real": "(a) real only", "mixed": "(b) real + synthetic", "synthetic": "(c) synthetic only",
@@ -260,7 +260,7 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
               "|---|---|---|---|---|---|---|---|---|"]
     for t in summary["targets"]:
         b = t["best"]
-        v = _f(t["value"], ".0%") if t.get("unit") == "gap" else _f(t["value"], "+.4f")
+        v = value_text(t)
         ps = "–"
         if "pseudo" in t:
             ps = (f"{_f(t['synthetic_minus_pseudo'], '+.4f')} (p {_f(t['p_synthetic_vs_pseudo'], '.2g')}; pseudo "

@@ -22,6 +22,15 @@ def welch_p(a: list[float], b: list[float]) -> float:
         return float(ttest_ind(a, b, equal_var=False).pvalue)
 
 
+def value_text(t: dict) -> str:
+    """A target's value as the report and the CLI print it: a share of the gap, or an AUROC difference ("-" when
+    it cannot be measured, e.g. no full-data reference yet)."""
+    v = t["value"]
+    if v is None or v != v:
+        return "–"
+    return f"{v:.0%}" if t.get("unit") == "gap" else f"{v:+.4f}"
+
+
 def _beats(best: dict) -> bool:
     """The arm is above real only AND above its count-matched control, each with Welch p < 0.05."""
     return bool(best["delta_vs_real"] > 0 and best["p_vs_real"] < 0.05
