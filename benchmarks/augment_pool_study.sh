@@ -17,27 +17,51 @@ COMMON=(--config configs/pneumoniamnist-28-flow.yaml --set "data.cache_dir=$MEDM
         --set eval.arms=[real,mixed,synthetic,pretrain,duplicate,pseudo] --set eval.workers=2
         --set train.progress=false)
 
-pneumonia() {  # stage 1-3 are in benchmarks/results/augment-pool-pneumoniamnist.md; 4 and 5 are not run yet
-  local P=(--set eval.sweep_fraction=0.05 --out runs/pool-pneumoniamnist)
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${P[@]}" --set eval.syn_real_ratios=[1] --set eval.fractions=[0.05,1.0]
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${P[@]}" --set eval.syn_real_ratios=[1] --set eval.fractions=[0.01,0.05]
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${P[@]}" --set eval.syn_real_ratios=[1] \
-    --set eval.fractions=[0.01,0.05,1.0] --report benchmarks/results/augment-pool-pneumoniamnist
-  # 4: the synthetic:real sweep at 5% (the first ratio, 1, keeps the cells already done)
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${P[@]}" --set eval.syn_real_ratios=[1,0.25,0.5,2] \
-    --set eval.fractions=[0.01,0.05,1.0] --report benchmarks/results/augment-pool-pneumoniamnist
-  # 5: the 10% fraction
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${P[@]}" --set eval.syn_real_ratios=[1,0.25,0.5,2] \
-    --set eval.fractions=[0.01,0.05,0.1,1.0] --report benchmarks/results/augment-pool-pneumoniamnist
+# A study's raw results (one row per classifier, the costs, the teachers, the fidelity reports and its settings) are
+# kept beside its report in benchmarks/results/<report>-raw/ after every stage: runs/ does not outlive a machine, and a
+# study folder seeded from them resumes with the cells still to run (the generators those need are retrained:
+# training is deterministic per seed).
+seed_raw() {  # out raw: start an absent study folder from its kept raw results
+  if [ ! -f "$1/results.jsonl" ] && [ -f "$2/results.jsonl" ]; then mkdir -p "$1"; cp -r "$2"/. "$1"/; fi
+}
+keep_raw() {  # out raw: copy a study folder's raw results (small JSON files) into the repository
+  local out=$1 raw=$2 f rel
+  mkdir -p "$raw"
+  for f in "$out"/results.jsonl "$out"/costs.json "$out"/eval-config.json "$out"/pseudo/*.json "$out"/fidelity/*/fidelity.json; do
+    [ -f "$f" ] || continue
+    rel=${f#"$out"/}
+    mkdir -p "$raw/$(dirname "$rel")" && cp "$f" "$raw/$rel"
+  done
 }
 
-breast() {  # 546 training images: 1000 generator steps, feature net 600 steps; stage 1 is in augment-pool-breastmnist.md
+stage() {  # out report settings...: run (or resume) one stage from and into its kept raw results
+  local out=$1 report=$2 rc=0
+  shift 2
+  seed_raw "$out" "$report-raw"
+  $SYNTH --threads 2 eval augment "${COMMON[@]}" --out "$out" --report "$report" "$@" || rc=$?
+  keep_raw "$out" "$report-raw"
+  return $rc
+}
+
+pneumonia() {  # stages 1-3 are in benchmarks/results/augment-pool-pneumoniamnist.md; 4 and 5 are not run yet
+  local P=(runs/pool-pneumoniamnist benchmarks/results/augment-pool-pneumoniamnist --set eval.sweep_fraction=0.05)
+  stage "${P[@]}" --set eval.syn_real_ratios=[1] --set eval.fractions=[0.05,1.0]
+  stage "${P[@]}" --set eval.syn_real_ratios=[1] --set eval.fractions=[0.01,0.05]
+  stage "${P[@]}" --set eval.syn_real_ratios=[1] --set eval.fractions=[0.01,0.05,1.0]
+  # 4: the synthetic:real sweep at 5% (the first ratio, 1, keeps the cells already done)
+  stage "${P[@]}" --set eval.syn_real_ratios=[1,0.25,0.5,2] --set eval.fractions=[0.01,0.05,1.0]
+  # 5: the 10% fraction
+  stage "${P[@]}" --set eval.syn_real_ratios=[1,0.25,0.5,2] --set eval.fractions=[0.01,0.05,0.1,1.0]
+}
+
+breast() {  # 546 training images: 1000 generator steps, feature net 600 steps
   local B=(--set data.name=breastmnist --set train.steps=1000 --set eval.feature_steps=600
-           --set eval.sweep_fraction=0.1 --set eval.syn_real_ratios=[1] --out runs/pool-breastmnist)
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${B[@]}" --set eval.fractions=[0.1,1.0] \
-    --report benchmarks/results/augment-pool-breastmnist
-  $SYNTH --threads 2 eval augment "${COMMON[@]}" "${B[@]}" --set eval.fractions=[0.01,0.05,0.1,1.0] \
-    --report benchmarks/results/augment-pool-breastmnist
+           --set eval.sweep_fraction=0.1 --set eval.syn_real_ratios=[1])
+  # 1: 10% and 100%, in augment-pool-breastmnist.md (made before raw results were kept: its folder is gone)
+  stage runs/pool-breastmnist benchmarks/results/augment-pool-breastmnist "${B[@]}" --set eval.fractions=[0.1,1.0]
+  # 2: 1% and 5%, a folder and report of their own (the same settings)
+  stage runs/pool-breastmnist-low benchmarks/results/augment-pool-breastmnist-low "${B[@]}" \
+    --set eval.fractions=[0.01,0.05]
 }
 
 case "$WHICH" in

@@ -280,15 +280,17 @@ def fresh_export_dir(out: Path) -> Path:
 
 
 def finish_export(tmp: Path, out: Path, kind: str, codec, cfg, schema, train_subset: dict | None, family: dict,
-                   sampling: dict) -> Path:
+                   sampling: dict, training: dict | None = None) -> Path:
     """What every export writes after its weights: labels.json, config.yaml, synth.json (the common fields, the
-    family's own, the default sampling and the weight hashes), the model card; then ``tmp`` replaces ``out``."""
+    family's own, the default sampling, the weight hashes and ``training``: steps and the seconds they took, see
+    ``synth.trainers.loop.training_record``), the model card; then ``tmp`` replaces ``out``."""
     schema.save(tmp / "labels.json")
     save_config(cfg, tmp / "config.yaml")
     meta = {"kind": kind, "format_version": 1, "codec": codec.kind, "resolution": cfg.data.resolution,
             "channels": codec.channels, **family, "labels": schema.to_json(), "default_sampling": sampling,
             "latent_scaling_factor": codec.scaling_factor if codec.kind == "vae" else 1.0, **weights_record(tmp),
-            "config": config_to_dict(cfg), "train_subset": train_subset}
+            "config": config_to_dict(cfg), "train_subset": train_subset,
+            **({"training": training} if training is not None else {})}
     meta["model_id"] = f"synth-{kind}-{meta['weights_sha256'][:12]}"
     atomic_write_json(tmp / ARTIFACT_FILE, meta)
     write_card(tmp, model_card(meta))

@@ -49,6 +49,14 @@ def _subset_lines(sub: dict | None) -> list[str]:
     return lines
 
 
+def _compute_lines(rec: dict | None) -> list[str]:
+    """The card's compute line from an export's ``training`` record (older exports have none)."""
+    if not rec or rec.get("cpu_s") is None:
+        return []
+    return [f"- compute: {rec['cpu_s']:.0f} CPU s ({rec['wall_s']:.0f} s wall) for {rec.get('steps')} steps on "
+            f"{rec.get('processes', 1)} {rec.get('device', '?')} process(es), summed over every resume"]
+
+
 def model_card(meta: dict) -> str:
     """The card of an export, from its ``synth.json`` (``meta``)."""
     labels = meta.get("labels") or {}
@@ -78,7 +86,7 @@ def model_card(meta: dict) -> str:
             "## Training", "",
             f"- steps {train.get('steps')}, batch {train.get('batch_size')}, lr {train.get('lr')}, seed {train.get('seed')}, "
             f"codec `{meta.get('codec')}`; the full resolved configuration is `config.yaml` beside this card",
-            f"- default sampling: {json.dumps(meta.get('default_sampling'))}", "",
+            f"- default sampling: {json.dumps(meta.get('default_sampling'))}", *_compute_lines(meta.get("training")), "",
             "## Limitations", "",
             "- It can only reproduce what its training images show: rare findings, other scanners, sites, ages and "
             "populations are not represented beyond them.",
@@ -105,8 +113,8 @@ def codec_card(metrics: dict) -> str:
             "## Training data", "", *_subset_lines(metrics.get("train_subset")), "",
             "## Quality on the validation split", "",
             f"- PSNR {metrics.get('psnr')} dB, SSIM {metrics.get('ssim')} after {metrics.get('step')} steps; the codec "
-            "ceiling (judges on reconstructions) is printed by the latent run's gate.", "",
-            "## Limitations", "",
+            "ceiling (judges on reconstructions) is printed by the latent run's gate.", *_compute_lines(metrics.get("training")),
+            "", "## Limitations", "",
             "- Reconstructions lose fine detail a reader may need; never use them for diagnosis.", ""]
     return _front_matter(front) + "\n" + "\n".join(body) + "\n"
 

@@ -22,7 +22,7 @@ from synth.io import (atomic_replace_dir, atomic_write_json, channel_word, check
 from synth.metrics import reconstruction_metrics
 from synth.models import count_parameters, vae_from_config
 from synth.trainers.common import Logger
-from synth.trainers.loop import Task, fit, holding_run_lock, open_run
+from synth.trainers.loop import Task, fit, holding_run_lock, open_run, training_record
 
 
 def _load_vae(cfg: Config, channels: int = 1):
@@ -288,7 +288,8 @@ def train_autoencoder(cfg: Config, run_dir: str | Path, log=print) -> Path:
         scaling = 1.0 / max(1e-6, latent_std(model, train.images))
         model.register_to_config(scaling_factor=scaling)
         m = reconstruction_metrics(VAECodec(model, image_channels=val.channels), val.images)
-        m.update({"step": fitted.step, "scaling_factor": scaling, "train_subset": subset_record(train, cfg.data)})
+        m.update({"step": fitted.step, "scaling_factor": scaling, "train_subset": subset_record(train, cfg.data),
+                  "training": training_record(fitted, accelerator)})
         Logger(run, True).log(fitted.step, val_psnr=m["psnr"], val_ssim=m["ssim"])
         export_vae(run, model, m, scaling)
         say(f"autoencoder validation: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f} (gate {cfg.train.ssim_gate}); "

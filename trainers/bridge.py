@@ -36,7 +36,7 @@ from synth.trainers.checkpoints import latest_checkpoint
 from synth.trainers.common import data_rows, place_data, training_rows
 from synth.trainers.foundation import foundation_meta, foundation_record, load_bridge_foundation, new_parts_lrs
 from synth.trainers.ldm import cache_latents, check_autoencoder_gate, latent_cache_file, load_codec
-from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
+from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run, training_record
 
 
 class FlowObjective(torch.nn.Module):
@@ -202,7 +202,8 @@ def train_bridge(cfg: Config, run_dir: str | Path, log=print) -> Path:
     if main:
         final = fitted.averaged("unet")
         export_bridge(export, final, codec, domains, cfg,
-                      rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)))
+                      rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)),
+                      training_record(fitted, accelerator))
         preview_domains(make_gen(final), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples per domain in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

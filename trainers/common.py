@@ -10,7 +10,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -207,6 +207,30 @@ class StepStats:
 
     def rate(self) -> float:
         return self.samples / max(1e-9, time.perf_counter() - self.t0)
+
+
+@dataclass
+class Compute:
+    """What a run has spent training, summed over every call that trained it (each counted to its last
+    checkpoint, which is what a resumed run keeps): the cost a report can quote for a model however often it
+    was stopped.  ``cpu_s`` is this process's CPU time (every thread; under several processes, the main one's),
+    so time the process spent paused or waiting for the machine does not count; ``wall_s`` counts it."""
+
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    t_wall: float = field(default_factory=time.perf_counter)
+    t_cpu: float = field(default_factory=time.process_time)
+
+    @classmethod
+    def resumed(cls, state: dict | None) -> "Compute":
+        """Start counting this call on top of what a checkpoint's ``state["compute"]`` recorded (none: 0)."""
+        rec = (state or {}).get("compute") or {}
+        return cls(float(rec.get("wall_s", 0.0)), float(rec.get("cpu_s", 0.0)))
+
+    def total(self) -> dict:
+        """{"wall_s", "cpu_s"}: the recorded seconds plus this call's so far."""
+        return {"wall_s": round(self.wall_s + time.perf_counter() - self.t_wall, 3),
+                "cpu_s": round(self.cpu_s + time.process_time() - self.t_cpu, 3)}
 
 
 def params_hash(modules: dict[str, torch.nn.Module]) -> str:

@@ -14,7 +14,7 @@ from synth import solvers
 
 
 def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noise_sched, max_length: int,
-               train_subset: dict | None = None, extra=None) -> Path:
+               train_subset: dict | None = None, extra=None, training: dict | None = None) -> Path:
     """Write the pipeline folder atomically (temp folder + rename); ``extra(tmp)`` adds files before the weights
     are hashed (a LoRA run's ``lora/`` adapters)."""
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
@@ -37,10 +37,12 @@ def export_ldm(out: Path, unet, text_encoder, tokenizer, codec, schema, cfg, noi
                            # W > 1: prompts are W windows of max_length tokens, concatenated (synth.textwindows)
                            **({"text_windows": cfg.model.text.windows} if cfg.model.text.windows > 1 else {})},
                           {"sampler": solvers.for_flow(cfg.sample.sampler) if cfg.train.path == "flow"
-                           else cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance})
+                           else cfg.sample.sampler, "steps": cfg.sample.steps, "guidance": cfg.sample.guidance},
+                          training)
 
 
-def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset: dict | None = None) -> Path:
+def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset: dict | None = None,
+                  training: dict | None = None) -> Path:
     """Write a bridge artifact atomically: ``unet/`` (diffusers UNet2DModel, safetensors),
     ``vae/`` for latent models, ``labels.json``, ``config.yaml`` and ``synth.json``."""
     from synth.labels import LabelSchema
@@ -55,5 +57,5 @@ def export_bridge(out: Path, unet, codec, domains: list[str], cfg, train_subset:
                           {"family": "flow", "conditioner": "class", "domains": list(domains), "null_domain": len(domains),
                            "time_convention": "t=0 noise, t=1 data, x_t=(1-t)x0+t*x1, v=x1-x0, UNet timestep = 1000 t"},
                           {"sampler": solvers.for_flow(cfg.sample.sampler), "steps": cfg.sample.steps,
-                           "guidance": cfg.sample.guidance, "tau": cfg.sample.tau})
+                           "guidance": cfg.sample.guidance, "tau": cfg.sample.tau}, training)
 

@@ -34,7 +34,7 @@ from synth.textwindows import encode_windows, window_ids
 from synth.trainers.common import data_rows, enable_attention, place_data, training_rows, TrainingError
 from synth.trainers.foundation import check_foundation_channels, foundation_meta, foundation_record
 from synth.trainers.lora import add_adapters, merged, save_adapters
-from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run
+from synth.trainers.loop import Fitted, Task, fit, holding_run_lock, open_run, training_record
 
 
 @dataclass
@@ -474,7 +474,8 @@ def train_ldm(cfg: Config, run_dir: str | Path, log=print) -> Path:
             extra = lambda tmp: save_adapters(tmp / "lora", lora_unet, lora_te, cfg.train.lora_text_encoder)  # noqa: E731
             final_unet, final_te = merged(final_unet), (merged(final_te) if cfg.train.lora_text_encoder else final_te)
         export_ldm(export, final_unet, final_te, parts.tokenizer, codec, schema, cfg, noise_sched, parts.max_length,
-                   rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)), extra)
+                   rows.record(subset_record(train, cfg.data), cfg.train, foundation_record(foundation)), extra,
+                   training_record(fitted, accelerator))
         preview_grid(make_gen(final_unet, final_te), cfg, run / "samples" / "final.png")
         say(f"exported to {export}; samples in {run / 'samples' / 'final.png'}")
     accelerator.wait_for_everyone()

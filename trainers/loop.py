@@ -32,7 +32,7 @@ import torch
 from synth.config import TrainConfig
 from synth.seeds import step_generator
 from synth.trainers.checkpoints import latest_checkpoint, load_optimizer, load_weights, save_checkpoint
-from synth.trainers.common import batch_indices, Logger, lr_lambda, set_base_lrs, StepStats, TrainingError
+from synth.trainers.common import batch_indices, Compute, Logger, lr_lambda, set_base_lrs, StepStats, TrainingError
 from synth.trainers.ema import EMA
 
 
@@ -74,6 +74,7 @@ class Fitted:
     step: int
     trained: dict[str, torch.nn.Module]
     ema: EMA | None
+    compute: dict = field(default_factory=dict)  # Compute.total(): seconds spent training, over every resume
 
     def averaged(self, name: str) -> torch.nn.Module:
         """A copy of ``trained[name]`` with EMA weights (the module itself without EMA), in eval mode."""
@@ -158,6 +159,12 @@ def open_run(cfg, run_dir: str | Path, stage: str, log: Callable = print) -> Run
     return r
 
 
+def training_record(fitted: Fitted, accelerator) -> dict:
+    """An export's ``training`` record: steps, the seconds they took over every resume (:class:`Compute`) and where."""
+    return {"steps": fitted.step, **fitted.compute, "device": accelerator.device.type,
+            "processes": accelerator.num_processes}
+
+
 def rank_slice(micro: int, rank: int, world: int, per_rank: int) -> slice:
     """Positions of this rank's micro-batch inside the step's global batch."""
     lo = (micro * world + rank) * per_rank
@@ -222,9 +229,11 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
     named = {f"{n}.{pn}": p for n, m in task.trained.items() for pn, p in m.named_parameters() if p.requires_grad}
     ema = EMA(named, tc.ema_decay, tc.ema_warmup) if tc.ema_decay > 0 else None
     resume = latest_checkpoint(run)
-    start = 0
+    start, resumed_state = 0, None
     if resume is not None:
-        start = load_weights(resume[1], task.trained, ema)["step"]
+        resumed_state = load_weights(resume[1], task.trained, ema)
+        start = resumed_state["step"]
+    spent = Compute.resumed(resumed_state)
     objective, optimizer = accelerator.prepare(task.objective, optimizer)
     if resume is not None:
         load_optimizer(resume[1], optimizer, lr_scheduler)
@@ -301,19 +310,19 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
                 if main:
                     state = {"samples_seen": step * global_batch, "data_position": (step * global_batch) % task.n_items,
                              "epoch": (step * global_batch) // task.n_items, "world_size": world,
-                             "global_batch": global_batch, **task.extra_state(step)}
+                             "global_batch": global_batch, "compute": spent.total(), **task.extra_state(step)}
                     path = save_checkpoint(run, step, task.trained, optimizer, lr_scheduler, ema, state,
                                            tc.keep_checkpoints)
                     last_good = (step, path)
                 accelerator.wait_for_everyone()
             if main and task.after_step is not None and step < tc.steps:
-                task.after_step(step, Fitted(step, task.trained, ema))
+                task.after_step(step, Fitted(step, task.trained, ema, spent.total()))
     except torch.OutOfMemoryError:
         raise _oom_error(tc, step, last_good) from None
     finally:
         bar.close()
         logger.close()
-    return Fitted(step, task.trained, ema)
+    return Fitted(step, task.trained, ema, spent.total())
 
 
-__all__ = ["Task", "Fitted", "Run", "fit", "open_run", "rank_slice"]
+__all__ = ["Task", "Fitted", "Run", "fit", "open_run", "rank_slice", "training_record"]

@@ -230,13 +230,23 @@ def check_generator_data(cfg: Config) -> None:
                             f"evaluate a pixel-space generator (model.codec=pixel) or one fraction per codec")
 
 
-def record_cost(out: Path, name: str, what: str, seconds: float) -> None:
-    """Accumulate wall seconds spent making a generator or a set (``costs.json``): the price of an arm."""
+def record_cost(out: Path, name: str, seconds: dict[str, float], *, add: bool) -> None:
+    """Write the seconds spent making a generator or a set into ``costs.json`` (the price of an arm): ``add``
+    accumulates this call's seconds (a set finished over several calls); otherwise they replace what was there
+    (a generator's export already sums every call that trained it)."""
     path = out / "costs.json"
     costs = json.loads(path.read_text()) if path.is_file() else {}
-    costs.setdefault(name, {})
-    costs[name][what] = costs[name].get(what, 0.0) + seconds
+    mine = costs.setdefault(name, {})
+    for what, s in seconds.items():
+        mine[what] = mine.get(what, 0.0) + s if add else s
     atomic_write_json(path, costs)
+
+
+def generator_seconds(export: Path) -> dict[str, float]:
+    """{"generator_s", "generator_cpu_s"} from an export's ``training`` record: every call that trained it,
+    to its last checkpoint; empty for an export made before synth recorded it."""
+    rec = json.loads((Path(export) / "synth.json").read_text()).get("training") or {}
+    return {} if "cpu_s" not in rec else {"generator_s": rec["wall_s"], "generator_cpu_s": rec["cpu_s"]}
 
 
 def read_costs(out: Path) -> dict:
@@ -317,14 +327,15 @@ class Protocol:
                 t0 = time.perf_counter()
                 export = train_generator(generator_cfg(self.cfg, f, g, generator), self.gen_run(f, g, generator),
                                          self.log)
-                t_gen = time.perf_counter() - t0
-                self.log(f"generator f={f:g} seed {g}: ready ({t_gen:.0f}s in this call)")
-                t0 = time.perf_counter()
+                spent = generator_seconds(export)
+                record_cost(self.out, self.gen_run(f, g, generator).name, spent, add=False)
+                self.log(f"generator f={f:g} seed {g}: ready ({time.perf_counter() - t0:.0f}s in this call"
+                         + (f"; {spent['generator_cpu_s']:.0f} CPU s over all calls)" if spent else ")"))
+                t0, c0 = time.perf_counter(), time.process_time()
                 sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
-                t_sample = time.perf_counter() - t0
+                t_sample, c_sample = time.perf_counter() - t0, time.process_time() - c0
                 self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({t_sample:.0f}s)")
-                record_cost(self.out, self.gen_run(f, g, generator).name, "generator_s", t_gen)
-                record_cost(self.out, d.name, "sample_s", t_sample)
+                record_cost(self.out, d.name, {"sample_s": t_sample, "sample_cpu_s": c_sample}, add=True)
             from synth.augment import read_set_manifest
 
             manifest = read_set_manifest(d)

@@ -125,12 +125,18 @@ def _gap_cell(g: dict) -> str:
 
 
 def _cost_lines(costs: dict) -> list[str]:
-    """The markdown table of wall seconds spent making each generator and set (none when nothing was made)."""
+    """The markdown table of seconds spent making each generator and set (none when nothing was made).  CPU
+    seconds are the comparable price (classifiers and teachers are counted the same way; a paused or crowded
+    run inflates only its wall seconds); studies made before synth counted them show wall seconds only."""
     if not costs:
         return []
-    return (["", "## What the synthetic data cost (wall seconds on this machine)", "",
-             "| generator or set | training s | sampling s |", "|---|---|---|"]
-            + [f"| {name} | {_f(c.get('generator_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |"
+    return (["", "## What the synthetic data cost (seconds on this machine)", "",
+             "A generator's seconds sum every call that trained it (to its last checkpoint); a set's, every call "
+             "that sampled it.", "",
+             "| generator or set | training CPU s | training wall s | sampling CPU s | sampling wall s |",
+             "|---|---|---|---|---|"]
+            + [f"| {name} | {_f(c.get('generator_cpu_s'), '.0f')} | {_f(c.get('generator_s'), '.0f')} | "
+               f"{_f(c.get('sample_cpu_s'), '.0f')} | {_f(c.get('sample_s'), '.0f')} |"
                for name, c in sorted(costs.items())])
 
 

@@ -72,7 +72,15 @@ def test_protocol_end_to_end_resumes_and_reports(tmp_path):
     assert all(0.0 <= r["auroc"] <= 1.0 and r["cpu_s"] >= 0 for r in rows.values())
     manifest = json.loads((out / "synthetic" / "f0.5-g0-w1.5" / "manifest.json").read_text())
     assert manifest["model"]["train_subset"]["fraction"] == 0.5  # the generator saw the classifier's half
+    # a generator's cost is what its export records over every call that trained it; a set's, CPU and wall
+    trained = json.loads((out / "generators" / "f0.5-s0" / "export" / "synth.json").read_text())["training"]
+    costs = json.loads((out / "costs.json").read_text())
+    assert costs["f0.5-s0"] == {"generator_s": trained["wall_s"], "generator_cpu_s": trained["cpu_s"]}
+    assert trained["cpu_s"] > 0 and trained["steps"] > 0 and trained["device"] == "cpu"
+    assert costs["f0.5-g0-w1.5"]["sample_cpu_s"] > 0 and costs["f0.5-g0-w1.5"]["sample_s"] > 0
+    assert "- compute: " in (out / "generators" / "f0.5-s0" / "export" / "README.md").read_text()
     md = (tmp_path / "report.md").read_text()
+    assert "| training CPU s | training wall s | sampling CPU s | sampling wall s |" in md
     assert "(a) real only" in md and "(d) synthetic pre-train" in md and "## Targets" in md
     assert "privacy (baseline)" in md and "| f0.5-g0-w1 |" in md and "1 then 0" in md
     assert (tmp_path / "report.png").stat().st_size > 10_000 and (out / "fidelity" / "f0.5-g0-w1.5" / "fidelity.json").is_file()

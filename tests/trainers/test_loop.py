@@ -92,3 +92,19 @@ def test_ema_matches_a_per_parameter_reference():
         for n, p in m.named_parameters():
             ref[n].lerp_(p.detach(), 0.1)
     assert all(torch.allclose(ema.shadow[f"m.{n}"], ref[n]) for n in ref)
+
+
+def test_training_seconds_are_summed_over_every_resume(tmp_path):
+    """A run stopped and resumed quotes what all its calls spent (to each one's last checkpoint), not the last call's."""
+    import json
+
+    run_fit(tmp_path, Toy(), "train.steps=4")
+    state_file = tmp_path / "checkpoints" / "step-00000004" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert 0 < state["compute"]["cpu_s"] < 600 and state["compute"]["wall_s"] > 0
+    state["compute"] = {"wall_s": 2000.0, "cpu_s": 1000.0}  # as if the first call had trained for long
+    state_file.write_text(json.dumps(state))
+    resumed = run_fit(tmp_path, Toy(), "train.steps=6")
+    assert 1000.0 < resumed.compute["cpu_s"] < 1600 and 2000.0 < resumed.compute["wall_s"] < 2600
+    last = json.loads((tmp_path / "checkpoints" / "step-00000006" / "state.json").read_text())["compute"]
+    assert last["cpu_s"] > 1000.0 and last["wall_s"] > 2000.0
