@@ -3,7 +3,7 @@
 # sets.  Each stage resumes its study folder (results.jsonl, generators, sets), so this script can be stopped at
 # any point and run again; a stage whose cells are all done only rewrites its report.
 #
-#   MEDMNIST=/path/to/medmnist bash benchmarks/augment_pool_study.sh [pneumonia|breast|all]
+#   MEDMNIST=/path/to/medmnist bash benchmarks/augment_pool_study.sh [pneumonia|breast|breast-low|all]
 #
 # About 2 CPU-hours per PneumoniaMNIST stage and per BreastMNIST stage on 2 cores; pause it (kill -STOP) while
 # anything else needs the cores, since two 2-thread jobs on 2 cores slow each other many-fold.
@@ -58,7 +58,8 @@ breast() {  # 546 training images: 1000 generator steps, feature net 600 steps
   local B=(--set data.name=breastmnist --set train.steps=1000 --set eval.feature_steps=600
            --set eval.sweep_fraction=0.1 --set eval.syn_real_ratios=[1])
   # 1: 10% and 100%, in augment-pool-breastmnist.md (made before raw results were kept: its folder is gone)
-  stage runs/pool-breastmnist benchmarks/results/augment-pool-breastmnist "${B[@]}" --set eval.fractions=[0.1,1.0]
+  [ "${1:-}" = low ] || stage runs/pool-breastmnist benchmarks/results/augment-pool-breastmnist "${B[@]}" \
+    --set eval.fractions=[0.1,1.0]
   # 2: 1% and 5%, a folder and report of their own (the same settings)
   stage runs/pool-breastmnist-low benchmarks/results/augment-pool-breastmnist-low "${B[@]}" \
     --set eval.fractions=[0.01,0.05]
@@ -67,6 +68,7 @@ breast() {  # 546 training images: 1000 generator steps, feature net 600 steps
 case "$WHICH" in
   pneumonia) pneumonia ;;
   breast) breast ;;
+  breast-low) breast low ;;
   all) pneumonia; breast ;;
-  *) echo "usage: MEDMNIST=DIR bash $0 [pneumonia|breast|all]" >&2; exit 2 ;;
+  *) echo "usage: MEDMNIST=DIR bash $0 [pneumonia|breast|breast-low|all]" >&2; exit 2 ;;
 esac
