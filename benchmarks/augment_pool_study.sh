@@ -6,7 +6,9 @@
 #   MEDMNIST=/path/to/medmnist bash benchmarks/augment_pool_study.sh [pneumonia|breast|breast-low|all]
 #
 # About 2 CPU-hours per PneumoniaMNIST stage and per BreastMNIST stage on 2 cores; pause it (kill -STOP) while
-# anything else needs the cores, since two 2-thread jobs on 2 cores slow each other many-fold.
+# anything else needs the cores, since two 2-thread jobs on 2 cores slow each other many-fold.  Stages run before
+# raw results were kept (PneumoniaMNIST 1-3, BreastMNIST 1) have only their reports in benchmarks/results: on a
+# new machine they run again from the start (and rewrite their report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MEDMNIST=${MEDMNIST:?set MEDMNIST to the folder holding pneumoniamnist.npz and breastmnist.npz}
@@ -27,6 +29,10 @@ seed_raw() {  # out raw: start an absent study folder from its kept raw results
 keep_raw() {  # out raw: copy a study folder's raw results (small JSON files) into the repository
   local out=$1 raw=$2 f rel
   mkdir -p "$raw"
+  if [ -f "$raw/results.jsonl" ] && [ "$(wc -l < "$raw/results.jsonl")" -gt "$(cat "$out/results.jsonl" 2>/dev/null | wc -l)" ]; then
+    echo "keep_raw: $raw holds more results than $out; not replacing them (seed $out from them: move $out away)" >&2
+    return 1
+  fi
   for f in "$out"/results.jsonl "$out"/costs.json "$out"/eval-config.json "$out"/pseudo/*.json "$out"/fidelity/*/fidelity.json; do
     [ -f "$f" ] || continue
     rel=${f#"$out"/}
@@ -38,7 +44,9 @@ stage() {  # out report settings...: run (or resume) one stage from and into its
   local out=$1 report=$2 rc=0
   shift 2
   seed_raw "$out" "$report-raw"
+  trap 'keep_raw "$out" "$report-raw"; exit 130' INT TERM  # a stopped stage keeps what it finished
   $SYNTH --threads 2 eval augment "${COMMON[@]}" --out "$out" --report "$report" "$@" || rc=$?
+  trap - INT TERM
   keep_raw "$out" "$report-raw"
   return $rc
 }

@@ -53,8 +53,10 @@ def _compute_lines(rec: dict | None) -> list[str]:
     """The card's compute line from an export's ``training`` record (older exports have none)."""
     if not rec or rec.get("cpu_s") is None:
         return []
-    return [f"- compute: {rec['cpu_s']:.0f} CPU s ({rec['wall_s']:.0f} s wall) for {rec.get('steps')} steps on "
-            f"{rec.get('processes', 1)} {rec.get('device', '?')} process(es), summed over every resume"]
+    since = f" since step {rec['from_step']} (earlier steps were not counted)" if rec.get("from_step") else ""
+    return [f"- compute: {rec['cpu_s']:.0f} CPU s over all processes ({rec['wall_s']:.0f} s wall) for "
+            f"{rec.get('steps')} steps on {rec.get('processes', 1)} {rec.get('device', '?')} process(es), summed over "
+            f"every resume{since}"]
 
 
 def model_card(meta: dict) -> str:
@@ -110,11 +112,11 @@ def codec_card(metrics: dict) -> str:
     body = ["# synth autoencoder (codec)", "",
             "The image codec of a synth latent model: `vae/` loads with `diffusers.AutoencoderKL.from_pretrained`.", "",
             "## Intended use", "", INTENDED_USE, "",
-            "## Training data", "", *_subset_lines(metrics.get("train_subset")), "",
-            "## Quality on the validation split", "",
+            "## Training data", "", *_subset_lines(metrics.get("train_subset")), *_compute_lines(metrics.get("training")),
+            "", "## Quality on the validation split", "",
             f"- PSNR {metrics.get('psnr')} dB, SSIM {metrics.get('ssim')} after {metrics.get('step')} steps; the codec "
-            "ceiling (judges on reconstructions) is printed by the latent run's gate.", *_compute_lines(metrics.get("training")),
-            "", "## Limitations", "",
+            "ceiling (judges on reconstructions) is printed by the latent run's gate.", "",
+            "## Limitations", "",
             "- Reconstructions lose fine detail a reader may need; never use them for diagnosis.", ""]
     return _front_matter(front) + "\n" + "\n".join(body) + "\n"
 

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -213,24 +214,35 @@ class StepStats:
 class Compute:
     """What a run has spent training, summed over every call that trained it (each counted to its last
     checkpoint, which is what a resumed run keeps): the cost a report can quote for a model however often it
-    was stopped.  ``cpu_s`` is this process's CPU time (every thread; under several processes, the main one's),
-    so time the process spent paused or waiting for the machine does not count; ``wall_s`` counts it."""
+    was stopped.  ``cpu_s`` is CPU time (every thread of every process), so time a process spent paused or
+    waiting for the machine does not count; ``wall_s`` (the main process's clock) counts it.  ``from_step`` > 0:
+    the run was resumed from a checkpoint that recorded nothing (made before synth counted), so the seconds
+    cover the steps after it only."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
+    from_step: int = 0
     t_wall: float = field(default_factory=time.perf_counter)
     t_cpu: float = field(default_factory=time.process_time)
 
     @classmethod
     def resumed(cls, state: dict | None) -> "Compute":
-        """Start counting this call on top of what a checkpoint's ``state["compute"]`` recorded (none: 0)."""
-        rec = (state or {}).get("compute") or {}
-        return cls(float(rec.get("wall_s", 0.0)), float(rec.get("cpu_s", 0.0)))
+        """Start counting this call on top of what a checkpoint's ``state["compute"]`` recorded."""
+        if not state:
+            return cls()
+        rec = state.get("compute")
+        try:
+            return cls(float(rec["wall_s"]), float(rec["cpu_s"]), int(rec.get("from_step", 0)))
+        except (TypeError, KeyError, ValueError):  # absent or not a record: count from this checkpoint on
+            return cls(from_step=int(state.get("step", 0)))
 
-    def total(self) -> dict:
-        """{"wall_s", "cpu_s"}: the recorded seconds plus this call's so far."""
-        return {"wall_s": round(self.wall_s + time.perf_counter() - self.t_wall, 3),
-                "cpu_s": round(self.cpu_s + time.process_time() - self.t_cpu, 3)}
+    def total(self, sum_ranks: Callable[[float], float] | None = None) -> dict:
+        """{"wall_s", "cpu_s", "from_step"}: the recorded seconds plus this call's so far; ``sum_ranks`` adds up
+        this call's CPU seconds over the processes of a distributed run (a collective: every rank calls it)."""
+        cpu = time.process_time() - self.t_cpu
+        cpu = sum_ranks(cpu) if sum_ranks is not None else cpu
+        return {"wall_s": self.wall_s + time.perf_counter() - self.t_wall, "cpu_s": self.cpu_s + cpu,
+                "from_step": self.from_step}
 
 
 def params_hash(modules: dict[str, torch.nn.Module]) -> str:

@@ -234,6 +234,14 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
         resumed_state = load_weights(resume[1], task.trained, ema)
         start = resumed_state["step"]
     spent = Compute.resumed(resumed_state)
+    if spent.from_step:
+        say(f"note: {resume[1]} records no training seconds (made before synth counted them); the export's "
+            f"training record counts from step {start}")
+
+    def sum_ranks(x: float) -> float:  # a collective: only where every rank passes
+        return float(accelerator.reduce(torch.tensor([x], dtype=torch.float64, device=device), reduction="sum")[0])
+
+    ranks = sum_ranks if world > 1 else None
     objective, optimizer = accelerator.prepare(task.objective, optimizer)
     if resume is not None:
         load_optimizer(resume[1], optimizer, lr_scheduler)
@@ -307,22 +315,23 @@ def fit(task: Task, tc: TrainConfig, accelerator, run: Path, say: Callable = pri
                 logger.log(step, loss=lv, lr=lr_scheduler.get_last_lr()[0], samples_per_s=stats.rate(), **extra)
             if ckpt_now:
                 accelerator.wait_for_everyone()
+                compute = spent.total(ranks)
                 if main:
                     state = {"samples_seen": step * global_batch, "data_position": (step * global_batch) % task.n_items,
                              "epoch": (step * global_batch) // task.n_items, "world_size": world,
-                             "global_batch": global_batch, "compute": spent.total(), **task.extra_state(step)}
+                             "global_batch": global_batch, "compute": compute, **task.extra_state(step)}
                     path = save_checkpoint(run, step, task.trained, optimizer, lr_scheduler, ema, state,
                                            tc.keep_checkpoints)
                     last_good = (step, path)
                 accelerator.wait_for_everyone()
             if main and task.after_step is not None and step < tc.steps:
-                task.after_step(step, Fitted(step, task.trained, ema, spent.total()))
+                task.after_step(step, Fitted(step, task.trained, ema))  # main only: no collective here
     except torch.OutOfMemoryError:
         raise _oom_error(tc, step, last_good) from None
     finally:
         bar.close()
         logger.close()
-    return Fitted(step, task.trained, ema, spent.total())
+    return Fitted(step, task.trained, ema, spent.total(ranks))
 
 
 __all__ = ["Task", "Fitted", "Run", "fit", "open_run", "rank_slice", "training_record"]

@@ -325,9 +325,16 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
     from synth.evaluation.pools import seen_with_pool
     from synth.evaluation.real import EvalError, real_splits, synthetic_tensors
 
+    kept = {}  # a set no longer on this machine (a study seeded from its kept raw results): its last report stands
+    for d in sets:
+        cache = out / "fidelity" / d.name / "fidelity.json"
+        if not (d / "manifest.json").is_file() and cache.is_file():
+            rec = json.loads(cache.read_text())
+            if (rec.get("cache_key") or {}).get("quality") == cfg.eval.quality_threshold:
+                kept[d.name] = rec
     sets = [d for d in sets if (d / "manifest.json").is_file()]
     if not sets:
-        return {}
+        return kept
     data = dataclasses.replace(cfg.data, fraction=1.0, val_max_items=None)
     net, classes, info = feature_net(out / "features.safetensors", data, steps=cfg.eval.feature_steps, log=log,
                                      classes=list(cfg.labels.classes) or None)
@@ -336,7 +343,7 @@ def fidelity_of_sets(cfg: Config, out: Path, sets: list[Path], log: Callable[[st
         raise EvalError(f"the feature extractor's classes {classes} are not the data's {full.classes}; "
                         f"delete {out / 'features.safetensors'} to retrain it")
     quality = "keep" if cfg.eval.quality_threshold > 0 else None
-    res = {}
+    res = dict(kept)
     for d in sets:
         manifest = json.loads((d / "manifest.json").read_text())
         key = {"extractor": info.get("weights_sha256"), "set": (manifest.get("model") or {}).get("weights_sha256"),

@@ -34,6 +34,7 @@ from synth.data import DataError, pool_kind
 from synth.io import atomic_write_json
 from synth.evaluation.arms import Pool, fit_classifier, light_geometric, run_arm, scores, single_thread  # noqa: F401
 from synth.evaluation.real import EvalError, RealSplits, check_subset, real_splits, synthetic_tensors
+from synth.evaluation.costs import generator_seconds, read_costs, record_cost
 from synth.evaluation.fidelity import fidelity_of_sets
 from synth.evaluation.pools import check_foundations, check_pool, pseudo_label
 
@@ -230,30 +231,6 @@ def check_generator_data(cfg: Config) -> None:
                             f"evaluate a pixel-space generator (model.codec=pixel) or one fraction per codec")
 
 
-def record_cost(out: Path, name: str, seconds: dict[str, float], *, add: bool) -> None:
-    """Write the seconds spent making a generator or a set into ``costs.json`` (the price of an arm): ``add``
-    accumulates this call's seconds (a set finished over several calls); otherwise they replace what was there
-    (a generator's export already sums every call that trained it)."""
-    path = out / "costs.json"
-    costs = json.loads(path.read_text()) if path.is_file() else {}
-    mine = costs.setdefault(name, {})
-    for what, s in seconds.items():
-        mine[what] = mine.get(what, 0.0) + s if add else s
-    atomic_write_json(path, costs)
-
-
-def generator_seconds(export: Path) -> dict[str, float]:
-    """{"generator_s", "generator_cpu_s"} from an export's ``training`` record: every call that trained it,
-    to its last checkpoint; empty for an export made before synth recorded it."""
-    rec = json.loads((Path(export) / "synth.json").read_text()).get("training") or {}
-    return {} if "cpu_s" not in rec else {"generator_s": rec["wall_s"], "generator_cpu_s": rec["cpu_s"]}
-
-
-def read_costs(out: Path) -> dict:
-    path = out / "costs.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def fmt_g(x: float) -> str:
     return f"{x:g}"
 
@@ -331,11 +308,12 @@ class Protocol:
                 record_cost(self.out, self.gen_run(f, g, generator).name, spent, add=False)
                 self.log(f"generator f={f:g} seed {g}: ready ({time.perf_counter() - t0:.0f}s in this call"
                          + (f"; {spent['generator_cpu_s']:.0f} CPU s over all calls)" if spent else ")"))
+                fresh = _sampled(d) == 0  # else this call only finishes it: its seconds add to the earlier ones
                 t0, c0 = time.perf_counter(), time.process_time()
                 sample_set(export, d, splits.train.classes, self.cfg, w, seed=1000 + g, device=self.device, log=self.log)
                 t_sample, c_sample = time.perf_counter() - t0, time.process_time() - c0
                 self.log(f"sampled {self.e.synthetic_n} images at guidance {w:g} into {d} ({t_sample:.0f}s)")
-                record_cost(self.out, d.name, {"sample_s": t_sample, "sample_cpu_s": c_sample}, add=True)
+                record_cost(self.out, d.name, {"sample_s": t_sample, "sample_cpu_s": c_sample}, add=not fresh)
             from synth.augment import read_set_manifest
 
             manifest = read_set_manifest(d)

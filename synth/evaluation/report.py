@@ -130,9 +130,10 @@ def _cost_lines(costs: dict) -> list[str]:
     run inflates only its wall seconds); studies made before synth counted them show wall seconds only."""
     if not costs:
         return []
-    return (["", "## What the synthetic data cost (seconds on this machine)", "",
-             "A generator's seconds sum every call that trained it (to its last checkpoint); a set's, every call "
-             "that sampled it.", "",
+    return (["", "## What the synthetic data cost (seconds)", "",
+             "A generator's: its training loop, summed over every call that trained it (each to its last "
+             "checkpoint; studies made before synth counted this timed the whole call that finished it, wall only); "
+             "a set's: the calls that finished it.", "",
              "| generator or set | training CPU s | training wall s | sampling CPU s | sampling wall s |",
              "|---|---|---|---|---|"]
             + [f"| {name} | {_f(c.get('generator_cpu_s'), '.0f')} | {_f(c.get('generator_s'), '.0f')} | "

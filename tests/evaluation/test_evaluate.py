@@ -246,3 +246,35 @@ def test_pool_targets_judge_beating_real_and_closing_the_gap_separately():
     assert rows["resnet", "auroc"]["met"] and not rows["smallcnn", "auroc"]["met"]
     assert not rows["resnet", "auroc"]["agree"] and rows["resnet", "gap"]["agree"]  # both miss the gap target
     assert rows["smallcnn", "auroc"]["best"]["arm"] == "mixed" and rows["resnet", "auroc"]["value"] == 0.029
+
+
+def test_costs_replace_a_generator_add_a_finished_set_and_ignore_what_was_not_counted(tmp_path):
+    from synth.evaluation.costs import generator_seconds, read_costs, record_cost
+
+    record_cost(tmp_path, "f0.5-s0", {"generator_s": 10.0, "generator_cpu_s": 18.0}, add=False)
+    record_cost(tmp_path, "f0.5-s0", {"generator_s": 12.0, "generator_cpu_s": 20.0}, add=False)  # export sums calls
+    record_cost(tmp_path, "f0.5-g0-w1.5", {"sample_s": 3.0}, add=False)
+    record_cost(tmp_path, "f0.5-g0-w1.5", {"sample_s": 2.0}, add=True)  # a later call finished the set
+    record_cost(tmp_path, "f0.5-s1", {}, add=False)  # an export that recorded nothing: no row of dashes
+    assert read_costs(tmp_path) == {"f0.5-s0": {"generator_s": 12.0, "generator_cpu_s": 20.0},
+                                    "f0.5-g0-w1.5": {"sample_s": 5.0}}
+    export = tmp_path / "export"
+    export.mkdir()
+    for training, want in [(None, {}), ({"steps": 8, "wall_s": 5.0, "cpu_s": 9.0, "from_step": 4}, {}),
+                           ({"steps": 8, "wall_s": 5.0, "cpu_s": 9.0, "from_step": 0},
+                            {"generator_s": 5.0, "generator_cpu_s": 9.0})]:
+        (export / "synth.json").write_text(json.dumps({"kind": "bridge", **({"training": training} if training else {})}))
+        assert generator_seconds(export) == want
+
+
+def test_a_set_gone_from_this_machine_keeps_its_fidelity_report(tmp_path):
+    """A study seeded from its kept raw results has no set folders for finished stages: their reports stand."""
+    from synth.evaluation.fidelity import fidelity_of_sets
+
+    cfg = load_config(None, EVAL)
+    rec = {"cache_key": {"quality": cfg.eval.quality_threshold}, "label_fidelity": {"overall": 0.97}}
+    (tmp_path / "fidelity" / "f0.5-g0-w1.5").mkdir(parents=True)
+    (tmp_path / "fidelity" / "f0.5-g0-w1.5" / "fidelity.json").write_text(json.dumps(rec))
+    got = fidelity_of_sets(cfg, tmp_path, [tmp_path / "synthetic" / "f0.5-g0-w1.5", tmp_path / "synthetic" / "f1-g0-w1.5"],
+                           log=lambda m: None)
+    assert got == {"f0.5-g0-w1.5": rec} and not (tmp_path / "features.safetensors").exists()

@@ -49,6 +49,10 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     assert worst <= 10 * max(baseline, 1e-6) and control > 20 * worst, \
         f"2 x 4 differs from 1 x 8 by {worst} (accumulation baseline: {baseline}; other seed: {control})"
     assert json.loads((tmp_path / "two" / "run.json").read_text())["global_batch"] == 8
+    two = json.loads((tmp_path / "two" / "export" / "synth.json").read_text())["training"]
+    one = json.loads((tmp_path / "one" / "export" / "synth.json").read_text())["training"]
+    assert two["processes"] == 2 and two["steps"] == 4 and two["cpu_s"] > 0  # every rank's CPU seconds, summed
+    assert one["processes"] == 1 and one["from_step"] == 0
 
     # resuming the 2-process run in ONE process works when the global batch is kept ...
     train_ldm(tiny_cfg("train.steps=6", "train.ema_decay=0", "train.checkpoint_every=4", "train.batch_size=8"),

@@ -101,10 +101,23 @@ def test_training_seconds_are_summed_over_every_resume(tmp_path):
     run_fit(tmp_path, Toy(), "train.steps=4")
     state_file = tmp_path / "checkpoints" / "step-00000004" / "state.json"
     state = json.loads(state_file.read_text())
-    assert 0 < state["compute"]["cpu_s"] < 600 and state["compute"]["wall_s"] > 0
+    assert 0 < state["compute"]["cpu_s"] < 600 and state["compute"]["wall_s"] > 0 and state["compute"]["from_step"] == 0
     state["compute"] = {"wall_s": 2000.0, "cpu_s": 1000.0}  # as if the first call had trained for long
     state_file.write_text(json.dumps(state))
     resumed = run_fit(tmp_path, Toy(), "train.steps=6")
     assert 1000.0 < resumed.compute["cpu_s"] < 1600 and 2000.0 < resumed.compute["wall_s"] < 2600
     last = json.loads((tmp_path / "checkpoints" / "step-00000006" / "state.json").read_text())["compute"]
     assert last["cpu_s"] > 1000.0 and last["wall_s"] > 2000.0
+
+
+def test_a_checkpoint_that_counted_nothing_says_where_counting_starts(tmp_path):
+    """A run resumed from a checkpoint made before synth counted seconds must not pass for one that cost ~0 s."""
+    import json
+
+    run_fit(tmp_path, Toy(), "train.steps=4")
+    state_file = tmp_path / "checkpoints" / "step-00000004" / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["compute"]
+    state_file.write_text(json.dumps(state))
+    resumed = run_fit(tmp_path, Toy(), "train.steps=6")
+    assert resumed.compute["from_step"] == 4 and resumed.compute["cpu_s"] < 600
