@@ -1,6 +1,6 @@
 """Golden bytes (issue 16): the same commands give the same bytes before and after the house is rebuilt.
 
-Fixed tiny configs on CPU with one thread: an autoencoder, a latent diffusion model on it, a pixel
+Fixed tiny configs on CPU with one thread and portable kernels (see PORTABLE): an autoencoder, a latent diffusion model on it, a pixel
 bridge; then a 64-image set of the LDM (imagefolder and webdataset), a translation by the bridge and
 an ``eval fidelity`` report.  Their SHA-256s are recorded in ``tests/golden/hashes.json``; a refactor
 that changes any byte fails here, naming the artifact.  Re-record deliberately (a change of numerics
@@ -98,9 +98,45 @@ def build(tmp: Path) -> dict[str, str]:
     return out
 
 
+# A float's last bits depend on the kernels the CPU's vector instructions select (oneDNN, MKL and ATen dispatch by
+# ISA and sum in other orders): recorded with the recording machine's own kernels, these bytes differed on the next
+# machine with the code unchanged.  So the build runs in a child process pinned to one level every x86-64 server
+# has: ATen's AVX2 kernels, MKL's AVX2 conditional-reproducibility branch, oneDNN off, one thread.
+PORTABLE = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def portable_problem() -> str | None:
+    """Why this machine cannot give the recorded bytes (None: it can)."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"golden bytes are recorded for x86-64 (AVX2 kernels); this machine is {platform.machine()}"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "golden bytes need /proc/cpuinfo to confirm AVX2"
+    return None if " avx2" in flags and " fma" in flags else "golden bytes need a CPU with AVX2 and FMA"
+
+
+def build_portable(tmp: Path) -> dict[str, str]:
+    """:func:`build` in a child process with the :data:`PORTABLE` kernels; name -> SHA-256."""
+    import subprocess
+    import sys
+
+    out = tmp / "hashes.json"
+    env = {**os.environ, **PORTABLE, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, "-m", "tests.test_golden", str(tmp / "work"), str(out)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
-def test_golden_bytes(tmp_path, one_thread):
-    got = build(tmp_path)
+def test_golden_bytes(tmp_path):
+    problem = portable_problem()
+    if problem:
+        pytest.skip(problem)
+    got = build_portable(tmp_path)
     if os.environ.get("SYNTH_GOLDEN_UPDATE") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")
@@ -108,3 +144,15 @@ def test_golden_bytes(tmp_path, one_thread):
     want = json.loads(GOLDEN.read_text())
     changed = [k for k in want if got.get(k) != want[k]]
     assert set(got) == set(want) and not changed, f"bytes changed for: {changed}"
+
+
+if __name__ == "__main__":  # the child of build_portable: python -m tests.test_golden WORK_DIR OUT_JSON
+    import sys
+
+    import torch
+
+    torch.backends.mkldnn.enabled = False
+    torch.set_num_threads(1)
+    work = Path(sys.argv[1])
+    work.mkdir(parents=True)
+    Path(sys.argv[2]).write_text(json.dumps(build(work), sort_keys=True))
