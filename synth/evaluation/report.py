@@ -252,7 +252,8 @@ def markdown_pool(summary: dict, cfg: Config, command: str | None = None) -> str
         "for the number of rows. Control: (e) for (d), (a) otherwise. Gap closed: Δ / (full-data AUROC of the same "
         "recipe - (a)); in brackets when that gap is under two standard errors. CPU s: one classifier, one thread.",
         "",
-        "Full-data reference (real only, fraction 1): " + ", ".join(f"{rc} {v:.4f}" for rc, v in sorted(full.items())) + ".",
+        "Full-data reference (real only, fraction 1): " + (", ".join(f"{rc} {v:.4f}" for rc, v in sorted(full.items()))
+                                                            or "not run yet, so no gap is closed") + ".",
         "",
         "| fraction | n real | recipe | arm | syn:real | AUROC | Δ vs (a) | p vs (a) | Δ vs control | p vs control | gap closed | CPU s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]

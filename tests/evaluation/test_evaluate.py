@@ -1,4 +1,5 @@
 """`synth eval augment` / `synth eval fidelity`: the protocol end to end on tiny phantoms, resume, refusals."""
+import dataclasses
 import json
 
 import pytest
@@ -278,3 +279,21 @@ def test_a_set_gone_from_this_machine_keeps_its_fidelity_report(tmp_path):
     got = fidelity_of_sets(cfg, tmp_path, [tmp_path / "synthetic" / "f0.5-g0-w1.5", tmp_path / "synthetic" / "f1-g0-w1.5"],
                            log=lambda m: None)
     assert got == {"f0.5-g0-w1.5": rec} and not (tmp_path / "features.safetensors").exists()
+
+
+def test_a_pool_report_without_the_full_data_reference_says_so(tmp_path):
+    """A partial study whose full-data classifiers have not run yet: no gap is closed, and the report says why."""
+    from synth.evaluation.protocol import Cell
+    from synth.evaluation.report import summarise, write_report
+
+    cfg = load_config(None, EVAL + POOL + ["eval.fractions=[0.5]"])
+    rows = []
+    for seed in range(2):
+        for arm, auroc in (("real", 0.70), ("duplicate", 0.71)):
+            c = Cell(0.5, arm, 1.0 if arm == "duplicate" else 0.0, None, None, seed, recipe="smallcnn")
+            rows.append({"key": c.key(), **dataclasses.asdict(c), "auroc": auroc + 0.01 * seed, "accuracy": 0.7,
+                         "cpu_s": 1.0, "n_real": 8, "n_val": 4})
+    summary = summarise(rows, cfg.eval)
+    summary.update(fidelity={}, costs={}, pseudo={}, n_val=4, partial={"done": 4, "planned": 40, "missing_fractions": [1.0]})
+    write_report(summary, cfg, tmp_path / "r", command="synth eval augment --partial")
+    assert "Full-data reference (real only, fraction 1): not run yet, so no gap is closed." in (tmp_path / "r.md").read_text()
