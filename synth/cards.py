@@ -55,8 +55,13 @@ def _compute_lines(rec: dict | None) -> list[str]:
         return []
     since = f" since step {rec['from_step']} (earlier steps were not counted)" if rec.get("from_step") else ""
     return [f"- compute: {rec['cpu_s']:.0f} CPU s over all processes ({rec['wall_s']:.0f} s wall) for "
-            f"{rec.get('steps')} steps on {rec.get('processes', 1)} {rec.get('device', '?')} process(es), summed over "
-            f"every resume{since}"]
+            f"{rec.get('steps')} steps on {_processes(rec)}, summed over every resume{since}"]
+
+
+def _processes(rec: dict) -> str:
+    """"1 cpu process", "4 cuda processes"."""
+    n = int(rec.get("processes", 1))
+    return f"{n} {rec.get('device', '?')} process{'es' if n != 1 else ''}"
 
 
 def model_card(meta: dict) -> str:

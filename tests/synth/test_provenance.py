@@ -90,3 +90,14 @@ def test_a_set_with_its_card_still_loads_in_datasets(tiny_export, tmp_path):
     cli(*base_args(tiny_export, out, 4))
     ds = datasets.load_dataset("imagefolder", data_dir=str(out), split="train")
     assert len(ds) == 4 and "label" in ds.column_names
+
+
+def test_a_card_says_what_training_cost_and_since_when():
+    from synth.cards import model_card
+
+    meta = {"model_id": "m", "labels": {"classes": ["a"]}, "config": {"train": {"steps": 10}}, "kind": "bridge"}
+    assert "compute" not in model_card(meta)  # an export made before synth counted
+    card = model_card({**meta, "training": {"steps": 10, "cpu_s": 12.4, "wall_s": 7.0, "device": "cuda",
+                                            "processes": 4, "from_step": 6}})
+    assert ("- compute: 12 CPU s over all processes (7 s wall) for 10 steps on 4 cuda processes, summed over every "
+            "resume since step 6 (earlier steps were not counted)") in card
