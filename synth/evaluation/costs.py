@@ -25,7 +25,9 @@ def generator_seconds(export: Path) -> dict[str, float]:
     """{"generator_s", "generator_cpu_s"} from an export's ``training`` record: every call that trained it,
     to its last checkpoint; empty (what costs.json holds is kept) for an export whose record is missing or
     incomplete (trained before synth counted, or resumed from such a checkpoint)."""
-    rec = json.loads((Path(export) / "synth.json").read_text()).get("training") or {}
+    from synth.samplers.artifact import ARTIFACT_FILE
+
+    rec = json.loads((Path(export) / ARTIFACT_FILE).read_text()).get("training") or {}
     if "cpu_s" not in rec or rec.get("from_step"):
         return {}
     return {"generator_s": rec["wall_s"], "generator_cpu_s": rec["cpu_s"]}
